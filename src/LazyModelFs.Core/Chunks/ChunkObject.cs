@@ -1,0 +1,119 @@
+using System.Buffers.Binary;
+using LazyModelFs.Compression;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Chunks;
+
+/// <summary>
+/// The bytes of a stored chunk object: a 16-byte header, then the payload.
+/// <code>
+///   0  4  magic "LMCK"
+///   4  1  version (1)
+///   5  1  codec (0 = none, 1 = zstd)
+///   6  2  reserved (0)
+///   8  4  plain length
+///  12  4  payload length (object length − 16)
+/// </code>
+/// A plain chunk's payload is the file bytes themselves, so a reader can place them straight into
+/// its buffer. Whatever the codec, <see cref="Decode"/> checks the SHA-256 of the plain bytes
+/// against the chunk id: a mismatch is an error, never data.
+/// </summary>
+public static class ChunkObject
+{
+    public const int HeaderSize = 16;
+    private const uint Magic = 0x4B434D4C; // "LMCK"
+    private const byte Version = 1;
+
+    /// <summary>Bytes a caller must reserve to <see cref="Encode"/> a chunk of this plain size.</summary>
+    public static int MaxObjectSize(int plainLength, ChunkCodec codec) =>
+        HeaderSize + (codec == ChunkCodec.Zstd ? Math.Max(plainLength, Zstd.CompressBound(plainLength)) : plainLength);
+
+    public static void WriteHeader(Span<byte> dest, ChunkCodec codec, int plainLength, int payloadLength)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(dest, Magic);
+        dest[4] = Version;
+        dest[5] = (byte)codec;
+        dest[6] = 0;
+        dest[7] = 0;
+        BinaryPrimitives.WriteInt32LittleEndian(dest[8..], plainLength);
+        BinaryPrimitives.WriteInt32LittleEndian(dest[12..], payloadLength);
+    }
+
+    /// <summary>
+    /// Encodes <paramref name="plain"/> into <paramref name="obj"/> (sized by <see cref="MaxObjectSize"/>).
+    /// With zstd requested, the chunk is still stored plain when compression does not make it smaller:
+    /// model weights compress little and the plain read path is the cheap one. Returns the codec used
+    /// and the object length.
+    /// </summary>
+    public static (ChunkCodec Codec, int Length) Encode(ReadOnlySpan<byte> plain, Span<byte> obj, ChunkCodec wanted)
+    {
+        if (wanted == ChunkCodec.Zstd)
+        {
+            int n = Zstd.Compress(plain, obj[HeaderSize..]);
+            if (n < plain.Length)
+            {
+                WriteHeader(obj, ChunkCodec.Zstd, plain.Length, n);
+                return (ChunkCodec.Zstd, HeaderSize + n);
+            }
+        }
+
+        plain.CopyTo(obj[HeaderSize..]);
+        WriteHeader(obj, ChunkCodec.None, plain.Length, plain.Length);
+        return (ChunkCodec.None, HeaderSize + plain.Length);
+    }
+
+    /// <summary>
+    /// Validates an object against its chunk-table row and writes the verified plain bytes into
+    /// <paramref name="plain"/> (at least <c>entry.PlainLength</c> long).
+    /// </summary>
+    public static void Decode(ReadOnlySpan<byte> obj, in ChunkEntry entry, Span<byte> plain)
+    {
+        if (obj.Length < HeaderSize || BinaryPrimitives.ReadUInt32LittleEndian(obj) != Magic)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: object has no LMCK header ({obj.Length} bytes)");
+        }
+
+        if (obj[4] != Version)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: object version {obj[4]} is not supported");
+        }
+
+        var codec = (ChunkCodec)obj[5];
+        int plainLen = BinaryPrimitives.ReadInt32LittleEndian(obj[8..]);
+        int payloadLen = BinaryPrimitives.ReadInt32LittleEndian(obj[12..]);
+        if (plainLen != entry.PlainLength || payloadLen != obj.Length - HeaderSize)
+        {
+            throw new ChunkCorruptException(
+                $"chunk {entry.Id}: object is {obj.Length} bytes claiming plain {plainLen}/payload {payloadLen}; the chunk table expects plain {entry.PlainLength}");
+        }
+
+        var payload = obj[HeaderSize..];
+        var dest = plain[..plainLen];
+        switch (codec)
+        {
+            case ChunkCodec.None:
+                payload.CopyTo(dest);
+                break;
+            case ChunkCodec.Zstd:
+                if (Zstd.Decompress(payload, dest) != plainLen)
+                {
+                    throw new ChunkCorruptException($"chunk {entry.Id}: zstd payload decompressed to the wrong length");
+                }
+
+                break;
+            default:
+                throw new ChunkCorruptException($"chunk {entry.Id}: unknown codec {(byte)codec}");
+        }
+
+        Verify(dest, entry);
+    }
+
+    /// <summary>Throws unless <paramref name="plain"/> hashes to the chunk id.</summary>
+    public static void Verify(ReadOnlySpan<byte> plain, in ChunkEntry entry)
+    {
+        if (plain.Length != entry.PlainLength || ChunkId.Of(plain) != entry.Id)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: content does not match its SHA-256 id");
+        }
+    }
+}

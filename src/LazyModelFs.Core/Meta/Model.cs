@@ -1,0 +1,218 @@
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Json.Serialization;
+using LazyModelFs.Chunks;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Meta;
+
+public enum NodeType : byte
+{
+    Directory = 1,
+    File = 2,
+    Symlink = 3,
+}
+
+/// <summary>An inode's attributes. Times are nanoseconds since the Unix epoch.</summary>
+public sealed record Node(
+    ulong Ino,
+    NodeType Type,
+    uint Mode,
+    uint Uid,
+    uint Gid,
+    uint Nlink,
+    ulong Size,
+    long MtimeNs,
+    long CtimeNs,
+    ulong Parent,
+    string? SymlinkTarget = null)
+{
+    public const ulong RootIno = 1;
+
+    /// <summary>Record layout (little-endian), see docs/data-format.md.</summary>
+    public const int FixedSize = 56;
+    private const byte Version = 1;
+
+    public byte[] Encode()
+    {
+        byte[] target = SymlinkTarget is null ? [] : Encoding.UTF8.GetBytes(SymlinkTarget);
+        var buf = new byte[FixedSize + target.Length];
+        var s = buf.AsSpan();
+        s[0] = Version;
+        s[1] = (byte)Type;
+        BinaryPrimitives.WriteUInt32LittleEndian(s[4..], Mode);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[8..], Uid);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[12..], Gid);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[16..], Nlink);
+        BinaryPrimitives.WriteUInt64LittleEndian(s[24..], Size);
+        BinaryPrimitives.WriteInt64LittleEndian(s[32..], MtimeNs);
+        BinaryPrimitives.WriteInt64LittleEndian(s[40..], CtimeNs);
+        BinaryPrimitives.WriteUInt64LittleEndian(s[48..], Parent);
+        target.CopyTo(s[FixedSize..]);
+        return buf;
+    }
+
+    public static Node Decode(ulong ino, ReadOnlySpan<byte> s)
+    {
+        if (s.Length < FixedSize)
+        {
+            throw new MetaCorruptException($"inode {ino}: record is {s.Length} bytes, expected at least {FixedSize}");
+        }
+
+        if (s[0] != Version)
+        {
+            throw new MetaCorruptException($"inode {ino}: record version {s[0]} is not supported (this lmfs reads version {Version})");
+        }
+
+        var type = (NodeType)s[1];
+        if (type is not (NodeType.Directory or NodeType.File or NodeType.Symlink))
+        {
+            throw new MetaCorruptException($"inode {ino}: unknown node type {s[1]}");
+        }
+
+        if (type != NodeType.Symlink && s.Length != FixedSize)
+        {
+            throw new MetaCorruptException($"inode {ino}: {type} record has {s.Length - FixedSize} trailing bytes");
+        }
+
+        string? target = null;
+        if (type == NodeType.Symlink)
+        {
+            try
+            {
+                target = new UTF8Encoding(false, true).GetString(s[FixedSize..]);
+            }
+            catch (DecoderFallbackException)
+            {
+                throw new MetaCorruptException($"inode {ino}: symlink target is not UTF-8");
+            }
+        }
+
+        return new Node(
+            ino,
+            type,
+            BinaryPrimitives.ReadUInt32LittleEndian(s[4..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(s[8..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(s[12..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(s[16..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(s[24..]),
+            BinaryPrimitives.ReadInt64LittleEndian(s[32..]),
+            BinaryPrimitives.ReadInt64LittleEndian(s[40..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(s[48..]),
+            target);
+    }
+}
+
+/// <summary>A name in a directory. Listings are ordered by the name's UTF-8 bytes.</summary>
+public readonly record struct DirEntry(string Name, ulong Ino, NodeType Type)
+{
+    /// <summary>Stored value of a directory entry: inode (u64 LE) then type (u8).</summary>
+    public byte[] EncodeValue()
+    {
+        var v = new byte[9];
+        BinaryPrimitives.WriteUInt64LittleEndian(v, Ino);
+        v[8] = (byte)Type;
+        return v;
+    }
+
+    public static DirEntry DecodeValue(string name, ReadOnlySpan<byte> v)
+    {
+        if (v.Length != 9 || v[8] is < 1 or > 3)
+        {
+            throw new MetaCorruptException($"directory entry '{name}' is damaged ({v.Length} bytes)");
+        }
+
+        return new DirEntry(name, BinaryPrimitives.ReadUInt64LittleEndian(v), (NodeType)v[8]);
+    }
+}
+
+/// <summary>Totals kept up to date by every namespace change (for statfs and `lmfs stat /`).</summary>
+public readonly record struct VolumeUsage(long Bytes, long Inodes);
+
+/// <summary>
+/// Volume settings, written once by `lmfs format` and read by every later command.
+/// Stored as JSON; <see cref="FormatVersion"/> guards against metadata from a newer lmfs.
+/// </summary>
+public sealed record VolumeSettings
+{
+    public const int CurrentFormatVersion = 1;
+
+    public int FormatVersion { get; init; } = CurrentFormatVersion;
+
+    public required string Name { get; init; }
+
+    public required Guid Uuid { get; init; }
+
+    public required int ChunkSize { get; init; }
+
+    /// <summary>"none" or "zstd".</summary>
+    public required string Compression { get; init; }
+
+    /// <summary>Object-store URL without secrets (endpoint, region and path style as query parameters).</summary>
+    public required string Storage { get; init; }
+
+    public required DateTimeOffset CreatedAt { get; init; }
+}
+
+[JsonSerializable(typeof(VolumeSettings))]
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = false)]
+internal sealed partial class MetaJsonContext : JsonSerializerContext;
+
+public static class SettingsCodec
+{
+    public static byte[] Encode(VolumeSettings s) => System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(s, MetaJsonContext.Default.VolumeSettings);
+
+    public static VolumeSettings Decode(ReadOnlySpan<byte> json)
+    {
+        VolumeSettings? s;
+        try
+        {
+            // Read the version first so a newer layout fails on the version, not on a missing field.
+            using var doc = System.Text.Json.JsonDocument.Parse(json.ToArray());
+            if (doc.RootElement.TryGetProperty("formatVersion", out var v) && v.TryGetInt32(out int version) && version != VolumeSettings.CurrentFormatVersion)
+            {
+                throw new LmfsException(
+                    $"the volume's metadata format version is {version}; this lmfs understands version {VolumeSettings.CurrentFormatVersion}",
+                    version > VolumeSettings.CurrentFormatVersion ? "upgrade lmfs to a release that reads this volume" : "migrate the volume with the lmfs release that created it",
+                    3);
+            }
+
+            s = System.Text.Json.JsonSerializer.Deserialize(json, MetaJsonContext.Default.VolumeSettings);
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new MetaCorruptException($"volume settings are not valid JSON: {e.Message}");
+        }
+
+        return s ?? throw new MetaCorruptException("volume settings are empty");
+    }
+}
+
+/// <summary>Outcome of a conditional namespace change.</summary>
+public enum MetaResult
+{
+    Ok,
+
+    /// <summary>The name exists and the change did not expect it to.</summary>
+    Exists,
+
+    /// <summary>The entry changed since the caller read it (optimistic condition failed); re-read and retry.</summary>
+    Conflict,
+
+    /// <summary>The parent is not an existing directory.</summary>
+    NoParent,
+
+    /// <summary>A directory to remove still has entries.</summary>
+    NotEmpty,
+}
+
+/// <summary>What a change replaces: the entry the caller saw, with its node and chunk table.</summary>
+public sealed record Replaced(DirEntry Entry, Node Node, ChunkTable? Chunks);
+
+/// <summary>
+/// Creates <paramref name="Name"/> in <paramref name="Parent"/> pointing at <paramref name="Node"/>
+/// (its Ino comes from <see cref="IMetaStore.AllocateInodeAsync"/>), storing <paramref name="Chunks"/>
+/// for files and taking one reference on each of its chunks. With <paramref name="Replace"/> set,
+/// the existing entry must still be exactly that one, and it is removed in the same transaction.
+/// </summary>
+public sealed record EntryCreate(ulong Parent, string Name, Node Node, ChunkTable? Chunks, Replaced? Replace = null);

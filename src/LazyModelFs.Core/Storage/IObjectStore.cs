@@ -1,0 +1,34 @@
+namespace LazyModelFs.Storage;
+
+public readonly record struct ObjectInfo(string Key, long Size);
+
+/// <summary>
+/// The object-store port. Keys are relative to the store's prefix ("chunks/ab/cd/…").
+/// Implementations: <see cref="LocalObjectStore"/>, <see cref="S3ObjectStore"/>, <see cref="MemoryObjectStore"/>;
+/// all pass tests/…/ObjectStoreContract.
+/// </summary>
+public interface IObjectStore : IDisposable
+{
+    /// <summary>The store's URL without secrets, for messages.</summary>
+    string Describe { get; }
+
+    /// <summary>Verifies that the store is reachable, exists and accepts the credentials.</summary>
+    Task CheckAsync(CancellationToken ct = default);
+
+    /// <summary>
+    /// Reads up to <c>dest.Length</c> bytes starting at <paramref name="offset"/> (a ranged GET); returns the
+    /// count, which is short only at the object's end. A missing object throws <see cref="Util.ObjectNotFoundException"/>.
+    /// </summary>
+    Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default);
+
+    /// <summary>Stores the object whole; readers never see a partial object.</summary>
+    Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default);
+
+    /// <summary>The object's size, or null when it does not exist.</summary>
+    Task<long?> HeadAsync(string key, CancellationToken ct = default);
+
+    IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, CancellationToken ct = default);
+
+    /// <summary>Deletes the object; deleting a missing object succeeds.</summary>
+    Task DeleteAsync(string key, CancellationToken ct = default);
+}

@@ -1,0 +1,242 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using Amazon.Runtime;
+using Amazon.S3;
+using Amazon.S3.Model;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Storage;
+
+/// <summary>Connection settings of an S3 store; secrets never appear in <see cref="ObjectStores.Canonical"/>.</summary>
+public sealed record S3Settings(string Bucket, string Prefix, string? Endpoint, string Region, bool PathStyle)
+{
+    public string? AccessKey { get; init; }
+
+    public string? SecretKey { get; init; }
+
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    public int MaxRetries { get; init; } = 4;
+}
+
+/// <summary>
+/// Any S3-compatible service through AWSSDK.S3 4.x. For servers that do not speak the newer flexible
+/// checksums or aws-chunked uploads (s3rver, older MinIO, Ceph), checksums are computed only when an
+/// operation requires them and uploads are sent unchunked (dependencies.md). Retries with exponential
+/// backoff and jitter are the SDK's "standard" mode; each attempt has a deadline.
+/// </summary>
+public sealed class S3ObjectStore : IObjectStore
+{
+    private readonly AmazonS3Client _client;
+    private readonly S3Settings _s;
+
+    public S3ObjectStore(S3Settings s)
+    {
+        _s = s;
+        var config = new AmazonS3Config
+        {
+            ForcePathStyle = s.PathStyle,
+            AuthenticationRegion = s.Region,
+            RequestChecksumCalculation = RequestChecksumCalculation.WHEN_REQUIRED,
+            ResponseChecksumValidation = ResponseChecksumValidation.WHEN_REQUIRED,
+            Timeout = s.Timeout,
+            MaxErrorRetry = s.MaxRetries,
+            RetryMode = RequestRetryMode.Standard,
+            MaxConnectionsPerServer = 64,
+        };
+        if (s.Endpoint is not null)
+        {
+            config.ServiceURL = s.Endpoint;
+        }
+        else
+        {
+            config.RegionEndpoint = Amazon.RegionEndpoint.GetBySystemName(s.Region);
+        }
+
+        _client = s.AccessKey is not null && s.SecretKey is not null
+            ? new AmazonS3Client(new BasicAWSCredentials(s.AccessKey, s.SecretKey), config)
+            : new AmazonS3Client(config);
+        Describe = ObjectStores.Canonical(s);
+    }
+
+    public string Describe { get; }
+
+    public async Task CheckAsync(CancellationToken ct = default)
+    {
+        await Run("list", "", async () =>
+        {
+            await _client.ListObjectsV2Async(new ListObjectsV2Request { BucketName = _s.Bucket, Prefix = FullKey(""), MaxKeys = 1 }, ct).ConfigureAwait(false);
+            return 0;
+        }).ConfigureAwait(false);
+    }
+
+    public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) =>
+        Run("get", key, async () =>
+        {
+            if (dest.Length == 0)
+            {
+                return 0;
+            }
+
+            var req = new GetObjectRequest { BucketName = _s.Bucket, Key = FullKey(key), ByteRange = new ByteRange(offset, offset + dest.Length - 1) };
+            GetObjectResponse resp;
+            try
+            {
+                resp = await _client.GetObjectAsync(req, ct).ConfigureAwait(false);
+            }
+            catch (AmazonS3Exception ex) when (ex.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable)
+            {
+                return 0; // offset at or past the end
+            }
+
+            using (resp)
+            {
+                int total = 0;
+                var stream = resp.ResponseStream;
+                while (total < dest.Length)
+                {
+                    int n = await stream.ReadAsync(dest[total..], ct).ConfigureAwait(false);
+                    if (n == 0)
+                    {
+                        break;
+                    }
+
+                    total += n;
+                }
+
+                return total;
+            }
+        });
+
+    public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default) =>
+        Run("put", key, async () =>
+        {
+            using var body = AsStream(data);
+            var req = new PutObjectRequest
+            {
+                BucketName = _s.Bucket,
+                Key = FullKey(key),
+                InputStream = body,
+                AutoCloseStream = false,
+                UseChunkEncoding = false,
+                ContentType = "application/octet-stream",
+            };
+            await _client.PutObjectAsync(req, ct).ConfigureAwait(false);
+            return 0;
+        });
+
+    public Task<long?> HeadAsync(string key, CancellationToken ct = default) =>
+        Run("head", key, async () =>
+        {
+            try
+            {
+                var r = await _client.GetObjectMetadataAsync(new GetObjectMetadataRequest { BucketName = _s.Bucket, Key = FullKey(key) }, ct).ConfigureAwait(false);
+                return (long?)r.ContentLength;
+            }
+            catch (AmazonS3Exception ex) when (ex.StatusCode == HttpStatusCode.NotFound)
+            {
+                return null;
+            }
+        });
+
+    public async IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        string? token = null;
+        string full = FullKey(prefix);
+        do
+        {
+            var req = new ListObjectsV2Request { BucketName = _s.Bucket, Prefix = full, ContinuationToken = token, MaxKeys = 1000 };
+            var resp = await Run("list", prefix, () => _client.ListObjectsV2Async(req, ct)).ConfigureAwait(false);
+            foreach (var o in resp.S3Objects ?? [])
+            {
+                yield return new ObjectInfo(o.Key[FullKey("").Length..], o.Size ?? 0);
+            }
+
+            token = resp.IsTruncated == true ? resp.NextContinuationToken : null;
+        }
+        while (token is not null);
+    }
+
+    public Task DeleteAsync(string key, CancellationToken ct = default) =>
+        Run("delete", key, async () =>
+        {
+            await _client.DeleteObjectAsync(new DeleteObjectRequest { BucketName = _s.Bucket, Key = FullKey(key) }, ct).ConfigureAwait(false);
+            return 0;
+        });
+
+    public void Dispose() => _client.Dispose();
+
+    private static MemoryStream AsStream(ReadOnlyMemory<byte> data) =>
+        System.Runtime.InteropServices.MemoryMarshal.TryGetArray(data, out var seg)
+            ? new MemoryStream(seg.Array!, seg.Offset, seg.Count, writable: false)
+            : new MemoryStream(data.ToArray(), writable: false);
+
+    private string FullKey(string key) => _s.Prefix.Length == 0 ? key : _s.Prefix + "/" + key;
+
+    /// <summary>Maps SDK and network failures to one clear message each; a missing key to <see cref="ObjectNotFoundException"/>.</summary>
+    private async Task<T> Run<T>(string op, string key, Func<Task<T>> body)
+    {
+        try
+        {
+            return await body().ConfigureAwait(false);
+        }
+        catch (AmazonS3Exception ex) when (ex.ErrorCode == "NoSuchKey" || (ex.StatusCode == HttpStatusCode.NotFound && ex.ErrorCode != "NoSuchBucket"))
+        {
+            throw new ObjectNotFoundException(key);
+        }
+        catch (AmazonS3Exception ex) when (ex.ErrorCode == "NoSuchBucket")
+        {
+            throw new LmfsException($"bucket '{_s.Bucket}' does not exist at {Describe}", "create the bucket first (aws s3 mb s3://" + _s.Bucket + "), or fix the storage URL", 5, ex);
+        }
+        catch (AmazonS3Exception ex) when (ex.ErrorCode is "InvalidAccessKeyId" or "SignatureDoesNotMatch" or "AccessDenied" or "InvalidToken" or "ExpiredToken"
+                                           || ex.StatusCode is HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized)
+        {
+            throw new LmfsException(
+                $"{Describe} refused the credentials for {op} ({ex.ErrorCode ?? ex.StatusCode.ToString()})",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --access-key / --secret-key-file) to keys allowed on this bucket",
+                5,
+                ex);
+        }
+        catch (AmazonServiceException ex) when (IsNetwork(ex) || ex.InnerException is TaskCanceledException)
+        {
+            throw new LmfsException($"cannot reach {Describe} for {op} '{key}': {Inner(ex).Message}", "check the endpoint address and that the S3 service is running", 5, ex);
+        }
+        catch (HttpRequestException ex)
+        {
+            throw new LmfsException($"cannot reach {Describe} for {op} '{key}': {Inner(ex).Message}", "check the endpoint address and that the S3 service is running", 5, ex);
+        }
+        catch (AmazonClientException ex) when (ex.Message.Contains("credentials", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new LmfsException($"no S3 credentials found for {Describe}: {ex.Message}", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or --access-key / --secret-key-file", 5, ex);
+        }
+        catch (AmazonServiceException ex)
+        {
+            throw new LmfsException($"{Describe} failed {op} '{key}': {ex.ErrorCode} {ex.Message}", "retry; if it persists, check the S3 service's logs", 5, ex);
+        }
+    }
+
+    private static bool IsNetwork(Exception ex)
+    {
+        for (var e = ex.InnerException; e is not null; e = e.InnerException)
+        {
+            if (e is HttpRequestException or SocketException or IOException)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static Exception Inner(Exception ex)
+    {
+        var e = ex;
+        while (e.InnerException is not null)
+        {
+            e = e.InnerException;
+        }
+
+        return e;
+    }
+}
