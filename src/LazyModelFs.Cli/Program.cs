@@ -1,1 +1,3 @@
-return 0;
+using LazyModelFs.Cli;
+
+return await Cli.RunAsync(args).ConfigureAwait(false);

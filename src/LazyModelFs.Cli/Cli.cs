@@ -1,0 +1,115 @@
+using System.CommandLine;
+using LazyModelFs.Cli.Commands;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Cli;
+
+/// <summary>
+/// The `lmfs` command line. Commands are thin: they parse, call the core, and print. Every failure
+/// goes through <see cref="Guard"/>: one "error:" line saying what was wrong, one "hint:" line saying
+/// what to do, a non-zero exit code, and a stack trace only with --verbose.
+/// </summary>
+public static class Cli
+{
+    /// <summary>Exit codes (docs/operations.md): 0 ok, 1 failure, 2 bad input, 3 data integrity, 4 metadata engine, 5 object store, 130 interrupted.</summary>
+    public const int ExitInterrupted = 130;
+
+    public static readonly Option<bool> Verbose = new("--verbose", "-v")
+    {
+        Description = "Show debug detail and stack traces of unexpected errors",
+        Recursive = true,
+    };
+
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("LazyModelFs: model files served lazily from object storage.\n\nQuick start:\n  lmfs format sqlite:///var/lib/lmfs/meta.db --storage file:///var/lib/lmfs/objects\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./my-model /models/\n  lmfs ls sqlite:///var/lib/lmfs/meta.db /models/my-model");
+        root.Add(Verbose);
+        root.Add(FormatCommand.Build());
+        root.Add(ImportCommand.Build());
+        root.Add(ListCommand.Build());
+        root.Add(StatCommand.Build());
+        root.Add(CatCommand.Build());
+        root.Add(RemoveCommand.Build());
+        return root;
+    }
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var root = Build();
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
+        {
+            foreach (var e in parse.Errors)
+            {
+                await Console.Error.WriteLineAsync("error: " + e.Message).ConfigureAwait(false);
+            }
+
+            await Console.Error.WriteLineAsync($"hint: see `lmfs {string.Join(' ', CommandPath(parse))} --help`").ConfigureAwait(false);
+            return 2;
+        }
+
+        return await parse.InvokeAsync().ConfigureAwait(false);
+    }
+
+    private static IEnumerable<string> CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var r = parse.CommandResult; r is not null && r.Command is not RootCommand; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+        {
+            names.Insert(0, r.Command.Name);
+        }
+
+        return names;
+    }
+
+    /// <summary>Runs a command body behind the error boundary.</summary>
+    public static async Task<int> Guard(ParseResult parse, Func<Task<int>> body)
+    {
+        bool verbose = parse.GetValue(Verbose);
+        try
+        {
+            return await body().ConfigureAwait(false);
+        }
+        catch (LmfsException ex)
+        {
+            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            if (ex.Hint is not null)
+            {
+                await Console.Error.WriteLineAsync("hint: " + ex.Hint).ConfigureAwait(false);
+            }
+
+            if (verbose && ex.InnerException is not null)
+            {
+                await Console.Error.WriteLineAsync(ex.InnerException.ToString()).ConfigureAwait(false);
+            }
+
+            return ex.ExitCode;
+        }
+        catch (OperationCanceledException)
+        {
+            await Console.Error.WriteLineAsync("error: interrupted").ConfigureAwait(false);
+            return ExitInterrupted;
+        }
+        catch (IOException ex) when (ex.HResult == unchecked((int)0x80070020) || ex.Message.Contains("Broken pipe", StringComparison.OrdinalIgnoreCase))
+        {
+            return 141; // stdout closed (e.g. `lmfs cat … | head`): like SIGPIPE
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("hint: check the path and its permissions").ConfigureAwait(false);
+            if (verbose)
+            {
+                await Console.Error.WriteLineAsync(ex.ToString()).ConfigureAwait(false);
+            }
+
+            return 1;
+        }
+        catch (Exception ex)
+        {
+            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {ex.Message}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync(verbose ? ex.ToString() : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
+            return 1;
+        }
+    }
+}

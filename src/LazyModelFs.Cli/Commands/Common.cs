@@ -1,0 +1,57 @@
+using System.CommandLine;
+using LazyModelFs.Storage;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Cli.Commands;
+
+/// <summary>Arguments and options that several commands share.</summary>
+internal static class Common
+{
+    public static Argument<string> MetaUrl() => new("META_URL")
+    {
+        Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
+    };
+
+    /// <summary>S3 credential options; without them the standard AWS chain (environment, profile) is used.</summary>
+    public sealed class Credentials
+    {
+        public Option<string?> AccessKey { get; } = new("--access-key") { Description = "S3 access key id (default: AWS_ACCESS_KEY_ID or the AWS profile)" };
+
+        public Option<FileInfo?> SecretKeyFile { get; } = new("--secret-key-file") { Description = "File holding the S3 secret key (default: AWS_SECRET_ACCESS_KEY or the AWS profile)" };
+
+        public void AddTo(Command c)
+        {
+            c.Add(AccessKey);
+            c.Add(SecretKeyFile);
+        }
+
+        public StorageOptions Read(ParseResult p, StorageOptions? baseOptions = null)
+        {
+            var o = baseOptions ?? new StorageOptions();
+            string? access = p.GetValue(AccessKey);
+            var file = p.GetValue(SecretKeyFile);
+            string? secret = null;
+            if (file is not null)
+            {
+                if (!file.Exists)
+                {
+                    throw new LmfsException($"secret key file '{file.FullName}' does not exist", "write the secret key into that file (mode 0600)", 2);
+                }
+
+                secret = File.ReadAllText(file.FullName).Trim();
+            }
+
+            if ((access is null) != (secret is null))
+            {
+                access ??= Environment.GetEnvironmentVariable("AWS_ACCESS_KEY_ID");
+                secret ??= Environment.GetEnvironmentVariable("AWS_SECRET_ACCESS_KEY");
+                if (access is null || secret is null)
+                {
+                    throw new LmfsException("only half of the S3 credentials were given", "give both --access-key and --secret-key-file, or neither", 2);
+                }
+            }
+
+            return o with { AccessKey = access, SecretKey = secret };
+        }
+    }
+}

@@ -1,0 +1,81 @@
+using System.CommandLine;
+using System.Diagnostics;
+using LazyModelFs.Import;
+using LazyModelFs.Util;
+using Spectre.Console;
+
+namespace LazyModelFs.Cli.Commands;
+
+internal static class ImportCommand
+{
+    public static Command Build()
+    {
+        var meta = Common.MetaUrl();
+        var paths = new Argument<string[]>("SRC... DEST") { Description = "Local files or directories, then the destination path in the volume", Arity = new ArgumentArity(2, 100_000) };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace destination files that exist with other content" };
+        var concurrency = new Option<int>("--concurrency", "-j") { Description = "Chunks hashed and uploaded at once", DefaultValueFactory = _ => 16 };
+        var noProgress = new Option<bool>("--no-progress") { Description = "Print plain progress lines even on a terminal" };
+        var creds = new Common.Credentials();
+
+        var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors")
+        {
+            meta, paths, overwrite, concurrency, noProgress,
+        };
+        creds.AddTo(cmd);
+        cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
+        {
+            var all = p.GetValue(paths)!;
+            int jobs = p.GetValue(concurrency);
+            if (jobs is < 1 or > 256)
+            {
+                throw new LmfsException($"--concurrency {jobs} is out of range", "use 1 to 256", 2);
+            }
+
+            using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
+            var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Concurrency = jobs });
+            var run = importer.RunAsync(all[..^1], all[^1], ct);
+            var summary = await ShowProgressAsync(importer.Progress, run, !p.GetValue(noProgress) && !Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive).ConfigureAwait(false);
+            Console.WriteLine($"imported {summary.Files} file(s) ({Sizes.Format(summary.Bytes)}), {summary.Directories} director{(summary.Directories == 1 ? "y" : "ies")}, {summary.Symlinks} symlink(s); {summary.UnchangedFiles} unchanged file(s) skipped");
+            Console.WriteLine($"chunks: {summary.Chunks} total, {summary.DedupChunks} deduplicated, {summary.Chunks - summary.DedupChunks} uploaded ({Sizes.Format(summary.UploadedBytes)} stored)");
+            Console.WriteLine($"throughput: {Sizes.Format(summary.BytesPerSecond)}/s in {summary.Elapsed.TotalSeconds:0.0} s");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    private static async Task<ImportSummary> ShowProgressAsync(ImportProgress progress, Task<ImportSummary> run, bool terminal)
+    {
+        if (terminal)
+        {
+            await AnsiConsole.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .StartAsync(async ctx =>
+                {
+                    var task = ctx.AddTask("importing", maxValue: 1);
+                    while (!run.IsCompleted)
+                    {
+                        task.MaxValue = Math.Max(1, progress.TotalBytes);
+                        task.Value = progress.BytesDone;
+                        task.Description = $"importing {progress.FilesDone}/{progress.TotalFiles} files";
+                        await Task.WhenAny(run, Task.Delay(200)).ConfigureAwait(false);
+                    }
+
+                    task.Value = task.MaxValue;
+                }).ConfigureAwait(false);
+            return await run.ConfigureAwait(false);
+        }
+
+        var sw = Stopwatch.StartNew();
+        while (!run.IsCompleted)
+        {
+            await Task.WhenAny(run, Task.Delay(5000)).ConfigureAwait(false);
+            if (!run.IsCompleted && progress.TotalBytes > 0)
+            {
+                await Console.Error.WriteLineAsync(
+                    $"progress: {progress.FilesDone}/{progress.TotalFiles} files, {Sizes.Format(progress.BytesDone)} of {Sizes.Format(progress.TotalBytes)} ({100.0 * progress.BytesDone / progress.TotalBytes:0}%), {Sizes.Format(progress.BytesDone / sw.Elapsed.TotalSeconds)}/s").ConfigureAwait(false);
+            }
+        }
+
+        return await run.ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,71 @@
+using System.CommandLine;
+using LazyModelFs.Meta;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Cli.Commands;
+
+internal static class ListCommand
+{
+    public static Command Build()
+    {
+        var meta = Common.MetaUrl();
+        var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
+        var longFormat = new Option<bool>("--long", "-l") { Description = "Show mode, owner, size and modification time" };
+        var cmd = new Command("ls", "List a directory of a volume.\n\nExample:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat };
+        cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
+        {
+            using var meta0 = await MetaStores.OpenAsync(p.GetValue(meta)!, ct: ct).ConfigureAwait(false);
+            var settings = await meta0.LoadSettingsAsync(ct).ConfigureAwait(false) ?? throw NotFormatted(meta0);
+            var ns = new Namespace(meta0, settings);
+            string at = p.GetValue(path)!;
+            var node = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw Missing(at);
+            bool l = p.GetValue(longFormat);
+            if (node.Type != NodeType.Directory)
+            {
+                Console.WriteLine(l ? Line(node, Path.GetFileName(at.TrimEnd('/'))) : Path.GetFileName(at.TrimEnd('/')));
+                return 0;
+            }
+
+            foreach (var e in await meta0.ListAsync(node.Ino, ct).ConfigureAwait(false))
+            {
+                if (!l)
+                {
+                    Console.WriteLine(e.Type == NodeType.Directory ? e.Name + "/" : e.Name);
+                    continue;
+                }
+
+                var child = await meta0.GetNodeAsync(e.Ino, ct).ConfigureAwait(false);
+                if (child is not null)
+                {
+                    Console.WriteLine(Line(child, e.Name));
+                }
+            }
+
+            return 0;
+        }));
+        return cmd;
+    }
+
+    internal static LmfsException NotFormatted(IMetaStore m) => new($"no volume is formatted at {m.Describe}", "run lmfs format first", 2);
+
+    internal static LmfsException Missing(string path) => new($"'{path}' does not exist in the volume", "list its parent with lmfs ls", 2);
+
+    internal static string ModeString(Node n)
+    {
+        char t = n.Type switch { NodeType.Directory => 'd', NodeType.Symlink => 'l', _ => '-' };
+        var s = new char[10];
+        s[0] = t;
+        const string rwx = "rwxrwxrwx";
+        for (int i = 0; i < 9; i++)
+        {
+            s[i + 1] = (n.Mode & (1u << (8 - i))) != 0 ? rwx[i] : '-';
+        }
+
+        return new string(s);
+    }
+
+    internal static string Time(long ns) => DateTime.UnixEpoch.AddTicks(ns / 100).ToString("yyyy-MM-dd HH:mm:ss", System.Globalization.CultureInfo.InvariantCulture);
+
+    private static string Line(Node n, string name) =>
+        $"{ModeString(n)} {n.Uid,5} {n.Gid,5} {n.Size,14} {Time(n.MtimeNs)} {name}{(n.Type == NodeType.Symlink ? " -> " + n.SymlinkTarget : n.Type == NodeType.Directory ? "/" : "")}";
+}

@@ -1,0 +1,64 @@
+using System.CommandLine;
+using LazyModelFs.Chunks;
+using LazyModelFs.Meta;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Cli.Commands;
+
+internal static class StatCommand
+{
+    public static Command Build()
+    {
+        var meta = Common.MetaUrl();
+        var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
+        var chunks = new Option<bool>("--chunks") { Description = "List every chunk of a file" };
+        var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\n\nExample:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks") { meta, path, chunks };
+        cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
+        {
+            using var m = await MetaStores.OpenAsync(p.GetValue(meta)!, ct: ct).ConfigureAwait(false);
+            var settings = await m.LoadSettingsAsync(ct).ConfigureAwait(false) ?? throw ListCommand.NotFormatted(m);
+            var ns = new Namespace(m, settings);
+            string at = p.GetValue(path)!;
+            var n = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw ListCommand.Missing(at);
+            Console.WriteLine($"path:     {Namespace.Join(Namespace.SplitPath(at))}");
+            Console.WriteLine($"inode:    {n.Ino}");
+            Console.WriteLine($"type:     {n.Type.ToString().ToLowerInvariant()}");
+            Console.WriteLine($"mode:     {ListCommand.ModeString(n)} (0{Convert.ToString(n.Mode, 8)})");
+            Console.WriteLine($"owner:    uid {n.Uid}, gid {n.Gid}");
+            Console.WriteLine($"size:     {n.Size} ({Sizes.Format(n.Size)})");
+            Console.WriteLine($"modified: {ListCommand.Time(n.MtimeNs)} UTC");
+            Console.WriteLine($"changed:  {ListCommand.Time(n.CtimeNs)} UTC");
+            if (n.Type == NodeType.Symlink)
+            {
+                Console.WriteLine($"target:   {n.SymlinkTarget}");
+            }
+
+            if (n.Ino == Node.RootIno)
+            {
+                var u = await m.GetUsageAsync(ct).ConfigureAwait(false);
+                Console.WriteLine($"volume:   '{settings.Name}' {settings.Uuid}, format version {settings.FormatVersion}, created {settings.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
+                Console.WriteLine($"storage:  {settings.Storage}");
+                Console.WriteLine($"chunks:   {Sizes.Format(settings.ChunkSize)}, compression {settings.Compression}");
+                Console.WriteLine($"usage:    {u.Bytes} bytes ({Sizes.Format(u.Bytes)}) in {u.Inodes} inodes");
+            }
+
+            if (n.Type == NodeType.File)
+            {
+                var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty;
+                int zstd = t.Entries.Count(e => e.Codec == ChunkCodec.Zstd);
+                Console.WriteLine($"chunks:   {t.Count} of {Sizes.Format(settings.ChunkSize)}; {zstd} zstd, {t.Count - zstd} plain; stored {Sizes.Format(t.StoredSize)} for {Sizes.Format(t.PlainSize)}");
+                if (p.GetValue(chunks))
+                {
+                    for (int i = 0; i < t.Count; i++)
+                    {
+                        var e = t[i];
+                        Console.WriteLine($"  {i,6} @{(long)i * settings.ChunkSize,14} {e.Id} plain {e.PlainLength} stored {e.StoredLength} {e.Codec.ToString().ToLowerInvariant()} crc32c {e.Crc32C:x8}");
+                    }
+                }
+            }
+
+            return 0;
+        }));
+        return cmd;
+    }
+}

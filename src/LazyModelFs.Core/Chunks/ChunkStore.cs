@@ -1,0 +1,55 @@
+using System.Buffers;
+using LazyModelFs.Storage;
+
+namespace LazyModelFs.Chunks;
+
+/// <summary>Reads and writes chunk objects through an <see cref="IObjectStore"/>, verifying every chunk read.</summary>
+public sealed class ChunkStore(IObjectStore store)
+{
+    public IObjectStore Store { get; } = store;
+
+    /// <summary>
+    /// Fetches the chunk and writes its verified plain bytes into <paramref name="plain"/>
+    /// (at least <c>entry.PlainLength</c> long). A truncated, damaged or mismatching object throws
+    /// <see cref="Util.ChunkCorruptException"/>; nothing unverified is ever written to <paramref name="plain"/>'s caller-visible range on success paths.
+    /// </summary>
+    public async Task ReadAsync(ChunkEntry entry, Memory<byte> plain, CancellationToken ct = default)
+    {
+        byte[] obj = ArrayPool<byte>.Shared.Rent(entry.StoredLength + 1);
+        try
+        {
+            // Ask for one byte more than expected: an object longer than its table row says is damaged too.
+            int n = await Store.GetAsync(entry.Id.ObjectKey(), 0, obj.AsMemory(0, entry.StoredLength + 1), ct).ConfigureAwait(false);
+            if (n != entry.StoredLength)
+            {
+                throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is {(n > entry.StoredLength ? "longer" : $"{n} bytes")}, the chunk table says {entry.StoredLength}");
+            }
+
+            ChunkObject.Decode(obj.AsSpan(0, n), entry, plain.Span);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(obj);
+        }
+    }
+
+    /// <summary>
+    /// If the chunk's object already exists, returns its codec and size (a plain object is exactly
+    /// plain + header bytes; a zstd one is stored only when smaller). Null when absent or malformed.
+    /// </summary>
+    public async Task<(ChunkCodec Codec, int StoredLength)?> FindAsync(ChunkId id, int plainLength, CancellationToken ct = default)
+    {
+        long? size = await Store.HeadAsync(id.ObjectKey(), ct).ConfigureAwait(false);
+        if (size is not { } s || s <= ChunkObject.HeaderSize)
+        {
+            return null;
+        }
+
+        if (s == plainLength + ChunkObject.HeaderSize)
+        {
+            return (ChunkCodec.None, (int)s);
+        }
+
+        return s < plainLength + ChunkObject.HeaderSize ? (ChunkCodec.Zstd, (int)s) : null;
+    }
+}

@@ -1,0 +1,106 @@
+using LazyModelFs.Chunks;
+using LazyModelFs.Meta;
+using LazyModelFs.Storage;
+using LazyModelFs.Util;
+
+namespace LazyModelFs;
+
+/// <summary>An opened volume: its metadata engine, settings, object store and namespace.</summary>
+public sealed class Volume : IDisposable
+{
+    public const int MinChunkSize = 1 << 20;
+    public const int MaxChunkSize = 64 << 20;
+    public const int DefaultChunkSize = 4 << 20;
+
+    private Volume(IMetaStore meta, VolumeSettings settings, IObjectStore store)
+    {
+        Meta = meta;
+        Settings = settings;
+        Store = store;
+        Chunks = new ChunkStore(store);
+        Namespace = new Namespace(meta, settings);
+    }
+
+    public IMetaStore Meta { get; }
+
+    public VolumeSettings Settings { get; }
+
+    public IObjectStore Store { get; }
+
+    public ChunkStore Chunks { get; }
+
+    public Namespace Namespace { get; }
+
+    public ChunkCodec Codec => Settings.Compression == "zstd" ? ChunkCodec.Zstd : ChunkCodec.None;
+
+    /// <summary>Opens a formatted volume; the object store comes from its settings (credentials from <paramref name="storage"/> or the environment).</summary>
+    public static async Task<Volume> OpenAsync(string metaUrl, StorageOptions? storage = null, CancellationToken ct = default)
+    {
+        var meta = await MetaStores.OpenAsync(metaUrl, create: false, ct).ConfigureAwait(false);
+        try
+        {
+            var settings = await meta.LoadSettingsAsync(ct).ConfigureAwait(false)
+                ?? throw new LmfsException($"no volume is formatted at {meta.Describe}", $"run: lmfs format {Redact.Url(metaUrl)} --storage STORAGE_URL", 2);
+            var store = ObjectStores.Open(settings.Storage, storage);
+            return new Volume(meta, settings, store);
+        }
+        catch
+        {
+            meta.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Formats a new volume: checks the object store (reachable, bucket present, credentials accepted)
+    /// before writing anything, then writes settings and the root directory in one transaction.
+    /// </summary>
+    public static async Task<VolumeSettings> FormatAsync(string metaUrl, string storageUrl, StorageOptions storage, int chunkSize, string compression, string name, CancellationToken ct = default)
+    {
+        if (chunkSize < MinChunkSize || chunkSize > MaxChunkSize || (chunkSize & (chunkSize - 1)) != 0)
+        {
+            throw new LmfsException($"chunk size {Sizes.Format(chunkSize)} is not allowed", "use a power of two from 1M to 64M (default 4M)", 2);
+        }
+
+        if (compression is not ("none" or "zstd"))
+        {
+            throw new LmfsException($"compression '{compression}' is not supported", "use none (default) or zstd", 2);
+        }
+
+        using var store = ObjectStores.Open(storageUrl, storage, create: true);
+        var settings = new VolumeSettings
+        {
+            Name = name,
+            Uuid = Guid.NewGuid(),
+            ChunkSize = chunkSize,
+            Compression = compression,
+            Storage = ObjectStores.Canonical(storageUrl, storage),
+            CreatedAt = DateTimeOffset.UtcNow,
+        };
+
+        using var meta = await MetaStores.OpenAsync(metaUrl, create: true, ct).ConfigureAwait(false);
+        if (await meta.LoadSettingsAsync(ct).ConfigureAwait(false) is { } existing)
+        {
+            throw new LmfsException(
+                $"{meta.Describe} already holds volume '{existing.Name}' ({existing.Uuid}, formatted {existing.CreatedAt:yyyy-MM-dd})",
+                "formatting again would orphan its data; use another metadata URL (or ?volume=NAME on Redis)",
+                2);
+        }
+
+        await store.CheckAsync(ct).ConfigureAwait(false);
+        long now = Namespace.NowNs();
+        var root = new Node(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, now, now, Node.RootIno);
+        if (!await meta.FormatAsync(settings, root, ct).ConfigureAwait(false))
+        {
+            throw new LmfsException($"{meta.Describe} was formatted by another process just now", "use another metadata URL", 2);
+        }
+
+        return settings;
+    }
+
+    public void Dispose()
+    {
+        Store.Dispose();
+        Meta.Dispose();
+    }
+}
