@@ -308,7 +308,13 @@ public sealed class RedisMetaStore : IMetaStore
         return new VolumeUsage(v[0].IsNull ? 0 : (long)v[0], v[1].IsNull ? 0 : (long)v[1]);
     }
 
-    public void Dispose() => _conn.Dispose();
+    public void Dispose()
+    {
+        // StackExchange.Redis 1.2.6 waits up to its sync timeout in Dispose() for in-flight commands;
+        // every call of ours is awaited before Dispose, so close without waiting.
+        _conn.Close(allowCommandsToComplete: false);
+        _conn.Dispose();
+    }
 
     private static long SizeOf(Node n) => n.Type == NodeType.File ? (long)n.Size : 0;
 

@@ -1,0 +1,172 @@
+using System.Text;
+using LazyModelFs.Chunks;
+using LazyModelFs.Meta;
+using LazyModelFs.Util;
+using Xunit;
+
+namespace LazyModelFs.Tests.Chunks;
+
+public class FormatTests
+{
+    [Fact]
+    public void Crc32C_matches_the_RFC_3720_check_value()
+    {
+        Assert.Equal(0xE3069283u, Crc32C.Compute("123456789"u8));
+        Assert.Equal(0u, Crc32C.Compute([]));
+        // Appending in pieces gives the same result as one pass.
+        var data = Enumerable.Range(0, 1000).Select(i => (byte)(i * 7)).ToArray();
+        Assert.Equal(Crc32C.Compute(data), Crc32C.Append(Crc32C.Compute(data.AsSpan(0, 333)), data.AsSpan(333)));
+    }
+
+    [Fact]
+    public void ChunkId_is_the_sha256_and_derives_the_object_key()
+    {
+        var id = ChunkId.Of("abc"u8);
+        Assert.Equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", id.ToHex());
+        Assert.Equal("chunks/ba/78/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", id.ObjectKey());
+        Assert.Equal(id, ChunkId.FromBytes(id.ToBytes()));
+        Assert.Equal(id, ChunkId.FromHex(id.ToHex()));
+    }
+
+    [Fact]
+    public void ChunkTable_encoding_matches_the_documented_layout()
+    {
+        var id = ChunkId.Of("abc"u8);
+        var t = new ChunkTable([new ChunkEntry(id, 3, 19, ChunkCodec.None, 0x11223344)]);
+        byte[] b = t.Encode();
+        Assert.Equal(ChunkTable.HeaderSize + ChunkTable.EntrySize, b.Length);
+        Assert.Equal("LMCT"u8.ToArray(), b[..4]);
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0 }, b[4..16]); // version 1, reserved, count 1, reserved
+        Assert.Equal(id.ToBytes(), b[16..48]);
+        Assert.Equal(new byte[] { 3, 0, 0, 0, 19, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x33, 0x22, 0x11 }, b[48..64]);
+        var back = ChunkTable.Decode(b, 1 << 20);
+        Assert.Equal(t.Entries, back.Entries);
+    }
+
+    [Theory]
+    [InlineData(0, "no LMCT header")]
+    [InlineData(1, "version")]
+    [InlineData(2, "entries")]
+    [InlineData(3, "plain length")]
+    [InlineData(4, "codec")]
+    public void ChunkTable_decode_refuses_damaged_tables(int damage, string expected)
+    {
+        var e = new ChunkEntry(ChunkId.Of("x"u8), 1024, 1040, ChunkCodec.None, 1);
+        byte[] b = new ChunkTable([e with { PlainLength = 4096, StoredLength = 4112 }, e]).Encode();
+        switch (damage)
+        {
+            case 0: b[0] = (byte)'X'; break;
+            case 1: b[4] = 9; break;
+            case 2: b = b[..^1]; break;
+            case 3: b[16 + 32] = 1; break; // first row's plain length no longer the chunk size
+            case 4: b[16 + 48 + 40] = 7; break;
+        }
+
+        var ex = Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(b, 4096));
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ChunkObject_plain_round_trip_has_the_documented_header()
+    {
+        byte[] plain = Encoding.ASCII.GetBytes("model weights");
+        var obj = new byte[ChunkObject.MaxObjectSize(plain.Length, ChunkCodec.None)];
+        var (codec, len) = ChunkObject.Encode(plain, obj, ChunkCodec.None);
+        Assert.Equal(ChunkCodec.None, codec);
+        Assert.Equal(16 + plain.Length, len);
+        Assert.Equal(new byte[] { (byte)'L', (byte)'M', (byte)'C', (byte)'K', 1, 0, 0, 0, 13, 0, 0, 0, 13, 0, 0, 0 }, obj[..16]);
+        var entry = new ChunkEntry(ChunkId.Of(plain), plain.Length, len, codec, Crc32C.Compute(plain));
+        var back = new byte[plain.Length];
+        ChunkObject.Decode(obj.AsSpan(0, len), entry, back);
+        Assert.Equal(plain, back);
+    }
+
+    [Fact]
+    public void ChunkObject_zstd_compresses_what_compresses_and_stores_the_rest_plain()
+    {
+        byte[] text = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("tensor ", 10_000)));
+        var obj = new byte[ChunkObject.MaxObjectSize(text.Length, ChunkCodec.Zstd)];
+        var (codec, len) = ChunkObject.Encode(text, obj, ChunkCodec.Zstd);
+        Assert.Equal(ChunkCodec.Zstd, codec);
+        Assert.True(len < text.Length / 10, $"compressed to {len}");
+        var back = new byte[text.Length];
+        ChunkObject.Decode(obj.AsSpan(0, len), new ChunkEntry(ChunkId.Of(text), text.Length, len, codec, 0), back);
+        Assert.Equal(text, back);
+
+        byte[] random = new byte[65536];
+        new Random(1).NextBytes(random);
+        var obj2 = new byte[ChunkObject.MaxObjectSize(random.Length, ChunkCodec.Zstd)];
+        Assert.Equal(ChunkCodec.None, ChunkObject.Encode(random, obj2, ChunkCodec.Zstd).Codec);
+    }
+
+    [Fact]
+    public void ChunkObject_decode_detects_every_kind_of_damage()
+    {
+        byte[] plain = new byte[5000];
+        new Random(2).NextBytes(plain);
+        var obj = new byte[ChunkObject.MaxObjectSize(plain.Length, ChunkCodec.None)];
+        var (codec, len) = ChunkObject.Encode(plain, obj, ChunkCodec.None);
+        var entry = new ChunkEntry(ChunkId.Of(plain), plain.Length, len, codec, 0);
+        var dest = new byte[plain.Length];
+
+        var flipped = obj[..len];
+        flipped[100] ^= 1;
+        Assert.Contains("SHA-256", Assert.Throws<ChunkCorruptException>(() => ChunkObject.Decode(flipped, entry, dest)).Message, StringComparison.Ordinal);
+        Assert.Throws<ChunkCorruptException>(() => ChunkObject.Decode(obj.AsSpan(0, len - 1), entry, dest));
+        Assert.Throws<ChunkCorruptException>(() => ChunkObject.Decode(obj.AsSpan(0, 10), entry, dest));
+        var badMagic = obj[..len];
+        badMagic[0] = 0;
+        Assert.Throws<ChunkCorruptException>(() => ChunkObject.Decode(badMagic, entry, dest));
+        var badZstd = obj[..len];
+        badZstd[5] = (byte)ChunkCodec.Zstd;
+        Assert.Throws<ChunkCorruptException>(() => ChunkObject.Decode(badZstd, entry, dest));
+    }
+
+    [Fact]
+    public void Node_record_round_trips_and_refuses_damage()
+    {
+        var n = new Node(42, NodeType.Symlink, 0x1FF, 1000, 100, 1, 9, 1_700_000_000_123_456_789, 1_700_000_001_000_000_000, 7, "../blobs/ab");
+        byte[] b = n.Encode();
+        Assert.Equal(Node.FixedSize + 11, b.Length);
+        Assert.Equal(n, Node.Decode(42, b));
+
+        var f = new Node(43, NodeType.File, 0x1A4, 0, 0, 1, 1 << 30, 1, 2, 1);
+        Assert.Equal(f, Node.Decode(43, f.Encode()));
+        Assert.Throws<MetaCorruptException>(() => Node.Decode(1, b.AsSpan(0, 10)));
+        var badVersion = f.Encode();
+        badVersion[0] = 2;
+        Assert.Contains("version", Assert.Throws<MetaCorruptException>(() => Node.Decode(1, badVersion)).Message, StringComparison.Ordinal);
+        var badType = f.Encode();
+        badType[1] = 9;
+        Assert.Throws<MetaCorruptException>(() => Node.Decode(1, badType));
+        Assert.Throws<MetaCorruptException>(() => DirEntry.DecodeValue("x", new byte[] { 1, 2 }));
+    }
+
+    [Fact]
+    public void Settings_from_a_newer_lmfs_are_refused_with_a_clear_message()
+    {
+        var s = new VolumeSettings { Name = "v", Uuid = Guid.NewGuid(), ChunkSize = 1 << 22, Compression = "none", Storage = "file:///x", CreatedAt = DateTimeOffset.UnixEpoch };
+        Assert.Equal(s, SettingsCodec.Decode(SettingsCodec.Encode(s)));
+        var newer = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(SettingsCodec.Encode(s)).Replace("\"formatVersion\":1", "\"formatVersion\":7", StringComparison.Ordinal));
+        var ex = Assert.Throws<LmfsException>(() => SettingsCodec.Decode(newer));
+        Assert.Contains("version is 7", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("upgrade", ex.Hint, StringComparison.Ordinal);
+        Assert.Throws<MetaCorruptException>(() => SettingsCodec.Decode("{not json"u8));
+    }
+
+    [Theory]
+    [InlineData("redis://:s3cret@host:6379/1", "redis://***@host:6379/1")]
+    [InlineData("redis://user:pw@h/0?volume=a@b", "redis://***@h/0?volume=a@b")]
+    [InlineData("sqlite:///var/lib/meta.db", "sqlite:///var/lib/meta.db")]
+    public void Redact_removes_credentials_from_urls(string url, string expected) => Assert.Equal(expected, Redact.Url(url));
+
+    [Theory]
+    [InlineData("4M", 4L << 20)]
+    [InlineData("512MiB", 512L << 20)]
+    [InlineData("1g", 1L << 30)]
+    [InlineData("100", 100)]
+    public void Sizes_parse_units(string text, long expected) => Assert.Equal(expected, Sizes.Parse(text, "x"));
+
+    [Fact]
+    public void Sizes_refuse_garbage() => Assert.Throws<LmfsException>(() => Sizes.Parse("4Q", "--chunk-size"));
+}

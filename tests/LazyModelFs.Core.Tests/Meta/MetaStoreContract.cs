@@ -1,0 +1,190 @@
+using LazyModelFs.Chunks;
+using LazyModelFs.Meta;
+using Xunit;
+
+namespace LazyModelFs.Tests.Meta;
+
+/// <summary>
+/// The one contract every metadata engine passes (in-memory twin, SQLite, Redis). Each test
+/// formats a fresh volume from <see cref="OpenFreshAsync"/>.
+/// </summary>
+public abstract class MetaStoreContract
+{
+    protected const int ChunkSize = 1 << 20;
+
+    protected abstract Task<IMetaStore> OpenFreshAsync();
+
+    protected static VolumeSettings NewSettings() => new()
+    {
+        Name = "contract",
+        Uuid = Guid.NewGuid(),
+        ChunkSize = ChunkSize,
+        Compression = "none",
+        Storage = "file:///tmp/none",
+        CreatedAt = DateTimeOffset.UtcNow,
+    };
+
+    private static Node Root() => new(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, 1, 1, Node.RootIno);
+
+    protected async Task<(IMetaStore Meta, Namespace Ns)> FormattedAsync()
+    {
+        var m = await OpenFreshAsync();
+        var s = NewSettings();
+        Assert.True(await m.FormatAsync(s, Root()));
+        return (m, new Namespace(m, s));
+    }
+
+    private static ChunkTable Table(params string[] contents) =>
+        new(contents.Select((c, i) => new ChunkEntry(ChunkId.Of(System.Text.Encoding.UTF8.GetBytes(c)), i == contents.Length - 1 ? c.Length : ChunkSize, 100, ChunkCodec.None, 0)).ToList());
+
+    private static async Task<Node> NewFile(IMetaStore m, ulong parent, ulong size) =>
+        new(await m.AllocateInodeAsync(), NodeType.File, 0x1A4, 1000, 1000, 1, size, 5, 6, parent);
+
+    [Fact]
+    public async Task Unformatted_volume_has_no_settings_and_formats_once()
+    {
+        using var m = await OpenFreshAsync();
+        Assert.Null(await m.LoadSettingsAsync());
+        var s = NewSettings();
+        Assert.True(await m.FormatAsync(s, Root()));
+        Assert.Equal(s, await m.LoadSettingsAsync());
+        Assert.False(await m.FormatAsync(NewSettings(), Root()));
+        Assert.Equal(s.Uuid, (await m.LoadSettingsAsync())!.Uuid);
+        Assert.Equal(NodeType.Directory, (await m.GetNodeAsync(Node.RootIno))!.Type);
+        Assert.Equal(new VolumeUsage(0, 1), await m.GetUsageAsync());
+    }
+
+    [Fact]
+    public async Task Created_file_is_visible_with_its_chunk_table_references_and_usage()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var table = Table("a", "b", "a");
+        var node = await NewFile(m, Node.RootIno, 2 * (ulong)ChunkSize + 1);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "model.safetensors", node, table)));
+
+        var e = await m.LookupAsync(Node.RootIno, "model.safetensors");
+        Assert.Equal(new DirEntry("model.safetensors", node.Ino, NodeType.File), e);
+        Assert.Equal(node, await m.GetNodeAsync(node.Ino));
+        Assert.Equal(table.Entries, (await m.GetChunkTableAsync(node.Ino, ChunkSize))!.Entries);
+        Assert.Equal(2, await m.GetChunkRefCountAsync(table[0].Id));
+        Assert.Equal(1, await m.GetChunkRefCountAsync(table[1].Id));
+        Assert.Equal(0, await m.GetChunkRefCountAsync(ChunkId.Of("zzz"u8)));
+        Assert.Equal(new VolumeUsage((long)node.Size, 2), await m.GetUsageAsync());
+        Assert.Null(await m.LookupAsync(Node.RootIno, "missing"));
+        Assert.Null(await m.GetNodeAsync(9999));
+        Assert.Null(await m.GetChunkTableAsync(9999, ChunkSize));
+    }
+
+    [Fact]
+    public async Task Creating_an_existing_name_without_replace_changes_nothing()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var first = await NewFile(m, Node.RootIno, 1);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "f", first, Table("x"))));
+        var second = await NewFile(m, Node.RootIno, 1);
+        Assert.Equal(MetaResult.Exists, await m.CreateAsync(new EntryCreate(Node.RootIno, "f", second, Table("y"))));
+        Assert.Equal(first.Ino, (await m.LookupAsync(Node.RootIno, "f"))!.Value.Ino);
+        Assert.Null(await m.GetNodeAsync(second.Ino));
+        Assert.Equal(0, await m.GetChunkRefCountAsync(ChunkId.Of("y"u8)));
+    }
+
+    [Fact]
+    public async Task Replace_is_atomic_and_moves_references()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        var old = await NewFile(m, Node.RootIno, 1);
+        var oldTable = Table("old");
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "f", old, oldTable));
+        var seen = await ns.DescribeAsync((await m.LookupAsync(Node.RootIno, "f"))!.Value);
+
+        var nu = await NewFile(m, Node.RootIno, 3);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "f", nu, Table("new"), seen)));
+        Assert.Equal(nu.Ino, (await m.LookupAsync(Node.RootIno, "f"))!.Value.Ino);
+        Assert.Null(await m.GetNodeAsync(old.Ino));
+        Assert.Null(await m.GetChunkTableAsync(old.Ino, ChunkSize));
+        Assert.Equal(0, await m.GetChunkRefCountAsync(oldTable[0].Id));
+        Assert.Equal(1, await m.GetChunkRefCountAsync(ChunkId.Of("new"u8)));
+        Assert.Equal(new VolumeUsage(3, 2), await m.GetUsageAsync());
+
+        // The condition is stale now: a second replace based on the old view must not apply.
+        var third = await NewFile(m, Node.RootIno, 5);
+        Assert.Equal(MetaResult.Conflict, await m.CreateAsync(new EntryCreate(Node.RootIno, "f", third, Table("third"), seen)));
+        Assert.Equal(nu.Ino, (await m.LookupAsync(Node.RootIno, "f"))!.Value.Ino);
+        Assert.Equal(0, await m.GetChunkRefCountAsync(ChunkId.Of("third"u8)));
+    }
+
+    [Fact]
+    public async Task Parent_must_be_an_existing_directory()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var f = await NewFile(m, Node.RootIno, 1);
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "file", f, Table("x")));
+        Assert.Equal(MetaResult.NoParent, await m.CreateAsync(new EntryCreate(f.Ino, "child", await NewFile(m, f.Ino, 1), Table("y"))));
+        Assert.Equal(MetaResult.NoParent, await m.CreateAsync(new EntryCreate(424242, "child", await NewFile(m, 424242, 1), Table("y"))));
+    }
+
+    [Fact]
+    public async Task Directories_list_in_byte_order_and_remove_only_when_empty()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        ulong dir = await ns.MkdirAllAsync("/models/llama");
+        Assert.Equal(dir, await ns.MkdirAllAsync("models/llama/")); // idempotent
+        string[] names = ["b", "a", "é", "Z", "a.b", "z", "日本"];
+        foreach (var n in names)
+        {
+            await m.CreateAsync(new EntryCreate(dir, n, await NewFile(m, dir, 1), Table(n)));
+        }
+
+        var listed = (await m.ListAsync(dir)).Select(e => e.Name).ToArray();
+        var byBytes = names.OrderBy(n => System.Text.Encoding.UTF8.GetBytes(n), Comparer<byte[]>.Create((x, y) => x.AsSpan().SequenceCompareTo(y))).ToArray();
+        Assert.Equal(byBytes, listed);
+
+        var models = await ns.ResolveAsync("/models");
+        var llama = await ns.DescribeAsync((await m.LookupAsync(models!.Ino, "llama"))!.Value);
+        Assert.Equal(MetaResult.NotEmpty, await m.RemoveAsync(models.Ino, llama!));
+        var (files, dirs) = await ns.RemoveAsync("/models", recursive: true);
+        Assert.Equal((names.Length, 2L), (files, dirs));
+        Assert.Empty(await m.ListAsync(Node.RootIno));
+        Assert.Equal(new VolumeUsage(0, 1), await m.GetUsageAsync());
+        Assert.Equal(0, await m.GetChunkRefCountAsync(ChunkId.Of("b"u8)));
+    }
+
+    [Fact]
+    public async Task Symlinks_and_empty_files_round_trip()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        var link = new Node(await m.AllocateInodeAsync(), NodeType.Symlink, 0x1FF, 0, 0, 1, 0, 1, 1, Node.RootIno, "../blobs/abc");
+        Assert.Equal(MetaResult.Ok, await ns.LinkAsync(Node.RootIno, "link", link, null, overwrite: false));
+        Assert.Equal("../blobs/abc", (await ns.ResolveAsync("/link"))!.SymlinkTarget);
+        var empty = await NewFile(m, Node.RootIno, 0);
+        Assert.Equal(MetaResult.Ok, await ns.LinkAsync(Node.RootIno, "empty", empty, ChunkTable.Empty, overwrite: false));
+        Assert.Equal(0, (await m.GetChunkTableAsync(empty.Ino, ChunkSize))!.Count);
+        Assert.Null(await ns.ResolveAsync("/link/below")); // a symlink is not walked into
+    }
+
+    [Fact]
+    public async Task Concurrent_inode_allocation_gives_unique_numbers()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var all = await Task.WhenAll(Enumerable.Range(0, 200).Select(_ => Task.Run(() => m.AllocateInodeAsync())));
+        Assert.Equal(200, all.Distinct().Count());
+        Assert.All(all, i => Assert.True(i > Node.RootIno));
+    }
+
+    [Fact]
+    public async Task Concurrent_mkdir_of_one_path_agrees_on_one_directory()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        var inos = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(() => ns.MkdirAllAsync("/a/b/c"))));
+        Assert.Single(inos.Distinct());
+        Assert.Single(await m.ListAsync(Node.RootIno));
+    }
+}

@@ -1,0 +1,68 @@
+using System.Diagnostics;
+
+namespace LazyModelFs.Testing;
+
+public sealed record RunResult(int ExitCode, string Stdout, string Stderr)
+{
+    public override string ToString() => $"exit {ExitCode}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
+}
+
+/// <summary>Runs the built `lmfs` (lmfs.dll beside the test assembly) as a separate process, as a user would.</summary>
+public static class LmfsRunner
+{
+    public static string Dll { get; } = Path.Combine(AppContext.BaseDirectory, "lmfs.dll");
+
+    public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null)
+    {
+        var psi = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(Dll);
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        // Keep the developer's AWS setup out of the tests.
+        foreach (var k in new[] { "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_REGION", "LMFS_REDIS_PASSWORD", "REDIS_PASSWORD" })
+        {
+            psi.Environment.Remove(k);
+        }
+
+        psi.Environment["AWS_EC2_METADATA_DISABLED"] = "true";
+        foreach (var (k, v) in env ?? new Dictionary<string, string?>())
+        {
+            psi.Environment[k] = v;
+        }
+
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (stdin is not null)
+        {
+            p.StandardInput.BaseStream.Write(stdin);
+        }
+
+        p.StandardInput.Close();
+        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(2)))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"lmfs {string.Join(' ', args)} did not finish in time");
+        }
+
+        return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    public static RunResult Run(params string[] args) => Run((IEnumerable<string>)args);
+
+    /// <summary>S3rver's credentials in the environment, as users pass them.</summary>
+    public static Dictionary<string, string?> S3Env() => new()
+    {
+        ["AWS_ACCESS_KEY_ID"] = S3rverServer.AccessKey,
+        ["AWS_SECRET_ACCESS_KEY"] = S3rverServer.SecretKey,
+    };
+}
