@@ -21,6 +21,9 @@ public sealed class Volume : IDisposable
         Namespace = new Namespace(meta, settings);
     }
 
+    /// <summary>Wires an already formatted volume from its parts (tests with in-memory twins, embedding).</summary>
+    public static Volume Create(IMetaStore meta, VolumeSettings settings, IObjectStore store) => new(meta, settings, store);
+
     public IMetaStore Meta { get; }
 
     public VolumeSettings Settings { get; }
