@@ -70,32 +70,54 @@ public sealed class Volume : IDisposable
             throw new LmfsException($"compression '{compression}' is not supported", "use none (default) or zstd", 2);
         }
 
-        using var store = ObjectStores.Open(storageUrl, storage, create: true);
+        // Parse and validate both URLs before touching anything.
+        string canonicalStorage = ObjectStores.Canonical(storageUrl, storage);
+        ObjectStores.Open(storageUrl, storage).Dispose();
+        string? sqlitePath = MetaStores.SqlitePath(metaUrl);
+        bool createdMeta = sqlitePath is not null && !File.Exists(sqlitePath);
         var settings = new VolumeSettings
         {
             Name = name,
             Uuid = Guid.NewGuid(),
             ChunkSize = chunkSize,
             Compression = compression,
-            Storage = ObjectStores.Canonical(storageUrl, storage),
+            Storage = canonicalStorage,
             CreatedAt = DateTimeOffset.UtcNow,
         };
 
-        using var meta = await MetaStores.OpenAsync(metaUrl, create: true, ct).ConfigureAwait(false);
-        if (await meta.LoadSettingsAsync(ct).ConfigureAwait(false) is { } existing)
+        try
         {
-            throw new LmfsException(
-                $"{meta.Describe} already holds volume '{existing.Name}' ({existing.Uuid}, formatted {existing.CreatedAt:yyyy-MM-dd})",
-                "formatting again would orphan its data; use another metadata URL (or ?volume=NAME on Redis)",
-                2);
-        }
+            using var meta = await MetaStores.OpenAsync(metaUrl, create: true, ct).ConfigureAwait(false);
+            if (await meta.LoadSettingsAsync(ct).ConfigureAwait(false) is { } existing)
+            {
+                throw new LmfsException(
+                    $"{meta.Describe} already holds volume '{existing.Name}' ({existing.Uuid}, formatted {existing.CreatedAt:yyyy-MM-dd})",
+                    "formatting again would orphan its data; use another metadata URL (or ?volume=NAME on Redis)",
+                    2);
+            }
 
-        await store.CheckAsync(ct).ConfigureAwait(false);
-        long now = Namespace.NowNs();
-        var root = new Node(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, now, now, Node.RootIno);
-        if (!await meta.FormatAsync(settings, root, ct).ConfigureAwait(false))
+            // The store must be reachable, exist and accept the credentials before the volume is recorded.
+            using (var store = ObjectStores.Open(storageUrl, storage, create: true))
+            {
+                await store.CheckAsync(ct).ConfigureAwait(false);
+            }
+
+            long now = Namespace.NowNs();
+            var root = new Node(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, now, now, Node.RootIno);
+            if (!await meta.FormatAsync(settings, root, ct).ConfigureAwait(false))
+            {
+                throw new LmfsException($"{meta.Describe} was formatted by another process just now", "use another metadata URL", 2);
+            }
+        }
+        catch when (createdMeta)
         {
-            throw new LmfsException($"{meta.Describe} was formatted by another process just now", "use another metadata URL", 2);
+            // Bad input changes nothing: remove the database file this call created.
+            foreach (var suffix in new[] { "", "-wal", "-shm" })
+            {
+                File.Delete(sqlitePath + suffix);
+            }
+
+            throw;
         }
 
         return settings;

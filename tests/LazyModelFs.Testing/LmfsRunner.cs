@@ -2,6 +2,8 @@ using System.Diagnostics;
 
 namespace LazyModelFs.Testing;
 
+public sealed record BytesResult(int ExitCode, byte[] Stdout, string Stderr);
+
 public sealed record RunResult(int ExitCode, string Stdout, string Stderr)
 {
     public override string ToString() => $"exit {ExitCode}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
@@ -13,6 +15,48 @@ public static class LmfsRunner
     public static string Dll { get; } = Path.Combine(AppContext.BaseDirectory, "lmfs.dll");
 
     public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null)
+    {
+        var psi = Prepare(args, env);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (stdin is not null)
+        {
+            p.StandardInput.BaseStream.Write(stdin);
+        }
+
+        p.StandardInput.Close();
+        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(2)))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"lmfs {string.Join(' ', args)} did not finish in time");
+        }
+
+        return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    public static RunResult Run(params string[] args) => Run((IEnumerable<string>)args);
+
+    /// <summary>Like <see cref="Run(IEnumerable{string}, IDictionary{string, string}?, TimeSpan?, byte[]?)"/>, keeping stdout as bytes (for `lmfs cat`).</summary>
+    public static BytesResult RunBytes(IEnumerable<string> args, IDictionary<string, string?>? env = null)
+    {
+        var psi = Prepare(args, env);
+        using var p = Process.Start(psi)!;
+        using var ms = new MemoryStream();
+        var copy = p.StandardOutput.BaseStream.CopyToAsync(ms);
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Close();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(2)))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"lmfs {string.Join(' ', args)} did not finish in time");
+        }
+
+        copy.Wait();
+        return new BytesResult(p.ExitCode, ms.ToArray(), stderr.Result);
+    }
+
+    private static ProcessStartInfo Prepare(IEnumerable<string> args, IDictionary<string, string?>? env)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -39,25 +83,8 @@ public static class LmfsRunner
             psi.Environment[k] = v;
         }
 
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (stdin is not null)
-        {
-            p.StandardInput.BaseStream.Write(stdin);
-        }
-
-        p.StandardInput.Close();
-        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(2)))
-        {
-            p.Kill(entireProcessTree: true);
-            throw new TimeoutException($"lmfs {string.Join(' ', args)} did not finish in time");
-        }
-
-        return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
+        return psi;
     }
-
-    public static RunResult Run(params string[] args) => Run((IEnumerable<string>)args);
 
     /// <summary>S3rver's credentials in the environment, as users pass them.</summary>
     public static Dictionary<string, string?> S3Env() => new()

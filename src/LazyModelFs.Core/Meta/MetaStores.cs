@@ -7,6 +7,10 @@ public static class MetaStores
 {
     public const string UrlHelp = "use sqlite:///ABSOLUTE/PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]";
 
+    /// <summary>The database path of an sqlite:/// URL, or null for other engines or malformed URLs.</summary>
+    public static string? SqlitePath(string url) =>
+        Uri.TryCreate(url, UriKind.Absolute, out var u) && u.Scheme == "sqlite" && string.IsNullOrEmpty(u.Host) ? Uri.UnescapeDataString(u.AbsolutePath) : null;
+
     /// <param name="create">For SQLite: create the database file if missing (only `lmfs format` does).</param>
     public static async Task<IMetaStore> OpenAsync(string url, bool create = false, CancellationToken ct = default)
     {

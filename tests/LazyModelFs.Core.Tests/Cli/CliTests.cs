@@ -1,0 +1,183 @@
+using System.Security.Cryptography;
+using LazyModelFs.Testing;
+using Xunit;
+
+namespace LazyModelFs.Tests.Cli;
+
+/// <summary>The `lmfs` executable as users run it: a separate process, real engines, real exit codes.</summary>
+public sealed class CliTests(CliTests.Servers servers) : IClassFixture<CliTests.Servers>, IDisposable
+{
+    public sealed class Servers : IDisposable
+    {
+        public RedisServer Redis { get; } = new();
+
+        public S3rverServer S3 { get; } = new();
+
+        public void Dispose()
+        {
+            Redis.Dispose();
+            S3.Dispose();
+        }
+    }
+
+    private readonly TempDir _dir = new("lmfs-cli");
+
+    private string Meta => $"sqlite://{_dir["meta.db"]}";
+
+    private string Objects => $"file://{_dir["objects"]}";
+
+    /// <summary>Asserts a failure as users should see it: non-zero, "error:" and "hint:", no stack trace.</summary>
+    private static RunResult Fails(RunResult r, int code, string messagePart)
+    {
+        Assert.True(r.ExitCode == code, $"expected exit {code}: {r}");
+        Assert.StartsWith("error: ", r.Stderr, StringComparison.Ordinal);
+        Assert.Contains(messagePart, r.Stderr, StringComparison.Ordinal);
+        Assert.Contains("hint: ", r.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", r.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Exception", r.Stderr, StringComparison.Ordinal);
+        return r;
+    }
+
+    private static RunResult Ok(RunResult r)
+    {
+        Assert.True(r.ExitCode == 0, r.ToString());
+        return r;
+    }
+
+    private string Source(string name, int size)
+    {
+        var b = new byte[size];
+        new Random(size).NextBytes(b);
+        string p = _dir[name];
+        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
+        File.WriteAllBytes(p, b);
+        return p;
+    }
+
+    [Fact]
+    public void Format_import_ls_stat_cat_rm_on_the_embedded_default()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "1M"));
+        string model = _dir["model"];
+        Source("model/model.safetensors", (3 << 20) + 17);
+        File.WriteAllText(_dir["model/config.json"], "{\"a\": 1}");
+        var import = Ok(LmfsRunner.Run("import", Meta, model, "/models/"));
+        Assert.Contains("imported 2 file(s)", import.Stdout, StringComparison.Ordinal);
+        Assert.Contains("chunks: 5 total", import.Stdout, StringComparison.Ordinal);
+
+        var ls = Ok(LmfsRunner.Run("ls", "-l", Meta, "/models/model"));
+        Assert.Contains("config.json", ls.Stdout, StringComparison.Ordinal);
+        Assert.Contains("3145745 ", ls.Stdout, StringComparison.Ordinal);
+        var stat = Ok(LmfsRunner.Run("stat", Meta, "/models/model/model.safetensors", "--chunks"));
+        Assert.Contains("chunks:   4 of 1.0 MiB", stat.Stdout, StringComparison.Ordinal);
+
+        var cat = LmfsRunner.RunBytes(["cat", Meta, "/models/model/model.safetensors"]);
+        Assert.Equal(0, cat.ExitCode);
+        Assert.Equal(SHA256.HashData(File.ReadAllBytes(_dir["model/model.safetensors"])), SHA256.HashData(cat.Stdout));
+
+        Fails(LmfsRunner.Run("rm", Meta, "/models"), 2, "not empty");
+        Ok(LmfsRunner.Run("rm", "-r", Meta, "/models"));
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+    }
+
+    [Fact]
+    public void Redis_and_s3_with_credentials_from_the_environment()
+    {
+        string meta = servers.Redis.NewVolumeUrl();
+        string storage = $"s3://{servers.S3.Bucket}/cli{Guid.NewGuid():N}";
+        Ok(LmfsRunner.Run(["format", meta, "--storage", storage, "--endpoint", servers.S3.Endpoint, "--compression", "zstd"], LmfsRunner.S3Env()));
+        string src = Source("w.bin", (5 << 20) + 3);
+        Ok(LmfsRunner.Run(["import", meta, src, "/w.bin"], LmfsRunner.S3Env()));
+        var cat = LmfsRunner.RunBytes(["cat", meta, "/w.bin"], LmfsRunner.S3Env());
+        Assert.Equal(0, cat.ExitCode);
+        Assert.Equal(File.ReadAllBytes(src), cat.Stdout);
+
+        // Without credentials the message says how to provide them.
+        Fails(LmfsRunner.Run("cat", meta, "/w.bin"), 5, "no S3 credentials found");
+        // With a secret file instead of the environment.
+        File.WriteAllText(_dir["secret"], S3rverServer.SecretKey + "\n");
+        Assert.Equal(0, LmfsRunner.RunBytes(["cat", meta, "/w.bin", "--access-key", S3rverServer.AccessKey, "--secret-key-file", _dir["secret"]]).ExitCode);
+    }
+
+    [Fact]
+    public void Malformed_urls_are_refused_and_create_nothing()
+    {
+        Fails(LmfsRunner.Run("format", "not-a-url", "--storage", Objects), 2, "is not a metadata URL");
+        Fails(LmfsRunner.Run("format", "ftp://x/y", "--storage", Objects), 2, "scheme 'ftp' is not supported");
+        Fails(LmfsRunner.Run("format", "sqlite://relative/meta.db", "--storage", Objects), 2, "names host");
+        Fails(LmfsRunner.Run("format", Meta, "--storage", "nope"), 2, "is not a storage URL");
+        Fails(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "3M"), 2, "chunk size");
+        Fails(LmfsRunner.Run("format", Meta, "--storage", Objects, "--compression", "lz4"), 2, "lz4");
+        Assert.False(File.Exists(_dir["meta.db"]));
+        Assert.False(Directory.Exists(_dir["objects"]));
+    }
+
+    [Fact]
+    public void Unreachable_services_missing_bucket_and_wrong_credentials_are_explained()
+    {
+        Fails(LmfsRunner.Run("format", $"redis://127.0.0.1:{Ports.Free()}/0", "--storage", Objects), 4, "cannot connect to Redis");
+        Fails(LmfsRunner.Run(["format", Meta, "--storage", "s3://lmfs-test/x", "--endpoint", $"http://127.0.0.1:{Ports.Free()}"], LmfsRunner.S3Env()), 5, "cannot reach");
+        Fails(LmfsRunner.Run(["format", Meta, "--storage", "s3://missing-bucket/x", "--endpoint", servers.S3.Endpoint], LmfsRunner.S3Env()), 5, "bucket 'missing-bucket' does not exist");
+        var wrong = Fails(
+            LmfsRunner.Run(["format", Meta, "--storage", "s3://lmfs-test/x", "--endpoint", servers.S3.Endpoint], new Dictionary<string, string?> { ["AWS_ACCESS_KEY_ID"] = "nobody", ["AWS_SECRET_ACCESS_KEY"] = "hunter2-secret" }),
+            5,
+            "refused the credentials");
+        Assert.DoesNotContain("hunter2-secret", wrong.Stdout + wrong.Stderr, StringComparison.Ordinal);
+        Assert.False(File.Exists(_dir["meta.db"]), "a failed format must not leave a metadata file behind");
+    }
+
+    [Fact]
+    public void Redis_password_never_appears_in_output()
+    {
+        var r = Fails(LmfsRunner.Run("ls", $"redis://:sup3r-secret@127.0.0.1:{Ports.Free()}/0"), 4, "cannot connect to Redis");
+        Assert.DoesNotContain("sup3r-secret", r.Stdout + r.Stderr, StringComparison.Ordinal);
+        Assert.Contains("***@127.0.0.1", r.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Unformatted_and_already_formatted_volumes_are_refused()
+    {
+        Fails(LmfsRunner.Run("ls", Meta), 2, "does not exist");
+        Fails(LmfsRunner.Run("ls", servers.Redis.NewVolumeUrl()), 2, "no volume is formatted");
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        var before = File.ReadAllBytes(_dir["meta.db"]);
+        Fails(LmfsRunner.Run("format", Meta, "--storage", Objects), 2, "already holds volume");
+        Assert.Equal(before, File.ReadAllBytes(_dir["meta.db"]));
+    }
+
+    [Fact]
+    public void Missing_source_and_existing_destination_change_nothing()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        string a = Source("a.bin", 1000);
+        Ok(LmfsRunner.Run("import", Meta, a, "/a.bin"));
+        string usage = Ok(LmfsRunner.Run("stat", Meta, "/")).Stdout;
+
+        Fails(LmfsRunner.Run("import", Meta, _dir["nope.bin"], "/b.bin"), 2, "does not exist");
+        string b = Source("other/a.bin", 2000);
+        Fails(LmfsRunner.Run("import", Meta, b, "/a.bin"), 2, "already exist");
+        Fails(LmfsRunner.Run("import", Meta, a, "/x/../a.bin"), 2, "'..' is not allowed");
+        Assert.Equal(usage.Split('\n').Single(l => l.StartsWith("usage:", StringComparison.Ordinal)), Ok(LmfsRunner.Run("stat", Meta, "/")).Stdout.Split('\n').Single(l => l.StartsWith("usage:", StringComparison.Ordinal)));
+
+        Ok(LmfsRunner.Run("import", Meta, b, "/a.bin", "--overwrite"));
+        Assert.Equal(File.ReadAllBytes(b), LmfsRunner.RunBytes(["cat", Meta, "/a.bin"]).Stdout);
+        Fails(LmfsRunner.Run("cat", Meta, "/"), 2, "not a file");
+    }
+
+    [Fact]
+    public void Every_command_has_help_with_an_example_and_usage_errors_exit_2()
+    {
+        foreach (var cmd in new[] { "format", "import", "ls", "stat", "cat", "rm" })
+        {
+            var h = Ok(LmfsRunner.Run(cmd, "--help"));
+            Assert.Contains("Example", h.Stdout, StringComparison.Ordinal);
+        }
+
+        var r = LmfsRunner.Run("format");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--storage", r.Stderr, StringComparison.Ordinal);
+        Assert.Equal(2, LmfsRunner.Run("no-such-command").ExitCode);
+    }
+
+    public void Dispose() => _dir.Dispose();
+}
