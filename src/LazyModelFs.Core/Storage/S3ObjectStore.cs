@@ -208,7 +208,7 @@ public sealed class S3ObjectStore : IObjectStore
         }
         catch (AmazonClientException ex) when (ex.Message.Contains("credentials", StringComparison.OrdinalIgnoreCase))
         {
-            throw new LmfsException($"no S3 credentials found for {Describe}: {ex.Message}", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or --access-key / --secret-key-file", 5, ex);
+            throw new LmfsException($"no S3 credentials found for {Describe} (tried the environment, the AWS profile and instance metadata)", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or --access-key / --secret-key-file", 5, ex);
         }
         catch (AmazonServiceException ex)
         {
