@@ -22,8 +22,10 @@ public static class FuseMount
     /// </summary>
     public static void PrepareMountPoint(string target, ILogger log)
     {
+        // A dead FUSE mount may still stat fine (the root's attributes are cached), but STATFS always
+        // reaches the connection: ENOTCONN there means the daemon is gone.
         var (err, _, _, mode) = Native.Stat(target);
-        if (err == Errno.ENOTCONN)
+        if (err == Errno.ENOTCONN || (MountTypeAt(target) is { } t && t.StartsWith("fuse", StringComparison.Ordinal) && Native.Statfs(target) == Errno.ENOTCONN))
         {
             log.LogWarning("fuse: {Target} is a dead FUSE mount (transport endpoint is not connected); unmounting it first", target);
             Detach(target, log);

@@ -154,5 +154,16 @@ internal static unsafe partial class Native
         return (Errno.OK, *(uint*)(buf + 136), *(uint*)(buf + 140), *(ushort*)(buf + 28));
     }
 
+    [LibraryImport("libc", EntryPoint = "statfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int StatfsRaw(string path, byte* buf);
+
+    /// <summary>statfs(2) of a path, for its errno only. FUSE never caches STATFS, so a dead connection answers ENOTCONN.</summary>
+    public static Errno Statfs(string path)
+    {
+        byte* buf = stackalloc byte[256];
+        // SAFETY: struct statfs is 120 bytes on LP64 Linux; buf has 256.
+        return StatfsRaw(path, buf) == 0 ? Errno.OK : LastErrno;
+    }
+
     public static string Describe(Errno e) => $"{e} ({Marshal.GetPInvokeErrorMessage((int)e)})";
 }
