@@ -46,6 +46,9 @@ public sealed class FuseSession : IDisposable
 
     public FuseDispatcher Dispatcher { get; private set; } = null!;
 
+    /// <summary>Notifications and passthrough for this mount (also handed to the filesystem at INIT).</summary>
+    public FuseConnection Connection => _connection ?? throw new ObjectDisposedException(nameof(FuseSession));
+
     /// <summary>Completes when every reader thread has stopped (unmounted, aborted or destroyed).</summary>
     public Task Completion => _ended.Task;
 

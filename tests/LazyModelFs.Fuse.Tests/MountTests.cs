@@ -1,0 +1,272 @@
+using System.Diagnostics;
+using System.IO.MemoryMappedFiles;
+using System.Security.Cryptography;
+using LazyModelFs.MemFs;
+using Xunit;
+
+namespace LazyModelFs.Fuse.Tests;
+
+/// <summary>Real mounts through /dev/fuse of the in-memory filesystem (root only; CI runs as root).</summary>
+[Collection("mounts")]
+public sealed class MountTests(SharedMount shared) : IClassFixture<SharedMount>
+{
+    private static readonly byte[] Big = Pattern.Bytes(SharedMount.BigSize);
+
+    private MemMount M => shared.Mount;
+
+    [MountFact]
+    public void Stat_symlinks_statfs_and_read_only()
+    {
+        Assert.Equal(SharedMount.BigSize, new FileInfo(M["big.bin"]).Length);
+        Assert.Equal("hello\n", File.ReadAllText(M["hello.txt"]));
+        Assert.True(Directory.Exists(M["dir/nested"]));
+        Assert.False(File.Exists(M["pytorch_model.bin"]));
+        Assert.Equal("dir/nested/deep.txt", new FileInfo(M["link"]).LinkTarget);
+        Assert.Equal("deep", File.ReadAllText(M["link"]));
+        Assert.True(new DriveInfo(M.Path).TotalSize > 0);
+        var write = Assert.ThrowsAny<Exception>(() => File.WriteAllText(M["new.txt"], "x"));
+        Assert.True(write is IOException or UnauthorizedAccessException, write.GetType().Name);
+        Assert.Contains(M.Path, File.ReadAllText("/proc/self/mounts"), StringComparison.Ordinal);
+    }
+
+    [MountFact]
+    public void Readdir_lists_ten_thousand_entries_exactly_once()
+    {
+        var names = Directory.GetFiles(M["many"]).Select(Path.GetFileName).ToList();
+        Assert.Equal(10_000, names.Count);
+        Assert.Equal(Enumerable.Range(0, 10_000).Select(i => $"entry-{i:D5}.json"), names.Order(StringComparer.Ordinal));
+        var ls = Run("ls", "-la", M["many"]);
+        Assert.Equal(10_000 + 3, ls.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length); // total, ., .. and the entries
+    }
+
+    [MountFact]
+    public void Cat_of_a_large_file_is_byte_for_byte()
+    {
+        string copy = Path.Combine(Path.GetTempPath(), $"lmfs-cat-{Guid.NewGuid():N}");
+        try
+        {
+            Run("sh", "-c", $"cat '{M["big.bin"]}' > '{copy}'");
+            Assert.Equal(SHA256.HashData(Big), SHA256.HashData(File.ReadAllBytes(copy)));
+        }
+        finally
+        {
+            File.Delete(copy);
+        }
+    }
+
+    [MountFact]
+    public void Pread_at_random_offsets_matches()
+    {
+        using var h = File.OpenHandle(M["big.bin"]);
+        var rnd = new Random(7);
+        var buf = new byte[3 << 20];
+        for (int i = 0; i < 300; i++)
+        {
+            long off = rnd.NextInt64(0, SharedMount.BigSize);
+            int len = rnd.Next(1, buf.Length);
+            int n = RandomAccess.Read(h, buf.AsSpan(0, len), off);
+            int expected = (int)Math.Min(len, SharedMount.BigSize - off);
+            Assert.Equal(expected, n);
+            Assert.True(buf.AsSpan(0, n).SequenceEqual(Big.AsSpan((int)off, n)), $"mismatch at {off}+{n}");
+        }
+    }
+
+    [MountFact]
+    public void Mmap_with_random_access_matches()
+    {
+        using var mmf = MemoryMappedFile.CreateFromFile(M["big.bin"], FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        using var view = mmf.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+        var rnd = new Random(8);
+        var buf = new byte[64 * 1024];
+        for (int i = 0; i < 500; i++)
+        {
+            long off = rnd.NextInt64(0, SharedMount.BigSize - buf.Length);
+            int len = rnd.Next(1, buf.Length);
+            view.ReadArray(off, buf, 0, len);
+            Assert.True(buf.AsSpan(0, len).SequenceEqual(Big.AsSpan((int)off, len)), $"mmap mismatch at {off}");
+        }
+    }
+
+    [MountFact]
+    public void Sixteen_concurrent_readers_all_see_the_same_bytes()
+    {
+        byte[] want = SHA256.HashData(Big);
+        var hashes = new byte[16][];
+        Parallel.For(0, 16, new ParallelOptions { MaxDegreeOfParallelism = 16 }, i =>
+        {
+            using var f = new FileStream(M["big.bin"], FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None);
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            var buf = new byte[(i + 1) * 37 * 1024]; // different request sizes per reader
+            int n;
+            while ((n = f.Read(buf)) > 0)
+            {
+                sha.AppendData(buf, 0, n);
+            }
+
+            hashes[i] = sha.GetHashAndReset();
+        });
+        Assert.All(hashes, h => Assert.Equal(want, h));
+    }
+
+    internal static string Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        string o = p.StandardOutput.ReadToEnd();
+        string e = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {e}");
+        return o;
+    }
+}
+
+/// <summary>Mount lifecycles: unmount under load, a killed daemon, fusermount3, passthrough, notifications.</summary>
+[Collection("mounts")]
+public sealed class MountLifecycleTests
+{
+    [MountFact]
+    public void Unmount_while_a_reader_is_blocked_does_not_hang()
+    {
+        var gate = new TaskCompletionSource();
+        var fs = new MemoryFileSystem { ReadGate = gate.Task };
+        fs.AddFile("/slow.bin", new byte[1 << 20]);
+        var m = new MemMount(fs, new FuseMountOptions { UnmountGrace = TimeSpan.FromSeconds(1) });
+        Exception? readerError = null;
+        var reader = new Thread(() =>
+        {
+            try
+            {
+                File.ReadAllBytes(m["slow.bin"]);
+            }
+            catch (Exception e)
+            {
+                readerError = e;
+            }
+        }) { IsBackground = true };
+        reader.Start();
+        Assert.True(SpinWait.SpinUntil(() => fs.OpenFiles > 0, 10_000), "the reader never opened the file");
+        Thread.Sleep(200); // let its READ reach the daemon and block on the gate
+
+        var unmount = Task.Run(m.Dispose);
+        Assert.True(unmount.Wait(TimeSpan.FromSeconds(60)), "unmount hung");
+        Assert.True(reader.Join(TimeSpan.FromSeconds(60)), "the blocked reader hung after unmount");
+        Assert.NotNull(readerError); // the aborted READ failed instead of returning bytes
+        Assert.True(m.Session.Completion.IsCompleted);
+        gate.SetResult();
+    }
+
+    [MountFact]
+    public void A_killed_daemon_leaves_a_dead_mount_that_the_next_mount_cleans_up()
+    {
+        string dir = Directory.CreateTempSubdirectory("lmfs-dead-").FullName;
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "LazyModelFs.MemFs.dll"));
+        psi.ArgumentList.Add(dir);
+        psi.ArgumentList.Add("--file-mib");
+        psi.ArgumentList.Add("1");
+        using (var daemon = Process.Start(psi)!)
+        {
+            Assert.Equal("ready", daemon.StandardOutput.ReadLine());
+            Assert.True(File.Exists(Path.Combine(dir, "hello.txt")));
+            daemon.Kill(); // SIGKILL: no unmount, the connection dies with the process
+            daemon.WaitForExit();
+        }
+
+        var dead = Assert.ThrowsAny<IOException>(() => Directory.GetFiles(dir));
+        Assert.Contains("not connected", dead.Message, StringComparison.OrdinalIgnoreCase);
+
+        var fs = new MemoryFileSystem();
+        fs.AddFile("/again.txt", "back"u8.ToArray());
+        using var m = new MemMount(fs, path: dir);
+        Assert.True(m.Log.Contains("dead FUSE mount"), string.Join('\n', m.Log.Lines));
+        Assert.Equal("back", File.ReadAllText(m["again.txt"]));
+    }
+
+    [MountFact]
+    public void A_live_mount_is_not_mounted_over()
+    {
+        using var first = new MemMount(new MemoryFileSystem());
+        var ex = Assert.Throws<FuseMountException>(() => new MemMount(new MemoryFileSystem(), path: first.Path));
+        Assert.Contains("already has a fuse.lazymodelfs filesystem", ex.Message, StringComparison.Ordinal);
+    }
+
+    [MountFact]
+    public void Sigterm_unmounts_a_daemon_cleanly()
+    {
+        string dir = Directory.CreateTempSubdirectory("lmfs-term-").FullName;
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "LazyModelFs.MemFs.dll"));
+        psi.ArgumentList.Add(dir);
+        using var daemon = Process.Start(psi)!;
+        Assert.Equal("ready", daemon.StandardOutput.ReadLine());
+        MountTests.Run("kill", "-TERM", daemon.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Assert.True(daemon.WaitForExit(30_000), "the daemon did not exit after SIGTERM");
+        Assert.Equal(0, daemon.ExitCode);
+        Assert.Null(FuseMount.MountTypeAt(dir));
+        Directory.Delete(dir);
+    }
+
+    [MountFact]
+    public void Fusermount3_mounts_and_unmounts_with_the_descriptor_passed_back()
+    {
+        var fs = new MemoryFileSystem();
+        fs.AddFile("/f.bin", Pattern.Bytes(3 << 20));
+        string path;
+        using (var m = new MemMount(fs, new FuseMountOptions { UseFusermount = true }))
+        {
+            path = m.Path;
+            Assert.Equal(Pattern.Bytes(3 << 20), File.ReadAllBytes(m["f.bin"]));
+            Assert.Equal("fuse.lazymodelfs", FuseMount.MountTypeAt(path));
+        }
+
+        Assert.Null(FuseMount.MountTypeAt(path));
+    }
+
+    [MountFact]
+    public void Passthrough_serves_a_local_backing_file_without_the_daemon()
+    {
+        string backing = Path.Combine(Path.GetTempPath(), $"lmfs-backing-{Guid.NewGuid():N}");
+        File.WriteAllBytes(backing, Pattern.Bytes(5 << 20));
+        try
+        {
+            var fs = new MemoryFileSystem();
+            fs.AddFile("/pt.bin", [], backingPath: backing);
+            using var m = new MemMount(fs, new FuseMountOptions { Protocol = new FuseProtocolOptions { Passthrough = true } });
+            Assert.True(fs.Info!.Passthrough, "the kernel did not grant FUSE_PASSTHROUGH (needs CONFIG_FUSE_PASSTHROUGH and root)");
+            Assert.Equal(Pattern.Bytes(5 << 20), File.ReadAllBytes(m["pt.bin"]));
+            using var mmf = MemoryMappedFile.CreateFromFile(m["pt.bin"], FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            using var view = mmf.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            Assert.Equal(Pattern.At(4_000_000), view.ReadByte(4_000_000));
+        }
+        finally
+        {
+            File.Delete(backing);
+        }
+    }
+
+    [MountFact]
+    public async Task Notifications_invalidate_cached_pages_and_negative_entries()
+    {
+        var fs = new MemoryFileSystem();
+        var file = fs.AddFile("/v.txt", "one"u8.ToArray());
+        using var m = new MemMount(fs);
+        Assert.Equal("one", File.ReadAllText(m["v.txt"]));
+        Assert.False(File.Exists(m["late.txt"])); // now a cached negative entry
+
+        file.Content = "two"u8.ToArray();
+        fs.AddFile("/late.txt", "here"u8.ToArray());
+        Assert.Equal("one", File.ReadAllText(m["v.txt"])); // kept page cache (KEEP_CACHE + EXPLICIT_INVAL_DATA)
+        Assert.False(File.Exists(m["late.txt"]));
+
+        var conn = m.Session.Connection;
+        Assert.Equal(Errno.OK, await conn.InvalidateInodeAsync(file.Ino, 0, 0));
+        Assert.Equal(Errno.OK, await conn.InvalidateEntryAsync(1, "late.txt"));
+        Assert.Equal("two", File.ReadAllText(m["v.txt"]));
+        Assert.Equal("here", File.ReadAllText(m["late.txt"]));
+    }
+}
