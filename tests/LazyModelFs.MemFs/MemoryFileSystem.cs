@@ -64,6 +64,9 @@ public sealed class MemoryFileSystem : IFuseFileSystem
     /// <summary>Serve READs asynchronously (Task.Yield) to exercise the dispatcher's async path.</summary>
     public bool AsyncReads { get; set; }
 
+    /// <summary>Answer READs from the content array itself instead of copying into the lent buffer.</summary>
+    public bool ZeroCopy { get; set; }
+
     public int OpenFiles => _openPerInode.Values.Sum();
 
     public Node AddDir(string path) => Add(path, 0x4000 | 0x1ED, null, null);
@@ -235,6 +238,12 @@ public sealed class MemoryFileSystem : IFuseFileSystem
         }
 
         int len = (int)Math.Min(buffer.Length, data.Length - offset);
+        if (ZeroCopy)
+        {
+            // Reply straight from the file's array (pinned by the writev): no copy into the lent buffer.
+            return FuseReadResult.FromMemory(data.AsMemory((int)offset, len));
+        }
+
         data.AsSpan((int)offset, len).CopyTo(buffer.Span);
         return FuseReadResult.InBuffer(len);
     }

@@ -3,7 +3,7 @@ using LazyModelFs.Fuse;
 using LazyModelFs.MemFs;
 using Microsoft.Extensions.Logging;
 
-// memfs MOUNTPOINT [--file-mib N] [--threads N] [--fusermount] [--debug]
+// memfs MOUNTPOINT [--file-mib N] [--threads N] [--fusermount] [--zero-copy] [--debug]
 // Mounts an in-memory filesystem with /data.bin (N MiB of deterministic bytes) and /hello.txt,
 // prints "ready" once mounted, and serves until unmounted or signalled.
 if (args.Length < 1)
@@ -14,7 +14,7 @@ if (args.Length < 1)
 
 int Opt(string name, int dflt) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], CultureInfo.InvariantCulture) : dflt;
 int mib = Opt("--file-mib", 64);
-var fs = new MemoryFileSystem();
+var fs = new MemoryFileSystem { ZeroCopy = args.Contains("--zero-copy") };
 fs.AddFile("/hello.txt", "hello from memfs\n"u8.ToArray());
 fs.AddFile("/data.bin", Pattern.Bytes((long)mib << 20));
 
