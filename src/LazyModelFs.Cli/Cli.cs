@@ -30,6 +30,10 @@ public static class Cli
         root.Add(StatCommand.Build());
         root.Add(CatCommand.Build());
         root.Add(RemoveCommand.Build());
+        root.Add(MountCommand.Build());
+        root.Add(UmountCommand.Build());
+        root.Add(WarmupCommand.Build());
+        root.Add(CacheCommand.Build());
         return root;
     }
 
@@ -48,7 +52,8 @@ public static class Cli
             return 2;
         }
 
-        return await parse.InvokeAsync().ConfigureAwait(false);
+        // Ctrl-C / SIGTERM cancel the command's token; give a mount time to unmount before the process is ended.
+        return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(30) }).ConfigureAwait(false);
     }
 
     private static IEnumerable<string> CommandPath(ParseResult parse)

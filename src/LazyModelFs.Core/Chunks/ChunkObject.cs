@@ -68,25 +68,7 @@ public static class ChunkObject
     /// </summary>
     public static void Decode(ReadOnlySpan<byte> obj, in ChunkEntry entry, Span<byte> plain)
     {
-        if (obj.Length < HeaderSize || BinaryPrimitives.ReadUInt32LittleEndian(obj) != Magic)
-        {
-            throw new ChunkCorruptException($"chunk {entry.Id}: object has no LMCK header ({obj.Length} bytes)");
-        }
-
-        if (obj[4] != Version)
-        {
-            throw new ChunkCorruptException($"chunk {entry.Id}: object version {obj[4]} is not supported");
-        }
-
-        var codec = (ChunkCodec)obj[5];
-        int plainLen = BinaryPrimitives.ReadInt32LittleEndian(obj[8..]);
-        int payloadLen = BinaryPrimitives.ReadInt32LittleEndian(obj[12..]);
-        if (plainLen != entry.PlainLength || payloadLen != obj.Length - HeaderSize)
-        {
-            throw new ChunkCorruptException(
-                $"chunk {entry.Id}: object is {obj.Length} bytes claiming plain {plainLen}/payload {payloadLen}; the chunk table expects plain {entry.PlainLength}");
-        }
-
+        CheckHeader(obj, entry, out var codec, out int plainLen);
         var payload = obj[HeaderSize..];
         var dest = plain[..plainLen];
         switch (codec)
@@ -106,6 +88,44 @@ public static class ChunkObject
         }
 
         Verify(dest, entry);
+    }
+
+    private static void CheckHeader(ReadOnlySpan<byte> obj, in ChunkEntry entry, out ChunkCodec codec, out int plainLen)
+    {
+        if (obj.Length < HeaderSize || BinaryPrimitives.ReadUInt32LittleEndian(obj) != Magic)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: object has no LMCK header ({obj.Length} bytes)");
+        }
+
+        if (obj[4] != Version)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: object version {obj[4]} is not supported");
+        }
+
+        codec = (ChunkCodec)obj[5];
+        plainLen = BinaryPrimitives.ReadInt32LittleEndian(obj[8..]);
+        int payloadLen = BinaryPrimitives.ReadInt32LittleEndian(obj[12..]);
+        if (plainLen != entry.PlainLength || payloadLen != obj.Length - HeaderSize)
+        {
+            throw new ChunkCorruptException(
+                $"chunk {entry.Id}: object is {obj.Length} bytes claiming plain {plainLen}/payload {payloadLen}; the chunk table expects plain {entry.PlainLength}");
+        }
+    }
+
+    /// <summary>
+    /// Validates a plain (codec none) object in place and returns the offset of its verified plain
+    /// bytes (the header size): the read path keeps the object buffer and skips a copy.
+    /// </summary>
+    public static int VerifyPlainInPlace(ReadOnlySpan<byte> obj, in ChunkEntry entry)
+    {
+        CheckHeader(obj, entry, out var codec, out _);
+        if (codec != ChunkCodec.None)
+        {
+            throw new ChunkCorruptException($"chunk {entry.Id}: object codec {codec} differs from the chunk table's none");
+        }
+
+        Verify(obj.Slice(HeaderSize, entry.PlainLength), entry);
+        return HeaderSize;
     }
 
     /// <summary>Throws unless <paramref name="plain"/> hashes to the chunk id.</summary>

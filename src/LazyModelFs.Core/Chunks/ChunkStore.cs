@@ -18,19 +18,42 @@ public sealed class ChunkStore(IObjectStore store)
         byte[] obj = ArrayPool<byte>.Shared.Rent(entry.StoredLength + 1);
         try
         {
-            // Ask for one byte more than expected: an object longer than its table row says is damaged too.
-            int n = await Store.GetAsync(entry.Id.ObjectKey(), 0, obj.AsMemory(0, entry.StoredLength + 1), ct).ConfigureAwait(false);
-            if (n != entry.StoredLength)
-            {
-                throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is {(n > entry.StoredLength ? "longer" : $"{n} bytes")}, the chunk table says {entry.StoredLength}");
-            }
-
+            int n = await GetWholeAsync(entry, obj, ct).ConfigureAwait(false);
             ChunkObject.Decode(obj.AsSpan(0, n), entry, plain.Span);
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(obj);
         }
+    }
+
+    /// <summary>
+    /// Fetches the chunk's object into <paramref name="buffer"/> (at least chunk size + 17 bytes) and
+    /// returns the offset of its verified plain bytes there. A plain object is verified in place (no
+    /// copy); a zstd one is decompressed into the buffer.
+    /// </summary>
+    public async Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, CancellationToken ct = default)
+    {
+        if (entry.Codec == ChunkCodec.None && buffer.Length > entry.StoredLength)
+        {
+            int n = await GetWholeAsync(entry, buffer, ct).ConfigureAwait(false);
+            return ChunkObject.VerifyPlainInPlace(buffer.Span[..n], entry);
+        }
+
+        await ReadAsync(entry, buffer[ChunkObject.HeaderSize..], ct).ConfigureAwait(false);
+        return ChunkObject.HeaderSize;
+    }
+
+    /// <summary>Reads the whole object, asking for one byte more than expected: a longer object is damaged too.</summary>
+    private async Task<int> GetWholeAsync(ChunkEntry entry, Memory<byte> dest, CancellationToken ct)
+    {
+        int n = await Store.GetAsync(entry.Id.ObjectKey(), 0, dest[..(entry.StoredLength + 1)], ct).ConfigureAwait(false);
+        if (n != entry.StoredLength)
+        {
+            throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is {(n > entry.StoredLength ? "longer" : $"{n} bytes")}, the chunk table says {entry.StoredLength}");
+        }
+
+        return n;
     }
 
     /// <summary>

@@ -18,4 +18,12 @@ public static class Redact
         int at = url.LastIndexOf('@', end - 1, end - start);
         return at < 0 ? url : string.Concat(url.AsSpan(0, start), "***", url.AsSpan(at));
     }
+
+    /// <summary>The URL without its user-info part at all (for files on disk; the password then comes from the environment).</summary>
+    public static string StripCredentials(string url)
+    {
+        string r = Url(url);
+        int i = r.IndexOf("***@", StringComparison.Ordinal);
+        return i < 0 ? r : r.Remove(i, 4);
+    }
 }

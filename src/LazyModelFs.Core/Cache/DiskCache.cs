@@ -1,0 +1,368 @@
+using System.Collections.Concurrent;
+using LazyModelFs.Chunks;
+using LazyModelFs.Util;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Win32.SafeHandles;
+
+namespace LazyModelFs.Cache;
+
+public sealed record DiskCacheOptions
+{
+    public required string Directory { get; init; }
+
+    /// <summary>Most bytes of chunk files (capped further by the free-space floor).</summary>
+    public long MaxBytes { get; init; } = 100L << 30;
+
+    /// <summary>Keep at least this fraction of the cache disk free.</summary>
+    public double FreeSpaceRatio { get; init; } = 0.1;
+}
+
+/// <summary>
+/// The local (NVMe) chunk cache. Layout: <c>DIR/chunks/ab/cd/&lt;sha256 hex&gt;</c>, each file the chunk's
+/// plain bytes, nothing else (docs/data-format.md). Files are content addressed, so any number of
+/// volumes and mount processes can share one directory: a file is written to a temporary name and
+/// renamed into place, so readers see a whole chunk or none, and two writers of one chunk write the
+/// same bytes. A cached file is checked against the chunk table's length and CRC32C every time it
+/// is read; a bad one is deleted and reported as a miss, so the chunk is fetched again.
+///
+/// The index (id → size, last use) is rebuilt by scanning the directory at start, so the cache
+/// survives restarts. Total size is held under <see cref="DiskCacheOptions.MaxBytes"/> and above the
+/// free-space floor: when either is crossed, the directory is re-scanned (other processes add files
+/// too) and the least recently used files are deleted until the total is 90 % of the limit.
+/// Deleting a file another process is reading is safe on Linux (open files outlive unlink).
+/// If the disk fills, caching stops (with one warning) and reads keep coming from object storage.
+/// </summary>
+public sealed class DiskCache
+{
+    private const string TempMarker = ".tmp-";
+    private readonly ConcurrentDictionary<ChunkId, Entry> _index = new();
+    private readonly ILogger _log;
+    private readonly Lock _evictLock = new();
+    private long _bytes;
+    private long _hits;
+    private long _corrupt;
+    private long _clock;
+    private volatile bool _disabled;
+    private long _disabledUntil;
+
+    private sealed class Entry(long size, long lastUse)
+    {
+        public long Size { get; } = size;
+
+        public long LastUse = lastUse;
+    }
+
+    public DiskCache(DiskCacheOptions options, ILogger? logger = null)
+    {
+        Options = options;
+        _log = logger ?? NullLogger.Instance;
+        Root = Path.Combine(Path.GetFullPath(options.Directory), "chunks");
+        try
+        {
+            System.IO.Directory.CreateDirectory(Root);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new LmfsException($"cannot create the cache directory '{options.Directory}': {ex.Message}", "choose another --cache-dir, or fix its permissions", 2, ex);
+        }
+
+        Rescan();
+    }
+
+    public DiskCacheOptions Options { get; }
+
+    public string Root { get; }
+
+    public long Bytes => Interlocked.Read(ref _bytes);
+
+    public int Count => _index.Count;
+
+    public long Hits => Interlocked.Read(ref _hits);
+
+    /// <summary>Cached files found damaged (and discarded) so far.</summary>
+    public long Corrupt => Interlocked.Read(ref _corrupt);
+
+    public bool Contains(ChunkId id) => _index.ContainsKey(id) || File.Exists(PathOf(id));
+
+    /// <summary>
+    /// Reads a cached chunk into <paramref name="dest"/> and checks its length and CRC32C against the
+    /// chunk table. False when absent or damaged (a damaged file is removed).
+    /// </summary>
+    public bool TryRead(in ChunkEntry entry, Span<byte> dest)
+    {
+        string path = PathOf(entry.Id);
+        SafeFileHandle h;
+        try
+        {
+            h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            Forget(entry.Id);
+            return false;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            _log.LogWarning("cache: cannot open {Path}: {Message}", path, ex.Message);
+            return false;
+        }
+
+        using (h)
+        {
+            long length = RandomAccess.GetLength(h);
+            int n = length == entry.PlainLength ? ReadAll(h, dest[..entry.PlainLength]) : -1;
+            if (n != entry.PlainLength || Crc32C.Compute(dest[..entry.PlainLength]) != entry.Crc32C)
+            {
+                Interlocked.Increment(ref _corrupt);
+                _log.LogWarning("cache: {Path} is damaged ({Length} bytes, CRC32C mismatch or short); discarded, the chunk is fetched again", path, length);
+                Delete(entry.Id, path);
+                return false;
+            }
+        }
+
+        Interlocked.Increment(ref _hits);
+        if (!_index.TryGetValue(entry.Id, out var e))
+        {
+            e = new Entry(entry.PlainLength, 0); // written by another process sharing the directory
+            if (_index.TryAdd(entry.Id, e))
+            {
+                Interlocked.Add(ref _bytes, e.Size);
+            }
+        }
+
+        e.LastUse = Interlocked.Increment(ref _clock);
+        return true;
+    }
+
+    /// <summary>Stores a verified chunk (temporary name, then rename). Never throws: a cache that cannot write just stops caching.</summary>
+    public void Write(in ChunkEntry entry, ReadOnlySpan<byte> plain)
+    {
+        if (_disabled && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
+        {
+            return;
+        }
+
+        if (_index.ContainsKey(entry.Id))
+        {
+            return;
+        }
+
+        string path = PathOf(entry.Id);
+        string tmp = path + TempMarker + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
+        try
+        {
+            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            using (var h = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, plain.Length))
+            {
+                RandomAccess.Write(h, plain, 0);
+            }
+
+            File.Move(tmp, path, overwrite: true);
+            if (_index.TryAdd(entry.Id, new Entry(plain.Length, Interlocked.Increment(ref _clock))))
+            {
+                Interlocked.Add(ref _bytes, plain.Length);
+            }
+
+            if (_disabled)
+            {
+                _disabled = false;
+                _log.LogInformation("cache: writing to {Dir} works again", Options.Directory);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(tmp);
+            if (!_disabled)
+            {
+                _log.LogWarning("cache: cannot write to {Dir} ({Message}); caching paused, reads continue from object storage", Options.Directory, ex.Message);
+            }
+
+            _disabled = true;
+            Interlocked.Exchange(ref _disabledUntil, Environment.TickCount64 + 30_000);
+            return;
+        }
+
+        if (Bytes > Limit())
+        {
+            Evict();
+        }
+    }
+
+    /// <summary>The byte limit now: --cache-size, lowered so the disk keeps its free-space floor.</summary>
+    public long Limit()
+    {
+        try
+        {
+            var d = new DriveInfo(Root);
+            long floor = (long)(d.TotalSize * Options.FreeSpaceRatio);
+            long room = Bytes + d.AvailableFreeSpace - floor;
+            return Math.Max(0, Math.Min(Options.MaxBytes, room));
+        }
+        catch (IOException)
+        {
+            return Options.MaxBytes;
+        }
+    }
+
+    /// <summary>Deletes least recently used files until the cache is at 90 % of its limit.</summary>
+    public void Evict()
+    {
+        lock (_evictLock)
+        {
+            Rescan(); // other processes sharing the directory add files this index has not seen
+            long limit = Limit();
+            if (Bytes <= limit)
+            {
+                return;
+            }
+
+            long target = limit / 10 * 9;
+            long freed = 0;
+            int files = 0;
+            foreach (var (id, e) in _index.OrderBy(kv => kv.Value.LastUse).ToList())
+            {
+                if (Bytes <= target)
+                {
+                    break;
+                }
+
+                if (Delete(id, PathOf(id)))
+                {
+                    freed += e.Size;
+                    files++;
+                }
+            }
+
+            _log.LogInformation("cache: evicted {Files} chunk files ({Bytes}) to stay under {Limit}", files, Sizes.Format(freed), Sizes.Format(limit));
+        }
+    }
+
+    /// <summary>Removes every cached chunk file.</summary>
+    public (int Files, long Bytes) Clear()
+    {
+        lock (_evictLock)
+        {
+            Rescan();
+            long bytes = Bytes;
+            int files = 0;
+            foreach (var id in _index.Keys.ToList())
+            {
+                if (Delete(id, PathOf(id)))
+                {
+                    files++;
+                }
+            }
+
+            return (files, bytes);
+        }
+    }
+
+    /// <summary>Rebuilds the index from the directory (start, eviction): sizes from the files, age from their mtime.</summary>
+    private void Rescan()
+    {
+        var seen = new HashSet<ChunkId>();
+        long total = 0;
+        foreach (var f in new DirectoryInfo(Root).EnumerateFiles("*", SearchOption.AllDirectories))
+        {
+            if (f.Name.Contains(TempMarker, StringComparison.Ordinal))
+            {
+                // A temporary file older than a minute was left by a crash.
+                if (DateTime.UtcNow - f.LastWriteTimeUtc > TimeSpan.FromMinutes(1))
+                {
+                    TryDelete(f.FullName);
+                }
+
+                continue;
+            }
+
+            if (f.Name.Length != 64 || !IsHex(f.Name))
+            {
+                continue;
+            }
+
+            var id = ChunkId.FromHex(f.Name);
+            seen.Add(id);
+            long size;
+            try
+            {
+                size = f.Length;
+            }
+            catch (FileNotFoundException)
+            {
+                continue;
+            }
+
+            total += size;
+            // Files this process never used order by age, before anything it used.
+            _index.GetOrAdd(id, _ => new Entry(size, -(long)(DateTime.UtcNow - f.LastWriteTimeUtc).TotalSeconds));
+        }
+
+        foreach (var id in _index.Keys)
+        {
+            if (!seen.Contains(id))
+            {
+                _index.TryRemove(id, out _);
+            }
+        }
+
+        Interlocked.Exchange(ref _bytes, total);
+    }
+
+    private bool Delete(ChunkId id, string path)
+    {
+        if (TryDelete(path) && _index.TryRemove(id, out var e))
+        {
+            Interlocked.Add(ref _bytes, -e.Size);
+            return true;
+        }
+
+        return false;
+    }
+
+    private void Forget(ChunkId id)
+    {
+        if (_index.TryRemove(id, out var e))
+        {
+            Interlocked.Add(ref _bytes, -e.Size);
+        }
+    }
+
+    private string PathOf(ChunkId id)
+    {
+        string h = id.ToHex();
+        return Path.Combine(Root, h[..2], h[2..4], h);
+    }
+
+    private static int ReadAll(SafeFileHandle h, Span<byte> dest)
+    {
+        int total = 0;
+        while (total < dest.Length)
+        {
+            int n = RandomAccess.Read(h, dest[total..], total);
+            if (n == 0)
+            {
+                break;
+            }
+
+            total += n;
+        }
+
+        return total;
+    }
+
+    private static bool TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+            return true;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    private static bool IsHex(string s) => s.All(c => char.IsAsciiHexDigitLower(c) || char.IsAsciiDigit(c));
+}

@@ -1,0 +1,273 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using LazyModelFs.Chunks;
+
+namespace LazyModelFs.Cache;
+
+/// <summary>
+/// One chunk held in native memory. Each lease is one reference; <see cref="Dispose"/> gives one
+/// back. The bytes stay valid and unmoved while any reference is held, so a READ can be answered
+/// straight from here (the dispatcher disposes the lease after its writev).
+/// </summary>
+public sealed unsafe class CachedChunk : IDisposable
+{
+    private readonly Manager _memory;
+    private readonly MemoryTier _tier;
+
+    internal CachedChunk(MemoryTier tier, int capacity)
+    {
+        _tier = tier;
+        _memory = new Manager(capacity);
+    }
+
+    public ChunkId Id { get; internal set; }
+
+    /// <summary>The chunk's plain bytes.</summary>
+    public ReadOnlyMemory<byte> Data => _memory.Memory.Slice(Offset, Length);
+
+    /// <summary>The whole native buffer (chunk size + 4 KiB), for fetching an object into.</summary>
+    internal Memory<byte> Buffer => _memory.Memory;
+
+    internal int Offset { get; set; }
+
+    internal int Length { get; set; }
+
+    internal int RefCount;
+
+    internal bool Published;
+
+    internal LinkedListNode<CachedChunk>? LruNode;
+
+    public void Dispose() => _tier.Release(this);
+
+    internal void Free() => ((IDisposable)_memory).Dispose();
+
+    private sealed class Manager(int capacity) : MemoryManager<byte>
+    {
+        // SAFETY: aligned native memory of `capacity` bytes, freed once in Dispose after the tier drops it.
+        private byte* _ptr = (byte*)NativeMemory.AlignedAlloc((nuint)capacity, 4096);
+
+        public override Span<byte> GetSpan() => new(_ptr, capacity);
+
+        // SAFETY: native memory never moves; pinning is a no-op.
+        public override MemoryHandle Pin(int elementIndex = 0) => new(_ptr + elementIndex);
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (_ptr != null)
+            {
+                NativeMemory.AlignedFree(_ptr);
+                _ptr = null;
+            }
+        }
+    }
+}
+
+/// <summary>
+/// The memory tier: a bounded, least-recently-used set of chunk buffers in native memory (so the GC
+/// never scans or moves them), reused instead of freed. Capacity is <c>--buffer-size</c>; buffers
+/// of in-flight fetches come out of the same budget. A buffer with references is never evicted; if
+/// every buffer is referenced, a fetch still gets one (soft limit) rather than deadlocking, and the
+/// excess is freed when released. Chunks published by prefetch go to the cold end of the LRU so a
+/// long prefetch does not push out what readers are using.
+/// </summary>
+public sealed class MemoryTier : IDisposable
+{
+    private readonly Dictionary<ChunkId, CachedChunk> _map = [];
+    private readonly LinkedList<CachedChunk> _lru = new(); // First = most recent
+    private readonly Stack<CachedChunk> _free = new();
+    private readonly Lock _lock = new();
+    private readonly int _bufferSize;
+    private int _allocated;
+    private long _hits;
+    private long _misses;
+
+    public MemoryTier(long capacityBytes, int chunkSize)
+    {
+        _bufferSize = chunkSize + 4096;
+        Capacity = (int)Math.Max(4, capacityBytes / _bufferSize);
+    }
+
+    /// <summary>Buffers the tier may hold.</summary>
+    public int Capacity { get; }
+
+    public int Allocated => Volatile.Read(ref _allocated);
+
+    public long Hits => Interlocked.Read(ref _hits);
+
+    public long Misses => Interlocked.Read(ref _misses);
+
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _map.Count;
+            }
+        }
+    }
+
+    /// <summary>A lease on a cached chunk, or false.</summary>
+    public bool TryGet(ChunkId id, out CachedChunk chunk)
+    {
+        lock (_lock)
+        {
+            if (_map.TryGetValue(id, out chunk!))
+            {
+                chunk.RefCount++;
+                _lru.Remove(chunk.LruNode!);
+                _lru.AddFirst(chunk.LruNode!);
+                _hits++;
+                return true;
+            }
+
+            _misses++;
+            return false;
+        }
+    }
+
+    public bool Contains(ChunkId id)
+    {
+        lock (_lock)
+        {
+            return _map.ContainsKey(id);
+        }
+    }
+
+    /// <summary>True when a buffer can be had without going over capacity (prefetch waits otherwise).</summary>
+    public bool HasRoom
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _free.Count > 0 || _allocated < Capacity || _lru.Last is { Value.RefCount: 0 };
+            }
+        }
+    }
+
+    /// <summary>An unpublished buffer with one reference, for a fetch to fill.</summary>
+    public CachedChunk Rent()
+    {
+        lock (_lock)
+        {
+            CachedChunk? c = null;
+            if (_free.Count > 0)
+            {
+                c = _free.Pop();
+            }
+            else if (_allocated >= Capacity)
+            {
+                // Evict the least recently used buffer nobody holds.
+                for (var n = _lru.Last; n is not null; n = n.Previous)
+                {
+                    if (n.Value.RefCount == 0)
+                    {
+                        c = n.Value;
+                        _lru.Remove(n);
+                        _map.Remove(c.Id);
+                        c.Published = false;
+                        break;
+                    }
+                }
+            }
+
+            if (c is null)
+            {
+                c = new CachedChunk(this, _bufferSize);
+                c.LruNode = new LinkedListNode<CachedChunk>(c);
+                _allocated++;
+            }
+
+            c.RefCount = 1;
+            c.Id = default;
+            return c;
+        }
+    }
+
+    /// <summary>Makes a filled buffer findable; the caller keeps its reference.</summary>
+    public void Publish(CachedChunk c, ChunkId id, int offset, int length, bool cold)
+    {
+        lock (_lock)
+        {
+            c.Id = id;
+            c.Offset = offset;
+            c.Length = length;
+            if (_map.TryGetValue(id, out var existing) && existing != c)
+            {
+                return; // published meanwhile by another path; this buffer is freed on release
+            }
+
+            _map[id] = c;
+            c.Published = true;
+            if (cold)
+            {
+                _lru.AddLast(c.LruNode!);
+            }
+            else
+            {
+                _lru.AddFirst(c.LruNode!);
+            }
+        }
+    }
+
+    /// <summary>Adds references for waiters of a fetch.</summary>
+    internal void AddRefs(CachedChunk c, int n)
+    {
+        lock (_lock)
+        {
+            c.RefCount += n;
+        }
+    }
+
+    internal void Release(CachedChunk c)
+    {
+        lock (_lock)
+        {
+            if (--c.RefCount > 0)
+            {
+                return;
+            }
+
+            if (c.RefCount < 0)
+            {
+                throw new InvalidOperationException("chunk lease released twice");
+            }
+
+            if (c.Published)
+            {
+                return; // stays cached, evictable
+            }
+
+            if (_allocated > Capacity)
+            {
+                _allocated--;
+                c.Free();
+            }
+            else
+            {
+                _free.Push(c);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var c in _map.Values.Concat(_free))
+            {
+                c.Free();
+            }
+
+            _map.Clear();
+            _lru.Clear();
+            _free.Clear();
+        }
+    }
+}

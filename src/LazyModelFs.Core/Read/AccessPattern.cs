@@ -1,0 +1,83 @@
+namespace LazyModelFs.Read;
+
+/// <summary>
+/// Sequential detection for one inode (shared by every handle and process reading it).
+///
+/// The kernel hands us READs of up to 1 MiB, several in flight and slightly out of order (async
+/// readahead), and mmap loaders fault wherever tensors are. Several readers of one file — processes,
+/// tensor-parallel ranks — each read sequentially from their own place, so one "last offset" would
+/// make them all look random. So up to <see cref="MaxStreams"/> streams are tracked: a READ that
+/// starts within <see cref="Slack"/> of where a stream left off continues it, and that stream's
+/// window doubles (from one chunk up to the readahead limit); a READ that continues no stream
+/// starts a new one (replacing the least recently used) with no window, so random reads fetch only
+/// what they touch. A stream's second sequential READ earns a window.
+///
+/// <see cref="OnRead"/> returns the byte range to fetch ahead, only the part not already requested.
+/// </summary>
+public sealed class AccessPattern(long chunkSize, long maxWindow)
+{
+    public const int MaxStreams = 8;
+
+    private readonly Stream[] _streams = new Stream[MaxStreams];
+    private readonly Lock _lock = new();
+    private long _clock;
+
+    private struct Stream
+    {
+        public long Next;       // where the stream's last READ ended
+        public long Window;     // bytes to keep requested ahead of Next (0: not yet sequential)
+        public long RequestedTo; // readahead already asked for up to here
+        public long LastUse;
+    }
+
+    /// <summary>How far from a stream's end a READ may start and still continue it (reordered async READs).</summary>
+    public long Slack => Math.Max(chunkSize, 4L << 20);
+
+    public (long From, long To)? OnRead(long offset, int size, long fileSize)
+    {
+        long end = offset + size;
+        lock (_lock)
+        {
+            _clock++;
+            int best = -1;
+            for (int i = 0; i < MaxStreams; i++)
+            {
+                ref var s = ref _streams[i];
+                if (s.LastUse != 0 && offset >= s.Next - Slack && offset <= s.Next + Slack)
+                {
+                    best = i;
+                    break;
+                }
+            }
+
+            if (best < 0)
+            {
+                int victim = 0;
+                for (int i = 1; i < MaxStreams; i++)
+                {
+                    if (_streams[i].LastUse < _streams[victim].LastUse)
+                    {
+                        victim = i;
+                    }
+                }
+
+                _streams[victim] = new Stream { Next = end, Window = 0, RequestedTo = end, LastUse = _clock };
+                return null;
+            }
+
+            ref var st = ref _streams[best];
+            st.LastUse = _clock;
+            st.Next = Math.Max(st.Next, end);
+            st.Window = st.Window == 0 ? chunkSize : Math.Min(st.Window * 2, maxWindow);
+            long from = Math.Max(st.RequestedTo, st.Next);
+            long to = Math.Min(fileSize, st.Next + st.Window);
+            if (to <= from)
+            {
+                return null;
+            }
+
+            st.RequestedTo = to;
+            return (from, to);
+        }
+    }
+}

@@ -1,0 +1,355 @@
+using System.Diagnostics;
+using LazyModelFs.Cache;
+using LazyModelFs.Chunks;
+using LazyModelFs.Util;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace LazyModelFs.Read;
+
+/// <summary>Who wants a chunk. Lower runs first.</summary>
+public enum FetchPriority
+{
+    /// <summary>A READ is waiting for it.</summary>
+    Demand = 0,
+
+    /// <summary>Ahead of a sequential reader.</summary>
+    Readahead = 1,
+
+    /// <summary>Whole-file or safetensors prefetch, and warmup.</summary>
+    Prefetch = 2,
+}
+
+public sealed record ChunkReaderOptions
+{
+    /// <summary>Object GETs (or cache-file reads) running at once.</summary>
+    public int MaxFetches { get; init; } = 16;
+
+    /// <summary>How long one chunk may take, retries included, before its readers get EIO.</summary>
+    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(60);
+}
+
+/// <summary>
+/// Gets chunks for readers: memory tier, then disk cache, then object store.
+///
+/// - Single flight: one fetch per chunk id however many readers wait; each waiter gets its own
+///   reference to the one buffer.
+/// - Bounded concurrency with priorities: at most <see cref="ChunkReaderOptions.MaxFetches"/> run;
+///   demand fetches are taken before readahead, readahead before prefetch, and a quarter of the
+///   slots are kept for demand so a long prefetch never makes a READ wait for a slot. A demand read
+///   of a chunk already queued for prefetch promotes it.
+/// - Integrity: a chunk from the object store is checked against its SHA-256 id before anyone sees
+///   it or it is cached; a chunk from the disk cache against its length and CRC32C.
+/// - Failures: transient errors are retried with exponential backoff until the fetch deadline; a
+///   missing object or a damaged one fails at once (it will not get better) and is logged naming the chunk.
+/// </summary>
+public sealed class ChunkReader : IDisposable
+{
+    private readonly ChunkStore _store;
+    private readonly MemoryTier _memory;
+    private readonly DiskCache? _disk;
+    private readonly ChunkReaderOptions _options;
+    private readonly ILogger _log;
+    private readonly Dictionary<ChunkId, Fetch> _inflight = [];
+    private readonly PriorityQueue<Fetch, (int Priority, long Seq)> _queue = new();
+    private readonly Lock _lock = new();
+    private readonly CancellationTokenSource _shutdown = new();
+    private readonly int _backgroundSlots;
+    private int _running;
+    private int _runningBackground;
+    private long _seq;
+    private long _storeFetches;
+    private long _storeBytes;
+    private long _errors;
+
+    public ChunkReader(ChunkStore store, MemoryTier memory, DiskCache? disk, ChunkReaderOptions? options = null, ILogger? logger = null)
+    {
+        _store = store;
+        _memory = memory;
+        _disk = disk;
+        _options = options ?? new ChunkReaderOptions();
+        _log = logger ?? NullLogger.Instance;
+        _backgroundSlots = Math.Max(1, _options.MaxFetches - Math.Max(1, _options.MaxFetches / 4));
+
+        // Background fetches wait while every memory buffer is held by readers; nothing else wakes
+        // the queue when those leases end, so look again a few times a second.
+        _pumpTimer = new Timer(_ =>
+        {
+            lock (_lock)
+            {
+                if (_queue.Count > 0)
+                {
+                    Pump();
+                }
+            }
+        }, null, 200, 200);
+    }
+
+    private readonly Timer _pumpTimer;
+
+    public MemoryTier Memory => _memory;
+
+    public DiskCache? Disk => _disk;
+
+    public long StoreFetches => Interlocked.Read(ref _storeFetches);
+
+    public long StoreBytes => Interlocked.Read(ref _storeBytes);
+
+    public long Errors => Interlocked.Read(ref _errors);
+
+    private sealed class Fetch(ChunkEntry entry, FetchPriority priority)
+    {
+        public ChunkEntry Entry { get; } = entry;
+
+        public FetchPriority Priority = priority;
+
+        public bool Started;
+
+        public int Waiters;
+
+        public TaskCompletionSource<CachedChunk> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>A lease on the chunk's verified bytes (dispose it when done). Completes synchronously on a memory hit.</summary>
+    public ValueTask<CachedChunk> GetAsync(in ChunkEntry entry, FetchPriority priority = FetchPriority.Demand)
+    {
+        if (_memory.TryGet(entry.Id, out var hit))
+        {
+            return ValueTask.FromResult(hit);
+        }
+
+        Fetch f;
+        lock (_lock)
+        {
+            // A fetch may have finished (and left _inflight) since the miss above: look again.
+            if (_memory.TryGet(entry.Id, out hit))
+            {
+                return ValueTask.FromResult(hit);
+            }
+
+            if (!_inflight.TryGetValue(entry.Id, out f!))
+            {
+                f = new Fetch(entry, priority);
+                _inflight[entry.Id] = f;
+                _queue.Enqueue(f, ((int)priority, _seq++));
+            }
+            else if (priority < f.Priority && !f.Started)
+            {
+                f.Priority = priority; // promote: enqueue again; the stale entry is skipped when dequeued
+                _queue.Enqueue(f, ((int)priority, _seq++));
+            }
+
+            f.Waiters++;
+            Pump();
+        }
+
+        return new ValueTask<CachedChunk>(f.Done.Task);
+    }
+
+    /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
+    public void Prefetch(in ChunkEntry entry, FetchPriority priority)
+    {
+        if (_memory.Contains(entry.Id) || (_disk?.Contains(entry.Id) == true && priority == FetchPriority.Prefetch))
+        {
+            return;
+        }
+
+        var vt = GetAsync(entry, priority);
+        if (vt.IsCompletedSuccessfully)
+        {
+            vt.Result.Dispose();
+            return;
+        }
+
+        _ = Drop(vt);
+
+        static async Task Drop(ValueTask<CachedChunk> vt)
+        {
+            try
+            {
+                (await vt.ConfigureAwait(false)).Dispose();
+            }
+            catch (Exception)
+            {
+                // a background fetch failed; the reader that needs it will retry and report it
+            }
+        }
+    }
+
+    /// <summary>Whether the chunk is in memory or on the local disk.</summary>
+    public bool IsCached(ChunkId id) => _memory.Contains(id) || _disk?.Contains(id) == true;
+
+    public void Dispose()
+    {
+        _pumpTimer.Dispose();
+        _shutdown.Cancel();
+    }
+
+    /// <summary>Starts queued fetches while slots are free. Caller holds _lock.</summary>
+    private void Pump()
+    {
+        while (_running < _options.MaxFetches && _queue.TryPeek(out var f, out var key))
+        {
+            if (f.Started || key.Priority != (int)f.Priority)
+            {
+                _queue.Dequeue(); // already running, or a stale entry of a promoted fetch
+                continue;
+            }
+
+            bool background = f.Priority != FetchPriority.Demand;
+            if (background && (_runningBackground >= _backgroundSlots || !_memory.HasRoom))
+            {
+                return; // keep the reserved slots (and memory) for demand reads
+            }
+
+            _queue.Dequeue();
+            f.Started = true;
+            _running++;
+            if (background)
+            {
+                _runningBackground++;
+            }
+
+            _ = Task.Run(() => RunAsync(f, background));
+        }
+    }
+
+    private async Task RunAsync(Fetch f, bool background)
+    {
+        CachedChunk? chunk = null;
+        bool fromStore = false;
+        try
+        {
+            (chunk, fromStore) = await LoadAsync(f.Entry).ConfigureAwait(false);
+            _memory.Publish(chunk, f.Entry.Id, chunk.Offset, chunk.Length, cold: f.Priority == FetchPriority.Prefetch);
+        }
+        catch (Exception ex)
+        {
+            chunk?.Dispose();
+            Interlocked.Increment(ref _errors);
+            lock (_lock)
+            {
+                _inflight.Remove(f.Entry.Id);
+                Finish(background);
+            }
+
+            f.Done.SetException(ex);
+            return;
+        }
+
+        lock (_lock)
+        {
+            _inflight.Remove(f.Entry.Id);
+            _memory.AddRefs(chunk, f.Waiters); // one reference per waiter
+            Finish(background);
+        }
+
+        f.Done.SetResult(chunk);
+
+        // The fetch's own reference keeps the bytes while they go to the disk cache, then is released.
+        try
+        {
+            if (fromStore)
+            {
+                _disk?.Write(f.Entry, chunk.Data.Span);
+            }
+        }
+        finally
+        {
+            chunk.Dispose();
+        }
+    }
+
+    private void Finish(bool background)
+    {
+        _running--;
+        if (background)
+        {
+            _runningBackground--;
+        }
+
+        Pump();
+    }
+
+    private async Task<(CachedChunk Chunk, bool FromStore)> LoadAsync(ChunkEntry e)
+    {
+        var chunk = _memory.Rent();
+        try
+        {
+            if (_disk is not null && _disk.TryRead(e, chunk.Buffer.Span[ChunkObject.HeaderSize..]))
+            {
+                chunk.Offset = ChunkObject.HeaderSize;
+                chunk.Length = e.PlainLength;
+                return (chunk, false);
+            }
+
+            chunk.Offset = await FetchFromStoreAsync(e, chunk.Buffer).ConfigureAwait(false);
+            chunk.Length = e.PlainLength;
+            return (chunk, true);
+        }
+        catch
+        {
+            chunk.Dispose();
+            throw;
+        }
+    }
+
+    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer)
+    {
+        var sw = Stopwatch.StartNew();
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_shutdown.Token);
+        deadline.CancelAfter(_options.FetchTimeout);
+        var backoff = TimeSpan.FromMilliseconds(100);
+        int attempt = 0;
+        while (true)
+        {
+            attempt++;
+            try
+            {
+                int offset = await _store.ReadIntoAsync(e, buffer, deadline.Token).ConfigureAwait(false);
+                Interlocked.Increment(ref _storeFetches);
+                Interlocked.Add(ref _storeBytes, e.StoredLength);
+                return offset;
+            }
+            catch (ObjectNotFoundException)
+            {
+                _log.LogError("read: chunk {Chunk} is missing from the object store", e.Id);
+                throw;
+            }
+            catch (ChunkCorruptException ex) when (attempt >= 3)
+            {
+                _log.LogError("read: chunk {Chunk} failed its integrity check {Attempts} times: {Message}", e.Id, attempt, ex.Message);
+                throw;
+            }
+            catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+            {
+                throw Timeout(e, sw.Elapsed, attempt, null);
+            }
+            catch (Exception ex) when (ex is not ChunkCorruptException || attempt < 3)
+            {
+                if (sw.Elapsed + backoff >= _options.FetchTimeout)
+                {
+                    throw Timeout(e, sw.Elapsed, attempt, ex);
+                }
+
+                _log.LogWarning("read: chunk {Chunk} attempt {Attempt} failed ({Message}); retrying in {Backoff} ms", e.Id, attempt, ex.Message, (int)backoff.TotalMilliseconds);
+                try
+                {
+                    await Task.Delay(backoff, deadline.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    throw Timeout(e, sw.Elapsed, attempt, ex);
+                }
+
+                backoff = TimeSpan.FromMilliseconds(Math.Min(backoff.TotalMilliseconds * 2, 5000) * (0.8 + (Random.Shared.NextDouble() * 0.4)));
+            }
+        }
+    }
+
+    private LmfsException Timeout(ChunkEntry e, TimeSpan elapsed, int attempts, Exception? last)
+    {
+        _log.LogError("read: chunk {Chunk} could not be fetched in {Seconds:0.0} s ({Attempts} attempts): {Message}", e.Id, elapsed.TotalSeconds, attempts, last?.Message ?? "timed out");
+        return new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0} s: {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
+    }
+}

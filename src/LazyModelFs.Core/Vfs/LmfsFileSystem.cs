@@ -1,0 +1,591 @@
+using System.Collections.Concurrent;
+using System.Text;
+using LazyModelFs.Cache;
+using LazyModelFs.Chunks;
+using LazyModelFs.Fuse;
+using LazyModelFs.Fuse.Abi;
+using LazyModelFs.Meta;
+using LazyModelFs.Read;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace LazyModelFs.Vfs;
+
+public enum PrefetchMode
+{
+    /// <summary>Fetch only what READs touch.</summary>
+    None,
+
+    /// <summary>Readahead that grows while a reader stays sequential.</summary>
+    Sequential,
+
+    /// <summary>Sequential, plus the whole file fetched in the background at its first open.</summary>
+    WholeFile,
+
+    /// <summary>Sequential, plus for *.safetensors: the header first, then tensor data in file order.</summary>
+    Safetensors,
+}
+
+public sealed record VfsOptions
+{
+    public PrefetchMode Prefetch { get; init; } = PrefetchMode.Safetensors;
+
+    /// <summary>Largest readahead window per stream.</summary>
+    public long ReadaheadMax { get; init; } = 128L << 20;
+
+    /// <summary>How long the kernel keeps a name → inode entry (imports can add or replace names).</summary>
+    public TimeSpan EntryTimeout { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long a "no such file" answer is cached by the kernel (0: not cached).</summary>
+    public TimeSpan NegativeTimeout { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long directory attributes are cached; file attributes never change (content is immutable per inode).</summary>
+    public TimeSpan DirectoryTimeout { get; init; } = TimeSpan.FromSeconds(1);
+}
+
+/// <summary>
+/// The filesystem `lmfs mount` serves: a read-only view of a volume.
+///
+/// Inodes are the metadata engine's inode numbers (dense, below 2^32 in practice, root = 1). A file's
+/// bytes never change under its inode — an import that replaces a file links a new inode — so file
+/// attributes are cached by the kernel indefinitely and files are opened with FOPEN_KEEP_CACHE:
+/// pages read once stay in the page cache across opens and processes. Names and directories can
+/// change (imports), so entries, directory attributes and negative lookups expire after
+/// <see cref="VfsOptions.EntryTimeout"/> and friends.
+///
+/// READ maps the byte range to chunks; a range inside one chunk is answered straight from the
+/// chunk's buffer in the memory tier (no copy), a range across two is copied. Every READ also feeds
+/// the inode's <see cref="AccessPattern"/>, which may ask for readahead; the first open of a file
+/// may start whole-file or safetensors prefetch. A chunk that cannot be had (missing, damaged,
+/// store unreachable past the fetch deadline) makes the READ fail with EIO — never short, never
+/// wrong bytes — and is logged with the inode and the chunk.
+/// </summary>
+public sealed class LmfsFileSystem : IFuseFileSystem
+{
+    private readonly Volume _volume;
+    private readonly ChunkReader _reader;
+    private readonly VfsOptions _options;
+    private readonly ILogger _log;
+    private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new();
+    private readonly ConcurrentDictionary<ulong, NodeState> _files = new();
+    private readonly ConcurrentDictionary<ulong, IReadOnlyList<DirEntry>> _dirs = new();
+    private readonly int _chunkSize;
+    private long _nextFh;
+
+    public LmfsFileSystem(Volume volume, ChunkReader reader, VfsOptions? options = null, ILogger? logger = null)
+    {
+        _volume = volume;
+        _reader = reader;
+        _options = options ?? new VfsOptions();
+        _log = logger ?? NullLogger.Instance;
+        _chunkSize = volume.Settings.ChunkSize;
+    }
+
+    /// <summary>Kernel references per inode (lookup counts), for tests and diagnostics.</summary>
+    public long LookupCount(ulong ino) => _nodes.TryGetValue(ino, out var s) ? Interlocked.Read(ref s.Lookups) : 0;
+
+    public int OpenFiles => _files.Count;
+
+    private sealed class NodeState(Node node, long chunkSize, long readaheadMax)
+    {
+        public Node Node { get; } = node;
+
+        public long Lookups;
+
+        public ChunkTable? Table;
+
+        public int PrefetchStarted;
+
+        public AccessPattern Pattern { get; } = new(chunkSize, readaheadMax);
+    }
+
+    // ------------------------------------------------------------------ attributes
+
+    private static uint TypeBits(NodeType t) => t switch { NodeType.Directory => 0x4000u, NodeType.Symlink => 0xA000u, _ => 0x8000u };
+
+    public static fuse_attr Attr(Node n)
+    {
+        ulong size = n.Type == NodeType.Symlink ? (ulong)Encoding.UTF8.GetByteCount(n.SymlinkTarget ?? "") : n.Size;
+        long mtime = Math.DivRem(n.MtimeNs, 1_000_000_000L, out long mns);
+        long ctime = Math.DivRem(n.CtimeNs, 1_000_000_000L, out long cns);
+        return new fuse_attr
+        {
+            ino = n.Ino,
+            size = size,
+            blocks = (size + 511) / 512,
+            atime = mtime,
+            atimensec = (uint)Math.Max(0, mns),
+            mtime = mtime,
+            mtimensec = (uint)Math.Max(0, mns),
+            ctime = ctime,
+            ctimensec = (uint)Math.Max(0, cns),
+            mode = TypeBits(n.Type) | (n.Mode & 0xFFF),
+            nlink = Math.Max(1, n.Nlink),
+            uid = n.Uid,
+            gid = n.Gid,
+            blksize = 4096,
+        };
+    }
+
+    private TimeSpan AttrTimeout(Node n) => n.Type == NodeType.Directory ? _options.DirectoryTimeout : FuseTime.Forever;
+
+    private FuseEntry EntryFor(Node n) => new(n.Ino, 0, Attr(n), _options.EntryTimeout, AttrTimeout(n));
+
+    private NodeState Track(Node n) => _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax));
+
+    private async ValueTask<Node?> NodeAsync(ulong ino)
+    {
+        if (_nodes.TryGetValue(ino, out var s) && s.Node.Type != NodeType.Directory)
+        {
+            return s.Node;
+        }
+
+        return await _volume.Meta.GetNodeAsync(ino).ConfigureAwait(false);
+    }
+
+    // ------------------------------------------------------------------ namespace
+
+    public async ValueTask<FuseResult<FuseEntry>> LookupAsync(FuseContext ctx, ulong parent, byte[] name)
+    {
+        try
+        {
+            if (!TryDecode(name, out string s))
+            {
+                return Negative();
+            }
+
+            var e = await _volume.Meta.LookupAsync(parent, s).ConfigureAwait(false);
+            if (e is null)
+            {
+                return Negative();
+            }
+
+            var node = await _volume.Meta.GetNodeAsync(e.Value.Ino).ConfigureAwait(false);
+            if (node is null)
+            {
+                return Negative();
+            }
+
+            NoteName(node.Ino, s);
+            var st = Track(node);
+            Interlocked.Increment(ref st.Lookups); // before the reply (fuse-protocol.md 8.1)
+            return EntryFor(node);
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "lookup", parent);
+        }
+    }
+
+    private FuseResult<FuseEntry> Negative() =>
+        _options.NegativeTimeout > TimeSpan.Zero ? FuseEntry.Negative(_options.NegativeTimeout) : (FuseResult<FuseEntry>)Errno.ENOENT;
+
+    public void Forget(ulong nodeId, ulong nlookup)
+    {
+        if (nodeId != Node.RootIno && _nodes.TryGetValue(nodeId, out var s) && Interlocked.Add(ref s.Lookups, -(long)nlookup) <= 0)
+        {
+            _nodes.TryRemove(new KeyValuePair<ulong, NodeState>(nodeId, s));
+        }
+    }
+
+    public async ValueTask<FuseResult<FuseAttrReply>> GetAttrAsync(FuseContext ctx, ulong nodeId, ulong? fh)
+    {
+        try
+        {
+            var n = await NodeAsync(nodeId).ConfigureAwait(false);
+            return n is null ? Errno.ENOENT : new FuseAttrReply(Attr(n), AttrTimeout(n));
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "getattr", nodeId);
+        }
+    }
+
+    public async ValueTask<FuseResult<ReadOnlyMemory<byte>>> ReadLinkAsync(FuseContext ctx, ulong nodeId)
+    {
+        try
+        {
+            var n = await NodeAsync(nodeId).ConfigureAwait(false);
+            return n is { Type: NodeType.Symlink, SymlinkTarget: { } t } ? (ReadOnlyMemory<byte>)Encoding.UTF8.GetBytes(t) : Errno.EINVAL;
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "readlink", nodeId);
+        }
+    }
+
+    public async ValueTask<FuseResult<fuse_kstatfs>> StatFsAsync(FuseContext ctx, ulong nodeId)
+    {
+        try
+        {
+            var u = await _volume.Meta.GetUsageAsync().ConfigureAwait(false);
+            ulong blocks = (ulong)Math.Max(1, (u.Bytes + 4095) / 4096);
+            return new fuse_kstatfs { bsize = 4096, frsize = 4096, namelen = 255, blocks = blocks, bfree = 0, bavail = 0, files = (ulong)Math.Max(1, u.Inodes), ffree = 0 };
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "statfs", nodeId);
+        }
+    }
+
+    // ------------------------------------------------------------------ directories
+
+    public async ValueTask<FuseResult<FuseOpen>> OpenDirAsync(FuseContext ctx, ulong nodeId, int flags)
+    {
+        try
+        {
+            // One snapshot per handle: cookies (index + 3) stay valid however the kernel replays (fuse-protocol.md 8.5).
+            var list = await _volume.Meta.ListAsync(nodeId).ConfigureAwait(false);
+            ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
+            _dirs[fh] = list;
+            return new FuseOpen(fh, FopenFlags.None);
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "opendir", nodeId);
+        }
+    }
+
+    public async ValueTask<Errno> ReadDirAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, FuseDirBuffer buffer)
+    {
+        if (!_dirs.TryGetValue(fh, out var entries))
+        {
+            return Errno.EBADF;
+        }
+
+        try
+        {
+            // Cookies: 1 after ".", 2 after "..", k + 3 after entries[k].
+            for (long i = offset; i < entries.Count + 2; i++)
+            {
+                if (i < 2)
+                {
+                    var dot = i == 0 ? "."u8 : ".."u8;
+                    bool ok = buffer.Plus
+                        ? buffer.TryAddPlus(dot, new FuseEntry(0, 0, new fuse_attr { ino = nodeId, mode = 0x4000 }, TimeSpan.Zero, TimeSpan.Zero), i + 1)
+                        : buffer.TryAdd(dot, nodeId, 4, i + 1);
+                    if (!ok)
+                    {
+                        break;
+                    }
+
+                    continue;
+                }
+
+                var e = entries[(int)(i - 2)];
+                byte[] name = Encoding.UTF8.GetBytes(e.Name);
+                if (!buffer.Plus)
+                {
+                    if (!buffer.TryAdd(name, e.Ino, TypeBits(e.Type) >> 12, i + 1))
+                    {
+                        break;
+                    }
+
+                    continue;
+                }
+
+                if (!buffer.Fits(name.Length))
+                {
+                    break;
+                }
+
+                var node = await NodeAsync(e.Ino).ConfigureAwait(false);
+                if (node is null)
+                {
+                    continue; // removed since the snapshot
+                }
+
+                NoteName(node.Ino, e.Name);
+                var st = Track(node);
+                Interlocked.Increment(ref st.Lookups);
+                buffer.TryAddPlus(name, EntryFor(node), i + 1);
+            }
+
+            return Errno.OK;
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "readdir", nodeId);
+        }
+    }
+
+    public ValueTask<Errno> ReleaseDirAsync(FuseContext ctx, ulong nodeId, ulong fh)
+    {
+        _dirs.TryRemove(fh, out _);
+        return ValueTask.FromResult(Errno.OK);
+    }
+
+    // ------------------------------------------------------------------ files
+
+    public async ValueTask<FuseResult<FuseOpen>> OpenAsync(FuseContext ctx, ulong nodeId, int flags)
+    {
+        if ((flags & 3) != 0)
+        {
+            return Errno.EROFS; // O_WRONLY / O_RDWR
+        }
+
+        try
+        {
+            var node = await NodeAsync(nodeId).ConfigureAwait(false);
+            if (node is null)
+            {
+                return Errno.ENOENT;
+            }
+
+            if (node.Type != NodeType.File)
+            {
+                return Errno.EISDIR;
+            }
+
+            var st = Track(node);
+            if (st.Table is null)
+            {
+                var table = await _volume.Meta.GetChunkTableAsync(nodeId, _chunkSize).ConfigureAwait(false);
+                if (table is null || table.PlainSize != (long)node.Size)
+                {
+                    _log.LogError("vfs: inode {Ino} has {What}; refusing to open it", nodeId, table is null ? "no chunk table" : $"a chunk table of {table.PlainSize} bytes for size {node.Size}");
+                    return Errno.EIO;
+                }
+
+                st.Table = table;
+            }
+
+            ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
+            _files[fh] = st;
+            if (Interlocked.Exchange(ref st.PrefetchStarted, 1) == 0)
+            {
+                StartPrefetch(st);
+            }
+
+            return new FuseOpen(fh, FopenFlags.KEEP_CACHE | FopenFlags.NOFLUSH);
+        }
+        catch (Exception ex)
+        {
+            return Fail(ex, "open", nodeId);
+        }
+    }
+
+    public ValueTask<Errno> ReleaseAsync(FuseContext ctx, ulong nodeId, ulong fh)
+    {
+        _files.TryRemove(fh, out _);
+        return ValueTask.FromResult(Errno.OK);
+    }
+
+    public ValueTask<FuseReadResult> ReadAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, Memory<byte> buffer)
+    {
+        if (!_files.TryGetValue(fh, out var st) || st.Table is not { } table)
+        {
+            return ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
+        }
+
+        long size = (long)st.Node.Size;
+        if (offset >= size || buffer.Length == 0)
+        {
+            return ValueTask.FromResult(FuseReadResult.InBuffer(0));
+        }
+
+        int len = (int)Math.Min(buffer.Length, size - offset);
+        if (_options.Prefetch != PrefetchMode.None && st.Pattern.OnRead(offset, len, size) is { } ahead)
+        {
+            Readahead(table, ahead.From, ahead.To);
+        }
+
+        int first = (int)(offset / _chunkSize);
+        int last = (int)((offset + len - 1) / _chunkSize);
+        if (first == last)
+        {
+            int within = (int)(offset - ((long)first * _chunkSize));
+            var vt = _reader.GetAsync(table[first], FetchPriority.Demand);
+            if (vt.IsCompletedSuccessfully)
+            {
+                var c = vt.Result;
+                return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(within, len), c)); // zero copy; released after the reply
+            }
+
+            return ReadOneAsync(vt, within, len, nodeId, first);
+        }
+
+        return ReadSpanningAsync(table, offset, buffer[..len], nodeId);
+    }
+
+    private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, ulong ino, int index)
+    {
+        try
+        {
+            var c = await vt.ConfigureAwait(false);
+            return FuseReadResult.FromMemory(c.Data.Slice(within, len), c);
+        }
+        catch (Exception ex)
+        {
+            return ReadFailed(ex, ino, index);
+        }
+    }
+
+    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, ulong ino)
+    {
+        int done = 0;
+        while (done < dest.Length)
+        {
+            long pos = offset + done;
+            int index = (int)(pos / _chunkSize);
+            int within = (int)(pos - ((long)index * _chunkSize));
+            CachedChunk c;
+            try
+            {
+                c = await _reader.GetAsync(table[index], FetchPriority.Demand).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                return ReadFailed(ex, ino, index);
+            }
+
+            using (c)
+            {
+                int n = Math.Min(dest.Length - done, c.Data.Length - within);
+                c.Data.Span.Slice(within, n).CopyTo(dest.Span[done..]);
+                done += n;
+            }
+        }
+
+        return FuseReadResult.InBuffer(done);
+    }
+
+    private FuseReadResult ReadFailed(Exception ex, ulong ino, int index)
+    {
+        _log.LogError("vfs: READ of inode {Ino} failed at chunk {Index}: {Message}", ino, index, ex.Message);
+        return Errno.EIO;
+    }
+
+    // ------------------------------------------------------------------ readahead and prefetch
+
+    private void Readahead(ChunkTable table, long from, long to)
+    {
+        int a = (int)(from / _chunkSize);
+        int b = (int)Math.Min(table.Count - 1, (to - 1) / _chunkSize);
+        for (int i = a; i <= b; i++)
+        {
+            _reader.Prefetch(table[i], FetchPriority.Readahead);
+        }
+    }
+
+    private void StartPrefetch(NodeState st)
+    {
+        if (_reader.Disk is null || st.Table is not { Count: > 0 } table)
+        {
+            return; // without a disk cache, whole-file prefetch would only churn the memory tier
+        }
+
+        bool safetensors = _options.Prefetch == PrefetchMode.Safetensors && st.Node.Type == NodeType.File && IsSafetensorsName(st.Node);
+        if (_options.Prefetch == PrefetchMode.WholeFile)
+        {
+            for (int i = 0; i < table.Count; i++)
+            {
+                _reader.Prefetch(table[i], FetchPriority.Prefetch);
+            }
+        }
+        else if (safetensors)
+        {
+            _ = PrefetchSafetensorsAsync(st, table);
+        }
+    }
+
+    private bool IsSafetensorsName(Node n) => _safetensorsInodes.ContainsKey(n.Ino);
+
+    private readonly ConcurrentDictionary<ulong, bool> _safetensorsInodes = new();
+
+    /// <summary>
+    /// The header chunk(s) first (readahead priority), then the chunks holding tensor data, in file
+    /// order, at prefetch priority: the scheduler runs them at full concurrency while demand READs
+    /// jump the queue. A header that does not parse falls back to whole-file order.
+    /// </summary>
+    private async Task PrefetchSafetensorsAsync(NodeState st, ChunkTable table)
+    {
+        long size = (long)st.Node.Size;
+        try
+        {
+            long? n;
+            using (var c0 = await _reader.GetAsync(table[0], FetchPriority.Readahead).ConfigureAwait(false))
+            {
+                n = SafetensorsHeader.HeaderLength(c0.Data.Span, size);
+            }
+
+            List<(long Begin, long End)>? ranges = null;
+            if (n is { } headerLen)
+            {
+                var json = new byte[headerLen];
+                for (long pos = 8; pos < 8 + headerLen;)
+                {
+                    int idx = (int)(pos / _chunkSize);
+                    using var c = await _reader.GetAsync(table[idx], FetchPriority.Readahead).ConfigureAwait(false);
+                    int within = (int)(pos - ((long)idx * _chunkSize));
+                    int take = (int)Math.Min(c.Data.Length - within, 8 + headerLen - pos);
+                    c.Data.Span.Slice(within, take).CopyTo(json.AsSpan((int)(pos - 8)));
+                    pos += take;
+                }
+
+                ranges = SafetensorsHeader.TensorRanges(json, size);
+            }
+
+            var order = new List<int>();
+            var seen = new HashSet<int>();
+            if (ranges is null)
+            {
+                _log.LogInformation("vfs: inode {Ino} has no readable safetensors header; prefetching it whole", st.Node.Ino);
+                order.AddRange(Enumerable.Range(0, table.Count));
+            }
+            else
+            {
+                foreach (var (b, e) in ranges.Where(r => r.End > r.Begin))
+                {
+                    for (int i = (int)(b / _chunkSize); i <= (int)((e - 1) / _chunkSize); i++)
+                    {
+                        if (seen.Add(i))
+                        {
+                            order.Add(i);
+                        }
+                    }
+                }
+            }
+
+            foreach (int i in order)
+            {
+                _reader.Prefetch(table[i], FetchPriority.Prefetch);
+            }
+        }
+        catch (Exception ex)
+        {
+            _log.LogWarning("vfs: safetensors prefetch of inode {Ino} stopped: {Message}", st.Node.Ino, ex.Message);
+        }
+    }
+
+    /// <summary>Marks which inodes are *.safetensors (names live in directory entries, not in nodes).</summary>
+    internal void NoteName(ulong ino, string name)
+    {
+        if (name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            _safetensorsInodes[ino] = true;
+        }
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    private static bool TryDecode(byte[] name, out string s)
+    {
+        try
+        {
+            s = new UTF8Encoding(false, true).GetString(name);
+            return true;
+        }
+        catch (DecoderFallbackException)
+        {
+            s = "";
+            return false;
+        }
+    }
+
+    private Errno Fail(Exception ex, string op, ulong ino)
+    {
+        _log.LogError("vfs: {Op} on inode {Ino} failed: {Message}", op, ino, ex.Message);
+        return ex is Util.LmfsException { ExitCode: 2 } ? Errno.ENOENT : Errno.EIO;
+    }
+}

@@ -1,0 +1,106 @@
+using LazyModelFs.Cache;
+using LazyModelFs.Fuse;
+using LazyModelFs.Read;
+using LazyModelFs.Util;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace LazyModelFs.Vfs;
+
+/// <summary>Every knob of `lmfs mount` (docs/operations.md lists them with their defaults).</summary>
+public sealed record MountOptions
+{
+    public string CacheDir { get; init; } = "/var/cache/lmfs";
+
+    /// <summary>0 disables the disk cache.</summary>
+    public long CacheSize { get; init; } = 100L << 30;
+
+    public double FreeSpaceRatio { get; init; } = 0.1;
+
+    /// <summary>Memory tier (chunk buffers), including fetches in flight.</summary>
+    public long BufferSize { get; init; } = 512L << 20;
+
+    public int MaxFetches { get; init; } = 16;
+
+    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    public VfsOptions Vfs { get; init; } = new();
+
+    public bool AllowOther { get; init; }
+
+    /// <summary>Kernel readahead (read_ahead_kb) for the mount.</summary>
+    public int ReadaheadKb { get; init; } = 16384;
+
+    public int? Threads { get; init; }
+}
+
+/// <summary>A mounted volume: the caches, the chunk reader, the VFS and the FUSE session, wired together.</summary>
+public sealed class LmfsMount : IDisposable
+{
+    private LmfsMount(Volume volume, MemoryTier memory, DiskCache? disk, ChunkReader reader, LmfsFileSystem fs, FuseSession session)
+    {
+        Volume = volume;
+        Memory = memory;
+        Disk = disk;
+        Reader = reader;
+        FileSystem = fs;
+        Session = session;
+    }
+
+    public Volume Volume { get; }
+
+    public MemoryTier Memory { get; }
+
+    public DiskCache? Disk { get; }
+
+    public ChunkReader Reader { get; }
+
+    public LmfsFileSystem FileSystem { get; }
+
+    public FuseSession Session { get; }
+
+    public string MountPoint => Session.MountPoint;
+
+    public static LmfsMount Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
+    {
+        loggers ??= NullLoggerFactory.Instance;
+        int chunk = volume.Settings.ChunkSize;
+        if (o.BufferSize < 4L * (chunk + 4096))
+        {
+            throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * (chunk + 4096))}", 2);
+        }
+
+        var disk = o.CacheSize > 0
+            ? new DiskCache(new DiskCacheOptions { Directory = o.CacheDir, MaxBytes = o.CacheSize, FreeSpaceRatio = o.FreeSpaceRatio }, loggers.CreateLogger("cache"))
+            : null;
+        var memory = new MemoryTier(o.BufferSize, chunk);
+        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout }, loggers.CreateLogger("read"));
+        var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
+        var fuseOptions = new FuseMountOptions
+        {
+            FsName = "lmfs:" + volume.Settings.Name,
+            AllowOther = o.AllowOther,
+            ReadaheadKb = o.ReadaheadKb,
+            Threads = o.Threads ?? new FuseMountOptions().Threads,
+        };
+        try
+        {
+            var session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
+            return new LmfsMount(volume, memory, disk, reader, fs, session);
+        }
+        catch (FuseMountException e)
+        {
+            reader.Dispose();
+            memory.Dispose();
+            throw new LmfsException(e.Message, e.Hint, 2, e);
+        }
+    }
+
+    public void Dispose()
+    {
+        Session.Unmount();
+        Session.Dispose();
+        Reader.Dispose();
+        Memory.Dispose();
+    }
+}
