@@ -1,25 +1,10 @@
 using System.Collections.Concurrent;
 using LazyModelFs.MemFs;
+using LazyModelFs.Testing;
 using Microsoft.Extensions.Logging;
 using Xunit;
 
 namespace LazyModelFs.Fuse.Tests;
-
-/// <summary>A test that mounts through /dev/fuse: skipped, with the reason, where that is impossible.</summary>
-public sealed class MountFactAttribute : FactAttribute
-{
-    public MountFactAttribute()
-    {
-        if (!File.Exists("/dev/fuse"))
-        {
-            Skip = "needs /dev/fuse (the fuse kernel module); not present here";
-        }
-        else if (!FuseSession.IsRoot)
-        {
-            Skip = "needs root (mount(2) and /sys tuning); run the tests as root, as CI does";
-        }
-    }
-}
 
 /// <summary>Captures log lines so tests can check what the layer said.</summary>
 public sealed class ListLogger : ILogger

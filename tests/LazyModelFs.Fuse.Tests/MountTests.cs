@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.IO.MemoryMappedFiles;
 using System.Security.Cryptography;
 using LazyModelFs.MemFs;
+using LazyModelFs.Testing;
 using Xunit;
 
 namespace LazyModelFs.Fuse.Tests;

@@ -155,7 +155,19 @@ public sealed class RedisMetaStore : IMetaStore
         int end = authority.IndexOfAny(['/', '?']);
         foreach (string host in (end < 0 ? authority : authority[..end]).Split(',', StringSplitOptions.RemoveEmptyEntries))
         {
-            opts.EndPoints.Add(host.Contains(':', StringComparison.Ordinal) ? host : host + ":6379");
+            string hostPort = host.Contains(':', StringComparison.Ordinal) ? host : host + ":6379";
+            int colon = hostPort.LastIndexOf(':');
+            if (colon == 0 || !ushort.TryParse(hostPort[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out ushort port) || port == 0)
+            {
+                throw new LmfsException($"Redis URL '{Redact.Url(rawUrl)}' has no valid host:port in '{host}'", "write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/1", 2);
+            }
+
+            opts.EndPoints.Add(hostPort);
+        }
+
+        if (opts.EndPoints.Count == 0)
+        {
+            throw new LmfsException($"Redis URL '{Redact.Url(rawUrl)}' names no host", "write redis://HOST:PORT/DB", 2);
         }
 
         string describe = Redact.Url(rawUrl);
@@ -177,6 +189,9 @@ public sealed class RedisMetaStore : IMetaStore
                 ex);
         }
 
+        // 1.x's default runs completions one at a time, in order, on one worker; a continuation that issues
+        // the next command then waits behind itself (seen: a GETATTR from a FUSE reader never completed).
+        conn.PreserveAsyncOrder = false;
         var store = new RedisMetaStore(conn, db, volume, describe);
         try
         {
@@ -358,12 +373,15 @@ public sealed class RedisMetaStore : IMetaStore
 
     private RedisKey ChunksKey(ulong ino) => _prefix + "c" + ino.ToString(CultureInfo.InvariantCulture);
 
+    /// <summary>Every command's deadline: 1.2.6 puts no timeout on async commands, and a FUSE request must never wait forever.</summary>
+    public static TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Turns the client's connection and timeout errors into one clear message.</summary>
     private async Task<T> Run<T>(Func<Task<T>> op)
     {
         try
         {
-            return await op().ConfigureAwait(false);
+            return await op().WaitAsync(CommandTimeout).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is RedisConnectionException or RedisTimeoutException or TimeoutException)
         {

@@ -7,7 +7,9 @@ namespace LazyModelFs.Read;
 /// readahead), and mmap loaders fault wherever tensors are. Several readers of one file — processes,
 /// tensor-parallel ranks — each read sequentially from their own place, so one "last offset" would
 /// make them all look random. So up to <see cref="MaxStreams"/> streams are tracked: a READ that
-/// starts within <see cref="Slack"/> of where a stream left off continues it, and that stream's
+/// starts near where a stream left off continues it — within one READ (1 MiB) for a new stream,
+/// within the stream's window once it is sequential (async READs arrive reordered up to that far) —
+/// and that stream's
 /// window doubles (from one chunk up to the readahead limit); a READ that continues no stream
 /// starts a new one (replacing the least recently used) with no window, so random reads fetch only
 /// what they touch. A stream's second sequential READ earns a window.
@@ -30,8 +32,8 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
         public long LastUse;
     }
 
-    /// <summary>How far from a stream's end a READ may start and still continue it (reordered async READs).</summary>
-    public long Slack => Math.Max(chunkSize, 4L << 20);
+    /// <summary>Largest READ the kernel sends (max_pages × 4 KiB): the least slack a stream gets.</summary>
+    public const long MinSlack = 1L << 20;
 
     public (long From, long To)? OnRead(long offset, int size, long fileSize)
     {
@@ -43,7 +45,8 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
             for (int i = 0; i < MaxStreams; i++)
             {
                 ref var s = ref _streams[i];
-                if (s.LastUse != 0 && offset >= s.Next - Slack && offset <= s.Next + Slack)
+                long slack = Math.Max(MinSlack, s.Window);
+                if (s.LastUse != 0 && offset >= s.Next - slack && offset <= s.Next + slack)
                 {
                     best = i;
                     break;

@@ -1,0 +1,349 @@
+using System.Diagnostics;
+using System.IO.MemoryMappedFiles;
+using System.Security.Cryptography;
+using System.Text;
+using LazyModelFs.Import;
+using LazyModelFs.Storage;
+using LazyModelFs.Testing;
+using LazyModelFs.Vfs;
+using Xunit;
+
+namespace LazyModelFs.Tests.Mount;
+
+/// <summary>
+/// `lmfs mount` for real: volumes on redis-server and s3rver, mounted through /dev/fuse, read by
+/// ordinary tools. Tests in this class run one at a time (they stop and start the shared S3 server).
+/// </summary>
+public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixture<MountReadTests.Servers>, IDisposable
+{
+    private const int Chunk = 1 << 20;
+
+    public sealed class Servers : IDisposable
+    {
+        public RedisServer Redis { get; } = new();
+
+        public S3rverServer S3 { get; } = new();
+
+        public void Dispose()
+        {
+            Redis.Dispose();
+            S3.Dispose();
+        }
+    }
+
+    private static StorageOptions Creds => new() { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey };
+
+    private readonly TempDir _dir = new("lmfs-mnt");
+    private readonly List<LmfsMount> _mounts = [];
+    private string _meta = "";
+
+    /// <summary>A fresh volume with /m/big.bin (24 chunks), /m/small.txt and /m/model.safetensors, imported from local files.</summary>
+    private async Task<Volume> VolumeAsync()
+    {
+        _meta = servers.Redis.NewVolumeUrl();
+        await Volume.FormatAsync(_meta, servers.S3.NewStorageUrl(), Creds, Chunk, "none", "mnt");
+        var v = await Volume.OpenAsync(_meta, Creds);
+        Directory.CreateDirectory(_dir["src/m"]);
+        File.WriteAllBytes(_dir["src/m/big.bin"], Random((24 * Chunk) + 333, 1));
+        File.WriteAllText(_dir["src/m/small.txt"], "small and cached\n");
+        File.WriteAllBytes(_dir["src/m/model.safetensors"], Safetensors(10 * Chunk));
+        await new Importer(v, new ImportOptions()).RunAsync([_dir["src/m"]], "/");
+        return v;
+    }
+
+    private static byte[] Random(int n, int seed)
+    {
+        var b = new byte[n];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    /// <summary>A safetensors file: a JSON header, then tensors of about <paramref name="dataBytes"/> in total.</summary>
+    private static byte[] Safetensors(int dataBytes)
+    {
+        var header = new StringBuilder("{\"__metadata__\":{\"format\":\"pt\"}");
+        int per = dataBytes / 8;
+        for (int i = 0; i < 8; i++)
+        {
+            header.Append(System.Globalization.CultureInfo.InvariantCulture, $",\"layer.{i}.weight\":{{\"dtype\":\"BF16\",\"shape\":[{per / 2}],\"data_offsets\":[{i * per},{(i + 1) * per}]}}");
+        }
+
+        var json = Encoding.UTF8.GetBytes(header.Append('}').ToString());
+        return [.. BitConverter.GetBytes((ulong)json.Length), .. json, .. Random(8 * per, 2)];
+    }
+
+    private LmfsMount Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)
+    {
+        string mp = Directory.CreateTempSubdirectory("lmfs-mp-").FullName;
+        var o = new MountOptions { CacheDir = cache, BufferSize = 8L * (Chunk + 4096), MaxFetches = 8, FetchTimeout = TimeSpan.FromSeconds(3) };
+        var m = LmfsMount.Start(v, mp, tweak?.Invoke(o) ?? o);
+        _mounts.Add(m);
+        return m;
+    }
+
+    private void Unmount(LmfsMount m)
+    {
+        m.Dispose();
+        _mounts.Remove(m);
+        Directory.Delete(m.MountPoint);
+    }
+
+    private byte[] Source(string name) => File.ReadAllBytes(_dir["src/m/" + name]);
+
+    [MountFact]
+    public async Task Bytes_through_the_mount_equal_the_imported_source()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"]); // memory tier of 8 chunks: the 24-chunk file does not fit
+        string big = Path.Combine(m.MountPoint, "m/big.bin");
+        byte[] want = Source("big.bin");
+
+        Assert.Equal(want.Length, new FileInfo(big).Length);
+        Assert.Equal(new[] { "big.bin", "model.safetensors", "small.txt" }, Directory.GetFiles(Path.Combine(m.MountPoint, "m")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.False(File.Exists(Path.Combine(m.MountPoint, "m/pytorch_model.bin")));
+
+        string copy = _dir["cat.out"];
+        Run("sh", "-c", $"cat '{big}' > '{copy}'");
+        Assert.Equal(SHA256.HashData(want), SHA256.HashData(File.ReadAllBytes(copy)));
+
+        using (var h = File.OpenHandle(big))
+        {
+            var rnd = new Random(3);
+            var buf = new byte[3 * Chunk];
+            for (int i = 0; i < 100; i++)
+            {
+                long off = rnd.NextInt64(0, want.Length);
+                int n = RandomAccess.Read(h, buf.AsSpan(0, rnd.Next(1, buf.Length)), off);
+                Assert.True(buf.AsSpan(0, n).SequenceEqual(want.AsSpan((int)off, n)), $"pread mismatch at {off}");
+            }
+        }
+
+        using (var mmf = MemoryMappedFile.CreateFromFile(Path.Combine(m.MountPoint, "m/model.safetensors"), FileMode.Open, null, 0, MemoryMappedFileAccess.Read))
+        using (var view = mmf.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read))
+        {
+            byte[] st = Source("model.safetensors");
+            var rnd = new Random(4);
+            var buf = new byte[200_000];
+            for (int i = 0; i < 200; i++)
+            {
+                long off = rnd.NextInt64(0, st.Length - buf.Length);
+                view.ReadArray(off, buf, 0, buf.Length);
+                Assert.True(buf.AsSpan().SequenceEqual(st.AsSpan((int)off, buf.Length)), $"mmap mismatch at {off}");
+            }
+        }
+
+        var hashes = new byte[8][];
+        Parallel.For(0, 8, i => hashes[i] = SHA256.HashData(File.ReadAllBytes(big)));
+        Assert.All(hashes, x => Assert.Equal(SHA256.HashData(want), x));
+
+        Assert.ThrowsAny<IOException>(() => File.WriteAllText(Path.Combine(m.MountPoint, "m/new.txt"), "x")); // read-only
+        Assert.True(new DriveInfo(m.MountPoint).TotalSize > 0);
+    }
+
+    [MountFact]
+    public async Task A_warm_read_after_remount_needs_no_object_store()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"]);
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin"))); // cold
+        Assert.True(m.Reader.StoreFetches >= 25);
+        SpinWait.SpinUntil(() => m.Disk!.Count >= 25, 10_000);
+        Unmount(m);
+
+        servers.S3.Stop();
+        try
+        {
+            var warm = Mount(v, _dir["cache"]);
+            Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(warm.MountPoint, "m/big.bin")));
+            Assert.Equal(0, warm.Reader.StoreFetches);
+        }
+        finally
+        {
+            servers.S3.Start();
+        }
+    }
+
+    [MountFact]
+    public async Task Two_mounts_share_one_cache_directory()
+    {
+        using var v = await VolumeAsync();
+        var a = Mount(v, _dir["shared-cache"]);
+        var b = Mount(v, _dir["shared-cache"]);
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(a.MountPoint, "m/big.bin")));
+        SpinWait.SpinUntil(() => a.Disk!.Count >= 25, 10_000);
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(b.MountPoint, "m/big.bin")));
+        Assert.Equal(0, b.Reader.StoreFetches); // everything came from the files mount A wrote
+    }
+
+    [MountFact]
+    public async Task A_corrupted_cache_file_is_detected_and_healed()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"]);
+        File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin"));
+        SpinWait.SpinUntil(() => m.Disk!.Count >= 25, 10_000);
+        Unmount(m);
+
+        string victim = Directory.GetFiles(_dir["cache/chunks"], "*", SearchOption.AllDirectories).First();
+        var bytes = File.ReadAllBytes(victim);
+        bytes[bytes.Length / 2] ^= 0x5A;
+        File.WriteAllBytes(victim, bytes);
+
+        var again = Mount(v, _dir["cache"]);
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(again.MountPoint, "m/big.bin")));
+        Assert.Equal(1, again.Disk!.Corrupt);
+        Assert.Equal(1, again.Reader.StoreFetches); // only the damaged chunk came from S3
+    }
+
+    [MountFact]
+    public async Task Eviction_keeps_the_cache_under_its_size()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["small-cache"], o => o with { CacheSize = 6L * Chunk });
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
+        Thread.Sleep(500);
+        long bytes = Directory.GetFiles(_dir["small-cache/chunks"], "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+        Assert.True(bytes <= 6L * Chunk, $"{bytes} bytes cached with a {6 * Chunk}-byte limit");
+    }
+
+    [MountFact]
+    public async Task Object_store_down_during_a_cold_read_gives_eio_in_time_and_cached_files_still_read()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"], o => o with { FetchTimeout = TimeSpan.FromSeconds(2), Vfs = o.Vfs with { Prefetch = PrefetchMode.None } });
+        Assert.Equal("small and cached\n", File.ReadAllText(Path.Combine(m.MountPoint, "m/small.txt")));
+        servers.S3.Stop();
+        try
+        {
+            var read = Task.Run(() => File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
+            Assert.True(Task.WhenAny(read, Task.Delay(TimeSpan.FromSeconds(120))).Result == read, "the read hung with the object store down");
+            var ex = Assert.ThrowsAny<Exception>(() => read.GetAwaiter().GetResult());
+            Assert.Contains("Input/output error", ex.Message, StringComparison.Ordinal);
+            Assert.Equal("small and cached\n", File.ReadAllText(Path.Combine(m.MountPoint, "m/small.txt")));
+        }
+        finally
+        {
+            servers.S3.Start();
+        }
+
+        // Once the store is back, the same file reads (nothing wrong was cached).
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
+    }
+
+    [MountFact]
+    public async Task Warmup_then_read_with_the_object_store_stopped()
+    {
+        using (await VolumeAsync())
+        {
+        }
+
+        var env = LmfsRunner.S3Env();
+        var r = LmfsRunner.Run(["warmup", _meta, "/m", "--cache-dir", _dir["warm"]], env);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("warmed up", r.Stdout, StringComparison.Ordinal);
+        var check = LmfsRunner.Run(["warmup", _meta, "/m", "--cache-dir", _dir["warm"], "--check"], env);
+        Assert.Contains("(100.0%)", check.Stdout, StringComparison.Ordinal);
+
+        servers.S3.Stop();
+        try
+        {
+            using var v = await Volume.OpenAsync(_meta, Creds);
+            var m = Mount(v, _dir["warm"]);
+            foreach (var f in new[] { "big.bin", "small.txt", "model.safetensors" })
+            {
+                Assert.Equal(Source(f), File.ReadAllBytes(Path.Combine(m.MountPoint, "m", f)));
+            }
+
+            Assert.Equal(0, m.Reader.StoreFetches);
+        }
+        finally
+        {
+            servers.S3.Start();
+        }
+    }
+
+    [MountFact]
+    public async Task Safetensors_prefetch_fetches_the_tensors_after_the_header_is_read()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["st-cache"], o => o with { BufferSize = 32L * (Chunk + 4096) });
+        using (var f = File.OpenRead(Path.Combine(m.MountPoint, "m/model.safetensors")))
+        {
+            var head = new byte[8];
+            f.ReadExactly(head);
+        }
+
+        // Only 8 bytes were read; prefetch brings in every chunk of the file in the background.
+        Assert.True(SpinWait.SpinUntil(() => m.Disk!.Count >= 11, 30_000), $"prefetched {m.Disk!.Count} of 11 chunks");
+    }
+
+    [MountFact]
+    public async Task Random_reads_fetch_only_what_they_touch()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["rnd-cache"], o => o with { Vfs = o.Vfs with { Prefetch = PrefetchMode.Sequential } });
+        using var h = File.OpenHandle(Path.Combine(m.MountPoint, "m/big.bin"), FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
+        var one = new byte[1];
+        foreach (int chunk in new[] { 20, 3, 14, 8, 1 })
+        {
+            RandomAccess.Read(h, one, ((long)chunk * Chunk) + 1000);
+            Assert.Equal(Source("big.bin")[(chunk * Chunk) + 1000], one[0]);
+        }
+
+        Assert.Equal(5, m.Reader.StoreFetches);
+    }
+
+    [MountFact]
+    public async Task The_command_line_mounts_in_the_background_and_unmounts()
+    {
+        using (await VolumeAsync())
+        {
+        }
+
+        string mp = Directory.CreateTempSubdirectory("lmfs-cli-mp-").FullName;
+        var env = LmfsRunner.S3Env();
+        var r = LmfsRunner.Run(["mount", _meta, mp, "--background", "--cache-dir", _dir["cli-cache"], "--log-file", _dir["mount.log"]], env);
+        Assert.True(r.ExitCode == 0, r + "\n--- log\n" + (File.Exists(_dir["mount.log"]) ? File.ReadAllText(_dir["mount.log"]) : ""));
+        try
+        {
+            Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(mp, "m/big.bin")));
+            var check = LmfsRunner.Run(["warmup", mp, Path.Combine(mp, "m/big.bin"), "--check"], env);
+            Assert.Contains("cached:", check.Stdout, StringComparison.Ordinal);
+            Assert.Equal(2, LmfsRunner.Run("mount", _meta, mp, "--cache-dir", _dir["cli-cache"]).ExitCode); // already mounted: refused
+        }
+        finally
+        {
+            var u = LmfsRunner.Run("umount", mp);
+            Assert.True(u.ExitCode == 0, u.ToString());
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => Fuse.FuseMount.MountTypeAt(mp) is null, 10_000));
+        Assert.Contains("mounted volume", File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
+        Assert.Equal(2, LmfsRunner.Run("umount", mp).ExitCode); // nothing mounted any more
+        Directory.Delete(mp);
+    }
+
+    private static void Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardError = true };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, err);
+    }
+
+    public void Dispose()
+    {
+        foreach (var m in _mounts.ToList())
+        {
+            Unmount(m);
+        }
+
+        _dir.Dispose();
+    }
+}

@@ -1,0 +1,232 @@
+using System.Text;
+using LazyModelFs.Cache;
+using LazyModelFs.Chunks;
+using LazyModelFs.Import;
+using LazyModelFs.Read;
+using LazyModelFs.Storage;
+using LazyModelFs.Testing;
+using LazyModelFs.Tests.Import;
+using LazyModelFs.Util;
+using Xunit;
+
+namespace LazyModelFs.Tests.Read;
+
+/// <summary>The read path below the VFS, over the in-memory twins: caches, single flight, priorities, integrity.</summary>
+public sealed class ReadPathTests : IDisposable
+{
+    private const int Chunk = 1 << 20;
+    private readonly TempDir _dir = new("lmfs-read");
+
+    private async Task<(Volume V, FaultyObjectStore Store, ChunkTable Table, byte[] Data)> ImportedAsync(int size)
+    {
+        var store = new FaultyObjectStore(new MemoryObjectStore());
+        var v = await TwinVolume.CreateAsync(store, Chunk, "none");
+        var data = new byte[size];
+        new Random(size).NextBytes(data);
+        File.WriteAllBytes(_dir["src.bin"], data);
+        await new Importer(v, new ImportOptions()).RunAsync([_dir["src.bin"]], "/f.bin");
+        var table = (await v.Meta.GetChunkTableAsync((await v.Namespace.ResolveAsync("/f.bin"))!.Ino, Chunk))!;
+        return (v, store, table, data);
+    }
+
+    private DiskCache Disk(long max = 1L << 30) => new(new DiskCacheOptions { Directory = _dir["cache"], MaxBytes = max, FreeSpaceRatio = 0 });
+
+    [Fact]
+    public async Task Many_readers_of_one_chunk_cause_one_fetch_and_get_verified_bytes()
+    {
+        var (v, store, table, data) = await ImportedAsync(3 * Chunk);
+        using var mem = new MemoryTier(16L * Chunk, Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, Disk());
+        int before = store.Gets;
+        var leases = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => reader.GetAsync(table[1]).AsTask()));
+        Assert.Equal(1, store.Gets - before);
+        Assert.All(leases, l => Assert.True(l.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk))));
+        foreach (var l in leases)
+        {
+            l.Dispose();
+        }
+
+        using var again = await reader.GetAsync(table[1]); // memory hit: no new fetch
+        Assert.Equal(1, store.Gets - before);
+    }
+
+    [Fact]
+    public async Task Wrong_bytes_from_the_store_are_never_returned_or_cached()
+    {
+        var (v, store, table, _) = await ImportedAsync(2 * Chunk);
+        store.MangleGet = (_, b) =>
+        {
+            b[100] ^= 1;
+            return b;
+        };
+        var disk = Disk();
+        using var mem = new MemoryTier(16L * Chunk, Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, disk, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(5) });
+        await Assert.ThrowsAsync<ChunkCorruptException>(() => reader.GetAsync(table[0]).AsTask());
+        Assert.False(reader.IsCached(table[0].Id));
+        Assert.Equal(0, disk.Count);
+    }
+
+    [Fact]
+    public async Task Missing_objects_fail_at_once_and_transient_failures_retry_until_the_deadline()
+    {
+        var (v, _, table, _) = await ImportedAsync(2 * Chunk);
+        await v.Store.DeleteAsync(table[0].Id.ObjectKey());
+        using var mem = new MemoryTier(16L * Chunk, Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(2) });
+        await Assert.ThrowsAsync<ObjectNotFoundException>(() => reader.GetAsync(table[0]).AsTask());
+
+        var flaky = new FlakyStore(v.Store, failures: 2);
+        var v2 = Volume.Create(v.Meta, v.Settings, flaky);
+        using var reader2 = new ChunkReader(v2.Chunks, mem, null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(10) });
+        using var ok = await reader2.GetAsync(table[1]);
+        Assert.Equal(3, flaky.Calls);
+
+        var down = new FlakyStore(v.Store, failures: int.MaxValue);
+        var v3 = Volume.Create(v.Meta, v.Settings, down);
+        using var reader3 = new ChunkReader(v3.Chunks, new MemoryTier(16L * Chunk, Chunk), null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(1) });
+        var ex = await Assert.ThrowsAsync<LmfsException>(() => reader3.GetAsync(table[1]).AsTask());
+        Assert.Contains("could not be fetched within 1 s", ex.Message, StringComparison.Ordinal);
+    }
+
+    private sealed class FlakyStore(IObjectStore inner, int failures) : IObjectStore
+    {
+        public int Calls;
+
+        public string Describe => inner.Describe;
+
+        public Task CheckAsync(CancellationToken ct = default) => inner.CheckAsync(ct);
+
+        public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) =>
+            Interlocked.Increment(ref Calls) <= failures ? throw new LmfsException("503 Slow Down (injected)") : inner.GetAsync(key, offset, dest, ct);
+
+        public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default) => inner.PutAsync(key, data, ct);
+
+        public Task<long?> HeadAsync(string key, CancellationToken ct = default) => inner.HeadAsync(key, ct);
+
+        public IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, CancellationToken ct = default) => inner.ListAsync(prefix, ct);
+
+        public Task DeleteAsync(string key, CancellationToken ct = default) => inner.DeleteAsync(key, ct);
+
+        public void Dispose()
+        {
+        }
+    }
+
+    [Fact]
+    public async Task Disk_cache_serves_a_new_reader_and_heals_a_damaged_file()
+    {
+        var (v, store, table, data) = await ImportedAsync(2 * Chunk);
+        using (var mem = new MemoryTier(16L * Chunk, Chunk))
+        using (var reader = new ChunkReader(v.Chunks, mem, Disk()))
+        {
+            (await reader.GetAsync(table[0])).Dispose();
+        }
+
+        var disk = Disk(); // a new process: the index is rebuilt from the directory
+        SpinWait.SpinUntil(() => disk.Contains(table[0].Id), 5000);
+        Assert.Equal(1, disk.Count);
+        string file = Directory.GetFiles(disk.Root, table[0].Id.ToHex(), SearchOption.AllDirectories).Single();
+        var bytes = File.ReadAllBytes(file);
+        bytes[12345] ^= 0xFF;
+        File.WriteAllBytes(file, bytes);
+
+        int gets = store.Gets;
+        using var mem2 = new MemoryTier(16L * Chunk, Chunk);
+        using var reader2 = new ChunkReader(v.Chunks, mem2, disk);
+        using (var c = await reader2.GetAsync(table[0]))
+        {
+            Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
+        }
+
+        Assert.Equal(1, disk.Corrupt);
+        Assert.Equal(gets + 1, store.Gets); // fetched again from the store
+        SpinWait.SpinUntil(() => File.Exists(file) && File.ReadAllBytes(file).AsSpan().SequenceEqual(data.AsSpan(0, Chunk)), 5000);
+        Assert.Equal(data[..Chunk], File.ReadAllBytes(file)); // healed
+    }
+
+    [Fact]
+    public async Task Disk_cache_evicts_least_recently_used_files_to_stay_under_its_size()
+    {
+        var (v, _, table, _) = await ImportedAsync(12 * Chunk);
+        var disk = Disk(max: 4L * Chunk);
+        using var mem = new MemoryTier(16L * Chunk, Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, disk);
+        for (int i = 0; i < table.Count; i++)
+        {
+            (await reader.GetAsync(table[i])).Dispose();
+        }
+
+        SpinWait.SpinUntil(() => false, 300);
+        long onDisk = Directory.GetFiles(disk.Root, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
+        Assert.True(onDisk <= 4L * Chunk, $"cache holds {onDisk} bytes");
+        Assert.True(disk.Contains(table[^1].Id), "the most recent chunk was evicted");
+        Assert.False(disk.Contains(table[0].Id), "the oldest chunk was kept");
+    }
+
+    [Fact]
+    public void Memory_tier_evicts_only_unreferenced_buffers_and_reuses_them()
+    {
+        using var mem = new MemoryTier(4L * (Chunk + 4096), Chunk);
+        Assert.Equal(4, mem.Capacity);
+        var held = mem.Rent();
+        mem.Publish(held, ChunkId.Of("held"u8), 16, 10, cold: false);
+        for (int i = 0; i < 10; i++)
+        {
+            var c = mem.Rent();
+            mem.Publish(c, ChunkId.Of(Encoding.ASCII.GetBytes($"c{i}")), 16, 10, cold: false);
+            c.Dispose();
+        }
+
+        Assert.True(mem.TryGet(ChunkId.Of("held"u8), out var again)); // referenced: never evicted
+        again.Dispose();
+        held.Dispose();
+        Assert.Equal(4, mem.Allocated);
+        Assert.True(mem.TryGet(ChunkId.Of("c9"u8), out var last));
+        last.Dispose();
+        Assert.False(mem.TryGet(ChunkId.Of("c0"u8), out _));
+        Assert.Throws<InvalidOperationException>(() => last.Dispose()); // released twice
+    }
+
+    [Fact]
+    public void Access_pattern_grows_a_window_for_each_sequential_stream_and_none_for_random_reads()
+    {
+        var p = new AccessPattern(Chunk, 16L * Chunk);
+        long size = 1L << 30;
+        Assert.Null(p.OnRead(0, 128 << 10, size)); // first read: unknown
+        var ra = p.OnRead(128 << 10, 128 << 10, size);
+        Assert.Equal((256L << 10, (256L << 10) + Chunk), ra);
+        var ra2 = p.OnRead(256 << 10, 128 << 10, size)!.Value;
+        Assert.Equal((256L << 10) + Chunk, ra2.From); // only what was not asked for yet
+        Assert.Equal((384L << 10) + (2 * Chunk), ra2.To); // window doubled
+
+        // A second reader elsewhere in the file is its own stream, and does not reset the first.
+        Assert.Null(p.OnRead(500L << 20, 1 << 20, size));
+        Assert.NotNull(p.OnRead(501L << 20, 1 << 20, size));
+        Assert.NotNull(p.OnRead(384 << 10, 128 << 10, size));
+
+        var random = new AccessPattern(Chunk, 16L * Chunk);
+        foreach (long slot in Enumerable.Range(0, 1000).OrderBy(_ => Random.Shared.Next()).Take(50))
+        {
+            Assert.Null(random.OnRead(slot * 100L * Chunk, 4096, 1L << 40)); // distinct, far apart
+        }
+    }
+
+    [Fact]
+    public void Safetensors_header_gives_tensor_ranges_in_file_order()
+    {
+        string json = """{"__metadata__":{"format":"pt"},"b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]},"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}""";
+        var bytes = Encoding.UTF8.GetBytes(json);
+        long size = 8 + bytes.Length + 8;
+        Assert.Equal(bytes.Length, SafetensorsHeader.HeaderLength(BitConverter.GetBytes((ulong)bytes.Length), size));
+        var r = SafetensorsHeader.TensorRanges(bytes, size)!;
+        long start = 8 + bytes.Length;
+        Assert.Equal([(start, start + 4), (start + 4, start + 8)], r);
+        Assert.Null(SafetensorsHeader.HeaderLength(BitConverter.GetBytes(ulong.MaxValue), size));
+        Assert.Null(SafetensorsHeader.TensorRanges("[1,2]"u8, size));
+        Assert.Null(SafetensorsHeader.TensorRanges("""{"a":{"data_offsets":[0,99999]}}"""u8, size));
+        Assert.Null(SafetensorsHeader.TensorRanges("{not json"u8, size));
+    }
+
+    public void Dispose() => _dir.Dispose();
+}

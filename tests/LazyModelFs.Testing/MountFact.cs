@@ -1,0 +1,19 @@
+using Xunit;
+
+namespace LazyModelFs.Testing;
+
+/// <summary>A test that mounts through /dev/fuse: skipped, with the reason, where that is impossible.</summary>
+public sealed class MountFactAttribute : FactAttribute
+{
+    public MountFactAttribute()
+    {
+        if (!File.Exists("/dev/fuse"))
+        {
+            Skip = "needs /dev/fuse (the fuse kernel module); not present here";
+        }
+        else if (!Environment.IsPrivilegedProcess)
+        {
+            Skip = "needs root (mount(2) and /sys tuning); run the tests as root, as CI does";
+        }
+    }
+}
