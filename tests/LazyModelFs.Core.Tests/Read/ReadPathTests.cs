@@ -123,10 +123,12 @@ public sealed class ReadPathTests : IDisposable
             (await reader.GetAsync(table[0])).Dispose();
         }
 
-        var disk = Disk(); // a new process: the index is rebuilt from the directory
-        SpinWait.SpinUntil(() => disk.Contains(table[0].Id), 5000);
+        // The chunk reaches the disk just after its reader gets it; then a "new process" rebuilds the index.
+        string hex = table[0].Id.ToHex();
+        string file = Path.Combine(_dir["cache/chunks"], hex[..2], hex[2..4], hex);
+        Assert.True(SpinWait.SpinUntil(() => File.Exists(file), 5000)); // renamed into place, not just the temporary file
+        var disk = Disk();
         Assert.Equal(1, disk.Count);
-        string file = Directory.GetFiles(disk.Root, table[0].Id.ToHex(), SearchOption.AllDirectories).Single();
         var bytes = File.ReadAllBytes(file);
         bytes[12345] ^= 0xFF;
         File.WriteAllBytes(file, bytes);
