@@ -280,6 +280,19 @@ public sealed class FuseDirBuffer
         return true;
     }
 
+    /// <summary>
+    /// Adds "." (<paramref name="index"/> 0, <paramref name="ino"/> = the directory) or ".."
+    /// (index 1, ino = its parent) with cookie index + 1. In READDIRPLUS their entry carries no node
+    /// id (the kernel ignores it, and no reference is taken).
+    /// </summary>
+    public bool TryAddDot(long index, ulong ino)
+    {
+        var name = index == 0 ? "."u8 : ".."u8;
+        return Plus
+            ? TryAddPlus(name, new FuseEntry(0, 0, new fuse_attr { ino = ino, mode = 0x4000 }, TimeSpan.Zero, TimeSpan.Zero), index + 1)
+            : TryAdd(name, ino, 4, index + 1);
+    }
+
     /// <summary>Whether a record of this name would still fit.</summary>
     public bool Fits(int nameLength) => Length + Align8((Plus ? fuse_direntplus.Size : fuse_dirent.Size) + nameLength) <= _buffer.Length;
 

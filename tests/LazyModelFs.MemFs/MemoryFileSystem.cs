@@ -294,12 +294,7 @@ public sealed class MemoryFileSystem : IFuseFileSystem
         {
             if (i < 2)
             {
-                var name = i == 0 ? "."u8 : ".."u8;
-                ulong ino = i == 0 ? dir.Ino : dir.Parent;
-                bool ok = buffer.Plus
-                    ? buffer.TryAddPlus(name, new FuseEntry(0, 0, new fuse_attr { ino = ino, mode = 0x4000 }, TimeSpan.Zero, TimeSpan.Zero), i + 1)
-                    : buffer.TryAdd(name, ino, 4, i + 1);
-                if (!ok)
+                if (!buffer.TryAddDot(i, i == 0 ? dir.Ino : dir.Parent))
                 {
                     break;
                 }

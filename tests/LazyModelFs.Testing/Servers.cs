@@ -267,3 +267,17 @@ public sealed class S3rverServer : ServerProcess
         return ("node", [Script, "-d", Data.Path, "-a", "127.0.0.1", "-p", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-s", "--configure-bucket", Bucket]);
     }
 }
+
+/// <summary>A redis-server and an s3rver for one test class (xunit class fixture).</summary>
+public sealed class RedisAndS3 : IDisposable
+{
+    public RedisServer Redis { get; } = new();
+
+    public S3rverServer S3 { get; } = new();
+
+    public void Dispose()
+    {
+        Redis.Dispose();
+        S3.Dispose();
+    }
+}

@@ -12,6 +12,23 @@ internal static class Common
         Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
     };
 
+    /// <summary>Opens the metadata engine of a formatted volume (no object store needed) and its namespace.</summary>
+    public static async Task<(Meta.IMetaStore Meta, Meta.Namespace Namespace)> OpenNamespaceAsync(string url, CancellationToken ct)
+    {
+        var meta = await Meta.MetaStores.OpenAsync(url, ct: ct).ConfigureAwait(false);
+        try
+        {
+            var settings = await meta.LoadSettingsAsync(ct).ConfigureAwait(false)
+                ?? throw new LmfsException($"no volume is formatted at {meta.Describe}", "run lmfs format first", 2);
+            return (meta, new Meta.Namespace(meta, settings));
+        }
+        catch
+        {
+            meta.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>S3 credential options; without them the standard AWS chain (environment, profile) is used.</summary>
     public sealed class Credentials
     {

@@ -14,9 +14,8 @@ internal static class ListCommand
         var cmd = new Command("ls", "List a directory of a volume.\n\nExample:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
-            using var meta0 = await MetaStores.OpenAsync(p.GetValue(meta)!, ct: ct).ConfigureAwait(false);
-            var settings = await meta0.LoadSettingsAsync(ct).ConfigureAwait(false) ?? throw NotFormatted(meta0);
-            var ns = new Namespace(meta0, settings);
+            var (meta0, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
+            using var _ = meta0;
             string at = p.GetValue(path)!;
             var node = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw Missing(at);
             bool l = p.GetValue(longFormat);
@@ -45,8 +44,6 @@ internal static class ListCommand
         }));
         return cmd;
     }
-
-    internal static LmfsException NotFormatted(IMetaStore m) => new($"no volume is formatted at {m.Describe}", "run lmfs format first", 2);
 
     internal static LmfsException Missing(string path) => new($"'{path}' does not exist in the volume", "list its parent with lmfs ls", 2);
 

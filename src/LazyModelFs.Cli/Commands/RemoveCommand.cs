@@ -13,9 +13,9 @@ internal static class RemoveCommand
         var cmd = new Command("rm", "Remove a file, symlink or directory from a volume. Chunk references are dropped;\nobjects no longer referenced are deleted later by lmfs gc.\n\nExample:\n  lmfs rm -r sqlite:///var/lib/lmfs/meta.db /models/old-model") { meta, path, recursive };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
-            using var m = await MetaStores.OpenAsync(p.GetValue(meta)!, ct: ct).ConfigureAwait(false);
-            var settings = await m.LoadSettingsAsync(ct).ConfigureAwait(false) ?? throw ListCommand.NotFormatted(m);
-            var (files, dirs) = await new Namespace(m, settings).RemoveAsync(p.GetValue(path)!, p.GetValue(recursive), ct).ConfigureAwait(false);
+            var (m, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
+            using var _ = m;
+            var (files, dirs) = await ns.RemoveAsync(p.GetValue(path)!, p.GetValue(recursive), ct).ConfigureAwait(false);
             Console.WriteLine($"removed {files} file(s) or symlink(s), {dirs} director{(dirs == 1 ? "y" : "ies")}");
             return 0;
         }));

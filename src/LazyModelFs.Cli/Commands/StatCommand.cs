@@ -15,9 +15,9 @@ internal static class StatCommand
         var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\n\nExample:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks") { meta, path, chunks };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
-            using var m = await MetaStores.OpenAsync(p.GetValue(meta)!, ct: ct).ConfigureAwait(false);
-            var settings = await m.LoadSettingsAsync(ct).ConfigureAwait(false) ?? throw ListCommand.NotFormatted(m);
-            var ns = new Namespace(m, settings);
+            var (m, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
+            using var _ = m;
+            var settings = ns.Settings;
             string at = p.GetValue(path)!;
             var n = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw ListCommand.Missing(at);
             Console.WriteLine($"path:     {Namespace.Join(Namespace.SplitPath(at))}");

@@ -260,11 +260,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             {
                 if (i < 2)
                 {
-                    var dot = i == 0 ? "."u8 : ".."u8;
-                    bool ok = buffer.Plus
-                        ? buffer.TryAddPlus(dot, new FuseEntry(0, 0, new fuse_attr { ino = nodeId, mode = 0x4000 }, TimeSpan.Zero, TimeSpan.Zero), i + 1)
-                        : buffer.TryAdd(dot, nodeId, 4, i + 1);
-                    if (!ok)
+                    if (!buffer.TryAddDot(i, i == 0 ? nodeId : await ParentAsync(nodeId).ConfigureAwait(false)))
                     {
                         break;
                     }
@@ -308,6 +304,8 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             return Fail(ex, "readdir", nodeId);
         }
     }
+
+    private async ValueTask<ulong> ParentAsync(ulong dir) => (await NodeAsync(dir).ConfigureAwait(false))?.Parent ?? dir;
 
     public ValueTask<Errno> ReleaseDirAsync(FuseContext ctx, ulong nodeId, ulong fh)
     {

@@ -5,21 +5,8 @@ using Xunit;
 namespace LazyModelFs.Tests.Cli;
 
 /// <summary>The `lmfs` executable as users run it: a separate process, real engines, real exit codes.</summary>
-public sealed class CliTests(CliTests.Servers servers) : IClassFixture<CliTests.Servers>, IDisposable
+public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, IDisposable
 {
-    public sealed class Servers : IDisposable
-    {
-        public RedisServer Redis { get; } = new();
-
-        public S3rverServer S3 { get; } = new();
-
-        public void Dispose()
-        {
-            Redis.Dispose();
-            S3.Dispose();
-        }
-    }
-
     private readonly TempDir _dir = new("lmfs-cli");
 
     private string Meta => $"sqlite://{_dir["meta.db"]}";

@@ -290,21 +290,8 @@ public sealed class SqliteLocalImportTests : ImportContract
     }
 }
 
-public sealed class RedisS3ImportTests(RedisS3ImportTests.Servers servers) : ImportContract, IClassFixture<RedisS3ImportTests.Servers>
+public sealed class RedisS3ImportTests(RedisAndS3 servers) : ImportContract, IClassFixture<RedisAndS3>
 {
-    public sealed class Servers : IDisposable
-    {
-        public RedisServer Redis { get; } = new();
-
-        public S3rverServer S3 { get; } = new();
-
-        public void Dispose()
-        {
-            Redis.Dispose();
-            S3.Dispose();
-        }
-    }
-
     protected override (string, string, StorageOptions) NewVolume() =>
         (servers.Redis.NewVolumeUrl(), servers.S3.NewStorageUrl(), new StorageOptions { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey });
 }

@@ -14,22 +14,9 @@ namespace LazyModelFs.Tests.Mount;
 /// `lmfs mount` for real: volumes on redis-server and s3rver, mounted through /dev/fuse, read by
 /// ordinary tools. Tests in this class run one at a time (they stop and start the shared S3 server).
 /// </summary>
-public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixture<MountReadTests.Servers>, IDisposable
+public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, IDisposable
 {
     private const int Chunk = 1 << 20;
-
-    public sealed class Servers : IDisposable
-    {
-        public RedisServer Redis { get; } = new();
-
-        public S3rverServer S3 { get; } = new();
-
-        public void Dispose()
-        {
-            Redis.Dispose();
-            S3.Dispose();
-        }
-    }
 
     private static StorageOptions Creds => new() { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey };
 
@@ -89,6 +76,20 @@ public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixtu
     }
 
     private byte[] Source(string name) => File.ReadAllBytes(_dir["src/m/" + name]);
+
+    /// <summary>Runs <paramref name="body"/> with the S3 server stopped, and starts it again whatever happens.</summary>
+    private async Task WithS3StoppedAsync(Func<Task> body)
+    {
+        servers.S3.Stop();
+        try
+        {
+            await body();
+        }
+        finally
+        {
+            servers.S3.Start();
+        }
+    }
 
     [MountFact]
     public async Task Bytes_through_the_mount_equal_the_imported_source()
@@ -150,17 +151,13 @@ public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixtu
         SpinWait.SpinUntil(() => m.Disk!.Count >= 25, 10_000);
         Unmount(m);
 
-        servers.S3.Stop();
-        try
+        await WithS3StoppedAsync(() =>
         {
             var warm = Mount(v, _dir["cache"]);
             Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(warm.MountPoint, "m/big.bin")));
             Assert.Equal(0, warm.Reader.StoreFetches);
-        }
-        finally
-        {
-            servers.S3.Start();
-        }
+            return Task.CompletedTask;
+        });
     }
 
     [MountFact]
@@ -212,19 +209,14 @@ public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixtu
         using var v = await VolumeAsync();
         var m = Mount(v, _dir["cache"], o => o with { FetchTimeout = TimeSpan.FromSeconds(2), Vfs = o.Vfs with { Prefetch = PrefetchMode.None } });
         Assert.Equal("small and cached\n", File.ReadAllText(Path.Combine(m.MountPoint, "m/small.txt")));
-        servers.S3.Stop();
-        try
+        await WithS3StoppedAsync(async () =>
         {
             var read = Task.Run(() => File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
-            Assert.True(Task.WhenAny(read, Task.Delay(TimeSpan.FromSeconds(120))).Result == read, "the read hung with the object store down");
-            var ex = Assert.ThrowsAny<Exception>(() => read.GetAwaiter().GetResult());
+            Assert.True(await Task.WhenAny(read, Task.Delay(TimeSpan.FromSeconds(120))) == read, "the read hung with the object store down");
+            var ex = await Assert.ThrowsAnyAsync<Exception>(() => read);
             Assert.Contains("Input/output error", ex.Message, StringComparison.Ordinal);
             Assert.Equal("small and cached\n", File.ReadAllText(Path.Combine(m.MountPoint, "m/small.txt")));
-        }
-        finally
-        {
-            servers.S3.Start();
-        }
+        });
 
         // Once the store is back, the same file reads (nothing wrong was cached).
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
@@ -244,8 +236,7 @@ public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixtu
         var check = LmfsRunner.Run(["warmup", _meta, "/m", "--cache-dir", _dir["warm"], "--check"], env);
         Assert.Contains("(100.0%)", check.Stdout, StringComparison.Ordinal);
 
-        servers.S3.Stop();
-        try
+        await WithS3StoppedAsync(async () =>
         {
             using var v = await Volume.OpenAsync(_meta, Creds);
             var m = Mount(v, _dir["warm"]);
@@ -255,11 +246,7 @@ public sealed class MountReadTests(MountReadTests.Servers servers) : IClassFixtu
             }
 
             Assert.Equal(0, m.Reader.StoreFetches);
-        }
-        finally
-        {
-            servers.S3.Start();
-        }
+        });
     }
 
     [MountFact]
