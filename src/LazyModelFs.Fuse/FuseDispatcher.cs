@@ -58,6 +58,7 @@ public sealed class FuseDispatcher
     private readonly bool _trace;
     private readonly FuseConnection? _connection;
     private volatile FuseConnectionInfo? _info;
+    private int _inFlight;
 
     public FuseDispatcher(IFuseFileSystem fs, FuseProtocolOptions? options = null, ILogger? logger = null, FuseConnection? connection = null)
     {
@@ -76,6 +77,9 @@ public sealed class FuseDispatcher
 
     /// <summary>Size a read buffer must have: the kernel refuses smaller ones before dequeuing (fuse_dev_do_read).</summary>
     public int ReadBufferSize => _options.MaxWrite + 4096;
+
+    /// <summary>Requests whose handler went async and whose reply is not written yet.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
 
     /// <summary>Set when a DESTROY arrived; the session then stops.</summary>
     public bool Destroyed { get; private set; }
@@ -537,26 +541,34 @@ public sealed class FuseDispatcher
         }
         else
         {
+            Interlocked.Increment(ref _inFlight);
             _ = ReadSlow(vt, sink, req, buf, size);
         }
     }
 
     private async Task ReadSlow(ValueTask<FuseReadResult> vt, IReplySink sink, Req req, byte[] buf, int size)
     {
-        FuseReadResult r;
         try
         {
-            r = await vt.ConfigureAwait(false);
-        }
-        catch (Exception ex)
-        {
-            Pool.Return(buf);
-            _log.LogError(ex, "fuse: READ on node {Node} failed", req.NodeId);
-            SendError(sink, req, Errno.EIO);
-            return;
-        }
+            FuseReadResult r;
+            try
+            {
+                r = await vt.ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                Pool.Return(buf);
+                _log.LogError(ex, "fuse: READ on node {Node} failed", req.NodeId);
+                SendError(sink, req, Errno.EIO);
+                return;
+            }
 
-        FinishRead(sink, req, r, buf, size);
+            FinishRead(sink, req, r, buf, size);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
     }
 
     private void FinishRead(IReplySink sink, in Req req, in FuseReadResult r, byte[] buf, int size)
@@ -605,6 +617,7 @@ public sealed class FuseDispatcher
         }
         else
         {
+            Interlocked.Increment(ref _inFlight);
             _ = ReadDirSlow(vt, sink, req, dir, buf);
         }
     }
@@ -622,7 +635,14 @@ public sealed class FuseDispatcher
             e = Errno.EIO;
         }
 
-        FinishReadDir(sink, req, e, dir, buf);
+        try
+        {
+            FinishReadDir(sink, req, e, dir, buf);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
     }
 
     private void FinishReadDir(IReplySink sink, in Req req, Errno e, FuseDirBuffer dir, byte[] buf)
@@ -663,11 +683,24 @@ public sealed class FuseDispatcher
         }
         else
         {
+            Interlocked.Increment(ref _inFlight);
             _ = RunSlow(vt, sink, req, reply);
         }
     }
 
     private async Task RunSlow<T>(ValueTask<T> vt, IReplySink sink, Req req, Replier<T> reply)
+    {
+        try
+        {
+            await RunSlowCore(vt, sink, req, reply).ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async Task RunSlowCore<T>(ValueTask<T> vt, IReplySink sink, Req req, Replier<T> reply)
     {
         T result;
         try

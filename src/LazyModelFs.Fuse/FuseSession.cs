@@ -29,6 +29,7 @@ public sealed class FuseSession : IDisposable
     private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _running;
     private int _unmounted;
+    private volatile bool _closed;
     private FuseConnection? _connection;
 
     private FuseSession(string mountPoint, IFuseFileSystem fs, FuseMountOptions options, ILogger log)
@@ -142,6 +143,10 @@ public sealed class FuseSession : IDisposable
             Unmount();
         }
 
+        // Replies of handlers still running would go to these descriptors; once closed, their numbers can be
+        // reused by any file this process opens. Stop the sinks, let in-flight replies finish (bounded), then close.
+        _closed = true;
+        SpinWait.SpinUntil(() => Dispatcher is null || Dispatcher.InFlight == 0, TimeSpan.FromSeconds(2));
         _connection?.Dispose();
         foreach (var fd in _fds)
         {
@@ -215,7 +220,7 @@ public sealed class FuseSession : IDisposable
 
     private unsafe void ReadLoop(int fd)
     {
-        var sink = new FdSink(fd);
+        var sink = new FdSink(fd, this);
         byte[] buffer = GC.AllocateUninitializedArray<byte>(Dispatcher.ReadBufferSize, pinned: true);
         try
         {
@@ -271,10 +276,15 @@ public sealed class FuseSession : IDisposable
     }
 
     /// <summary>Writes replies to one /dev/fuse descriptor with one writev each.</summary>
-    private sealed unsafe class FdSink(int fd) : IReplySink
+    private sealed unsafe class FdSink(int fd, FuseSession session) : IReplySink
     {
         public Errno Send(ReadOnlySpan<byte> header, ReadOnlySpan<byte> body, ReadOnlySpan<byte> body2)
         {
+            if (session._closed)
+            {
+                return Errno.ENODEV; // the session's descriptors are closed (or closing): never write to a reused number
+            }
+
             fixed (byte* h = header)
             fixed (byte* b = body)
             fixed (byte* b2 = body2)

@@ -83,6 +83,7 @@ public sealed class MemoryTier : IDisposable
     private readonly Lock _lock = new();
     private readonly int _bufferSize;
     private int _allocated;
+    private bool _disposed;
     private long _hits;
     private long _misses;
 
@@ -156,6 +157,7 @@ public sealed class MemoryTier : IDisposable
     {
         lock (_lock)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             CachedChunk? c = null;
             if (_free.Count > 0)
             {
@@ -198,9 +200,9 @@ public sealed class MemoryTier : IDisposable
             c.Id = id;
             c.Offset = offset;
             c.Length = length;
-            if (_map.TryGetValue(id, out var existing) && existing != c)
+            if (_disposed || (_map.TryGetValue(id, out var existing) && existing != c))
             {
-                return; // published meanwhile by another path; this buffer is freed on release
+                return; // published meanwhile by another path (or the tier is gone); this buffer is freed on release
             }
 
             _map[id] = c;
@@ -239,6 +241,12 @@ public sealed class MemoryTier : IDisposable
                 throw new InvalidOperationException("chunk lease released twice");
             }
 
+            if (_disposed)
+            {
+                c.Free(); // the tier is gone; the last lease frees the memory
+                return;
+            }
+
             if (c.Published)
             {
                 return; // stays cached, evictable
@@ -256,11 +264,18 @@ public sealed class MemoryTier : IDisposable
         }
     }
 
+    /// <summary>Frees every buffer nobody holds; a buffer still leased (a fetch or a reply in flight) is freed at its last release.</summary>
     public void Dispose()
     {
         lock (_lock)
         {
-            foreach (var c in _map.Values.Concat(_free))
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            foreach (var c in _map.Values.Where(c => c.RefCount == 0).Concat(_free))
             {
                 c.Free();
             }

@@ -179,16 +179,33 @@ public sealed class ChunkReader : IDisposable
     /// <summary>Whether the chunk is in memory or on the local disk.</summary>
     public bool IsCached(ChunkId id) => _memory.Contains(id) || _disk?.Contains(id) == true;
 
+    /// <summary>Stops starting fetches, fails the queued ones, and cancels the running ones' object-store calls.</summary>
     public void Dispose()
     {
         _pumpTimer.Dispose();
         _shutdown.Cancel();
+        var abandoned = new List<Fetch>();
+        lock (_lock)
+        {
+            while (_queue.TryDequeue(out var f, out _))
+            {
+                if (!f.Started && _inflight.Remove(f.Entry.Id))
+                {
+                    abandoned.Add(f);
+                }
+            }
+        }
+
+        foreach (var f in abandoned)
+        {
+            f.Done.TrySetException(new ObjectDisposedException(nameof(ChunkReader)));
+        }
     }
 
     /// <summary>Starts queued fetches while slots are free. Caller holds _lock.</summary>
     private void Pump()
     {
-        while (_running < _options.MaxFetches && _queue.TryPeek(out var f, out var key))
+        while (!_shutdown.IsCancellationRequested && _running < _options.MaxFetches && _queue.TryPeek(out var f, out var key))
         {
             if (f.Started || key.Priority != (int)f.Priority)
             {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.IO.MemoryMappedFiles;
 using System.Security.Cryptography;
 using System.Text;
 using LazyModelFs.Import;
@@ -119,19 +118,10 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
             }
         }
 
-        using (var mmf = MemoryMappedFile.CreateFromFile(Path.Combine(m.MountPoint, "m/model.safetensors"), FileMode.Open, null, 0, MemoryMappedFileAccess.Read))
-        using (var view = mmf.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read))
-        {
-            byte[] st = Source("model.safetensors");
-            var rnd = new Random(4);
-            var buf = new byte[200_000];
-            for (int i = 0; i < 200; i++)
-            {
-                long off = rnd.NextInt64(0, st.Length - buf.Length);
-                view.ReadArray(off, buf, 0, buf.Length);
-                Assert.True(buf.AsSpan().SequenceEqual(st.AsSpan((int)off, buf.Length)), $"mmap mismatch at {off}");
-            }
-        }
+        // mmap in another process (MmapProbe): faulting pages of this process's own mount can deadlock with the GC.
+        byte[] st = Source("model.safetensors");
+        var ranges = MmapProbe.RandomRanges(st.Length, 200, 200_000, 4);
+        Assert.Equal(MmapProbe.Expected(st, ranges), MmapProbe.Sha256(Path.Combine(m.MountPoint, "m/model.safetensors"), ranges));
 
         var hashes = new byte[8][];
         Parallel.For(0, 8, i => hashes[i] = SHA256.HashData(File.ReadAllBytes(big)));
