@@ -149,7 +149,8 @@ public sealed class ChunkReader : IDisposable
     /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
     public void Prefetch(in ChunkEntry entry, FetchPriority priority)
     {
-        if (_memory.Contains(entry.Id) || (_disk?.Contains(entry.Id) == true && priority == FetchPriority.Prefetch))
+        // Prefetch only needs the chunk on disk; readahead wants it in memory. Ask the disk (a stat) only for prefetch.
+        if (_memory.Contains(entry.Id) || (priority == FetchPriority.Prefetch && _disk?.Contains(entry.Id) == true))
         {
             return;
         }
