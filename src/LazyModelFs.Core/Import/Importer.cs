@@ -67,6 +67,10 @@ public sealed class Importer(Volume volume, ImportOptions options)
     private const long BufferBudget = 512L << 20;
 
     private readonly ConcurrentDictionary<ChunkId, Lazy<Task<(ChunkCodec, int)>>> _inFlight = new();
+
+    // Directory path → inode, filled as directories are made, so committing a file does not walk its
+    // parent path from the root again (one metadata round trip per level, per file).
+    private readonly ConcurrentDictionary<string, ulong> _dirs = new(StringComparer.Ordinal) { ["/"] = Node.RootIno };
     private long _uploadedChunks;
     private long _uploaded;
 
@@ -81,7 +85,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
         foreach (var d in plan.Directories)
         {
-            await volume.Namespace.MkdirAllAsync(d.Path, d.Stat.Mode, d.Stat.Uid, d.Stat.Gid, ct).ConfigureAwait(false);
+            _dirs[d.Path] = await volume.Namespace.MkdirAllAsync(d.Path, d.Stat.Mode, d.Stat.Uid, d.Stat.Gid, ct).ConfigureAwait(false);
         }
 
         var files = plan.Files.Where(f => !f.Unchanged).ToList();
@@ -474,10 +478,27 @@ public sealed class Importer(Volume volume, ImportOptions options)
     private async Task CommitAsync(string path, NodeType type, PosixStat st, ulong size, ChunkTable? chunks, string? target, CancellationToken ct)
     {
         var parts = Namespace.SplitPath(path);
-        ulong parent = await volume.Namespace.MkdirAllAsync(Namespace.Join(parts[..^1]), ct: ct).ConfigureAwait(false);
+        string parentPath = Namespace.Join(parts[..^1]);
         ulong ino = await volume.Meta.AllocateInodeAsync(ct).ConfigureAwait(false);
-        var node = new Node(ino, type, st.Mode & 0xFFF, st.Uid, st.Gid, 1, size, st.MtimeNs, Namespace.NowNs(), parent, target);
-        var r = await volume.Namespace.LinkAsync(parent, parts[^1], node, chunks, options.Overwrite, ct).ConfigureAwait(false);
+        MetaResult r;
+        bool known = _dirs.TryGetValue(parentPath, out ulong parent);
+        while (true)
+        {
+            if (!known)
+            {
+                parent = _dirs[parentPath] = await volume.Namespace.MkdirAllAsync(parentPath, ct: ct).ConfigureAwait(false);
+            }
+
+            var node = new Node(ino, type, st.Mode & 0xFFF, st.Uid, st.Gid, 1, size, st.MtimeNs, Namespace.NowNs(), parent, target);
+            r = await volume.Namespace.LinkAsync(parent, parts[^1], node, chunks, options.Overwrite, ct).ConfigureAwait(false);
+            if (r != MetaResult.NoParent || !known)
+            {
+                break;
+            }
+
+            known = false; // the remembered directory was removed meanwhile: make the path again, once
+        }
+
         if (r == MetaResult.Exists)
         {
             throw new LmfsException($"'{path}' was created by another process during the import", "re-run the import (add --overwrite to replace it)", 2);

@@ -96,6 +96,9 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
         public int PrefetchStarted;
 
+        /// <summary>Named *.safetensors (names live in directory entries, so lookups set it).</summary>
+        public bool IsSafetensors;
+
         public AccessPattern Pattern { get; } = new(chunkSize, readaheadMax);
     }
 
@@ -131,7 +134,16 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private FuseEntry EntryFor(Node n) => new(n.Ino, 0, Attr(n), _options.EntryTimeout, AttrTimeout(n));
 
-    private NodeState Track(Node n) => _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax));
+    private NodeState Track(Node n, string? name = null)
+    {
+        var st = _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax));
+        if (name is not null && name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            st.IsSafetensors = true;
+        }
+
+        return st;
+    }
 
     private async ValueTask<Node?> NodeAsync(ulong ino)
     {
@@ -166,8 +178,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 return Negative();
             }
 
-            NoteName(node.Ino, s);
-            var st = Track(node);
+            var st = Track(node, s);
             Interlocked.Increment(ref st.Lookups); // before the reply (fuse-protocol.md 8.1)
             return EntryFor(node);
         }
@@ -291,8 +302,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                     continue; // removed since the snapshot
                 }
 
-                NoteName(node.Ino, e.Name);
-                var st = Track(node);
+                var st = Track(node, e.Name);
                 Interlocked.Increment(ref st.Lookups);
                 buffer.TryAddPlus(name, EntryFor(node), i + 1);
             }
@@ -473,7 +483,6 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             return; // without a disk cache, whole-file prefetch would only churn the memory tier
         }
 
-        bool safetensors = _options.Prefetch == PrefetchMode.Safetensors && st.Node.Type == NodeType.File && IsSafetensorsName(st.Node);
         if (_options.Prefetch == PrefetchMode.WholeFile)
         {
             for (int i = 0; i < table.Count; i++)
@@ -481,15 +490,11 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 _reader.Prefetch(table[i], FetchPriority.Prefetch);
             }
         }
-        else if (safetensors)
+        else if (_options.Prefetch == PrefetchMode.Safetensors && st.IsSafetensors)
         {
             _ = PrefetchSafetensorsAsync(st, table);
         }
     }
-
-    private bool IsSafetensorsName(Node n) => _safetensorsInodes.ContainsKey(n.Ino);
-
-    private readonly ConcurrentDictionary<ulong, bool> _safetensorsInodes = new();
 
     /// <summary>
     /// The header chunk(s) first (readahead priority), then the chunks holding tensor data, in file
@@ -553,15 +558,6 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         catch (Exception ex)
         {
             _log.LogWarning("vfs: safetensors prefetch of inode {Ino} stopped: {Message}", st.Node.Ino, ex.Message);
-        }
-    }
-
-    /// <summary>Marks which inodes are *.safetensors (names live in directory entries, not in nodes).</summary>
-    internal void NoteName(ulong ino, string name)
-    {
-        if (name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-        {
-            _safetensorsInodes[ino] = true;
         }
     }
 
