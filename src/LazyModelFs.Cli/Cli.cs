@@ -34,6 +34,7 @@ public static class Cli
         root.Add(UmountCommand.Build());
         root.Add(WarmupCommand.Build());
         root.Add(CacheCommand.Build());
+        root.Add(BenchCommand.Build());
         return root;
     }
 

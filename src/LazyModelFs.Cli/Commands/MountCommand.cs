@@ -43,7 +43,7 @@ internal static class MountCommand
             var log = loggers.CreateLogger("lmfs");
             string metaUrl = p.GetValue(meta)!;
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
-            using var mount = LmfsMount.Start(volume, target, mountOptions, loggers);
+            using var mount = LmfsMount.Start(volume, target, mountOptions with { ControlSocket = MountState.ControlSocketFor(target) }, loggers);
             new MountState(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId).Save();
             log.LogInformation(
                 "mounted volume '{Name}' ({Meta}) at {Target}: chunks {Chunk}, cache {Cache} ({CacheSize}), memory {Buffer}, prefetch {Prefetch}",
@@ -76,12 +76,8 @@ internal static class MountCommand
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(logFile))!);
         long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
 
-        var args = Environment.GetCommandLineArgs().Skip(1).Where(a => a is not ("--background" or "-d")).ToList();
+        var args = SelfExec.Arguments(Environment.GetCommandLineArgs().Skip(1).Where(a => a is not ("--background" or "-d")));
         string exe = Environment.ProcessPath!;
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
-        {
-            args.Insert(0, Environment.GetCommandLineArgs()[0]); // running as `dotnet lmfs.dll`
-        }
 
         var psi = new ProcessStartInfo("setsid") { UseShellExecute = false };
         foreach (var a in new[] { "-f", "sh", "-c", "exec \"$0\" \"$@\" </dev/null >>\"$LMFS_LOG\" 2>&1", exe }.Concat(args))

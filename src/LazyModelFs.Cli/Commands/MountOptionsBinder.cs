@@ -42,6 +42,22 @@ internal sealed class MountOptionsBinder
         Prefetch.AcceptOnlyFromAmong("none", "sequential", "whole-file", "safetensors");
     }
 
+    /// <summary>The mount options given explicitly on this command line, as arguments for another `lmfs mount`.</summary>
+    public IEnumerable<string> PassThrough(ParseResult p)
+    {
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        {
+            if (p.GetResult(o) is { Implicit: false } r)
+            {
+                yield return o.Name;
+                foreach (var t in r.Tokens)
+                {
+                    yield return t.Value;
+                }
+            }
+        }
+    }
+
     public MountOptions Read(ParseResult p)
     {
         double ratio = p.GetValue(FreeSpaceRatio);

@@ -5,6 +5,7 @@ using LazyModelFs.Fuse;
 using LazyModelFs.Meta;
 using LazyModelFs.Read;
 using LazyModelFs.Util;
+using LazyModelFs.Vfs;
 using Spectre.Console;
 
 namespace LazyModelFs.Cli.Commands;

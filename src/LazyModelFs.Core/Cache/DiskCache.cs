@@ -238,6 +238,16 @@ public sealed class DiskCache
         }
     }
 
+    /// <summary>Deletes one chunk's cached file, if there is one (another process may hold it open: harmless on Linux).</summary>
+    public bool Remove(ChunkId id)
+    {
+        string path = PathOf(id);
+        bool existed = File.Exists(path);
+        TryDelete(path);
+        Forget(id);
+        return existed && !File.Exists(path);
+    }
+
     /// <summary>Removes every cached chunk file.</summary>
     public (int Files, long Bytes) Clear()
     {

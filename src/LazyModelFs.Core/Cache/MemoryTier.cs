@@ -264,6 +264,42 @@ public sealed class MemoryTier : IDisposable
         }
     }
 
+    /// <summary>
+    /// Drops chunks from the tier as if it had never held them (<c>lmfs bench</c> resets a file to
+    /// cold or warm this way): <paramref name="ids"/>, or everything when null. Buffers nobody holds
+    /// are freed back to the system; a buffer still leased leaves the map now and is recycled at its
+    /// last release. Returns how many chunks were dropped.
+    /// </summary>
+    public int Drop(IEnumerable<ChunkId>? ids = null)
+    {
+        lock (_lock)
+        {
+            var victims = ids is null ? _map.Values.ToList() : ids.Distinct().Select(id => _map.GetValueOrDefault(id)).OfType<CachedChunk>().ToList();
+            foreach (var c in victims)
+            {
+                _map.Remove(c.Id);
+                _lru.Remove(c.LruNode!);
+                c.Published = false;
+                if (c.RefCount == 0)
+                {
+                    _allocated--;
+                    c.Free();
+                }
+            }
+
+            if (ids is null)
+            {
+                while (_free.TryPop(out var f))
+                {
+                    _allocated--;
+                    f.Free();
+                }
+            }
+
+            return victims.Count;
+        }
+    }
+
     /// <summary>Frees every buffer nobody holds; a buffer still leased (a fetch or a reply in flight) is freed at its last release.</summary>
     public void Dispose()
     {

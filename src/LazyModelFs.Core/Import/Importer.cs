@@ -162,7 +162,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
         var plan = new Plan([], [], []);
         if (destIsDir)
         {
-            plan.Directories.Add(new DirItem(Namespace.Join(destParts), new PosixStat(0x1ED, 0, 0, 0, 0)));
+            plan.Directories.Add(new DirItem(Namespace.Join(destParts), new PosixStat(0x1ED, 0, 0, 0, 0, 0)));
         }
 
         foreach (var src in sources)

@@ -83,4 +83,13 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
             return (from, to);
         }
     }
+
+    /// <summary>Forgets every stream, as a fresh mount would (lmfs bench resets a file this way).</summary>
+    public void Reset()
+    {
+        lock (_lock)
+        {
+            Array.Clear(_streams);
+        }
+    }
 }

@@ -97,6 +97,20 @@ public sealed class ChunkReader : IDisposable
 
     public long Errors => Interlocked.Read(ref _errors);
 
+    /// <summary>Fetches queued or running plus cache writes not yet done (0 when the reader is idle).</summary>
+    public int Busy
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _inflight.Count + Volatile.Read(ref _pendingWrites);
+            }
+        }
+    }
+
+    private int _pendingWrites;
+
     private sealed class Fetch(ChunkEntry entry, FetchPriority priority)
     {
         public ChunkEntry Entry { get; } = entry;
@@ -259,6 +273,7 @@ public sealed class ChunkReader : IDisposable
         {
             _inflight.Remove(f.Entry.Id);
             _memory.AddRefs(chunk, f.Waiters); // one reference per waiter
+            Interlocked.Increment(ref _pendingWrites);
             Finish(background);
         }
 
@@ -275,6 +290,7 @@ public sealed class ChunkReader : IDisposable
         finally
         {
             chunk.Dispose();
+            Interlocked.Decrement(ref _pendingWrites);
         }
     }
 

@@ -135,5 +135,7 @@ public static class ObjectStores
         return d;
     }
 
-    
+    /// <summary>The endpoint of an S3 storage URL (null for AWS itself and for file:// stores).</summary>
+    public static string? EndpointOf(string url) =>
+        Uri.TryCreate(url, UriKind.Absolute, out var uri) && uri.Scheme == "s3" ? ParseQuery(uri.Query).GetValueOrDefault("endpoint") : null;
 }

@@ -561,6 +561,38 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         }
     }
 
+    // ------------------------------------------------------------------ control (lmfs bench)
+
+    /// <summary>
+    /// Puts a file back to how a fresh mount would find it: its chunks leave the memory tier (and,
+    /// with <paramref name="disk"/>, the disk cache), its readahead streams are forgotten, and its
+    /// next open starts prefetch again. The kernel's page cache is the caller's to drop
+    /// (drop_caches, or <see cref="FuseConnection.InvalidateInodeAsync"/>).
+    /// </summary>
+    public async Task<(int Memory, int Disk)> ForgetCachedAsync(ulong ino, bool disk, CancellationToken ct = default)
+    {
+        var st = _nodes.TryGetValue(ino, out var s) ? s : null;
+        var table = st?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
+            ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        int memory = _reader.Memory.Drop(table.Entries.Select(e => e.Id));
+        int removed = 0;
+        if (disk && _reader.Disk is { } cache)
+        {
+            foreach (var e in table.Entries.DistinctBy(e => e.Id))
+            {
+                removed += cache.Remove(e.Id) ? 1 : 0;
+            }
+        }
+
+        if (st is not null)
+        {
+            st.Pattern.Reset();
+            Interlocked.Exchange(ref st.PrefetchStarted, 0);
+        }
+
+        return (memory, removed);
+    }
+
     // ------------------------------------------------------------------ helpers
 
     private static bool TryDecode(byte[] name, out string s)

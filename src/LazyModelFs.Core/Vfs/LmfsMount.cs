@@ -32,14 +32,18 @@ public sealed record MountOptions
     public int ReadaheadKb { get; init; } = 16384;
 
     public int? Threads { get; init; }
+
+    /// <summary>Where to listen for control commands (<see cref="MountControl"/>); null: no control socket.</summary>
+    public string? ControlSocket { get; init; }
 }
 
 /// <summary>A mounted volume: the caches, the chunk reader, the VFS and the FUSE session, wired together.</summary>
 public sealed class LmfsMount : IDisposable
 {
-    private LmfsMount(Volume volume, MemoryTier memory, DiskCache? disk, ChunkReader reader, LmfsFileSystem fs, FuseSession session)
+    private LmfsMount(Volume volume, MountOptions options, MemoryTier memory, DiskCache? disk, ChunkReader reader, LmfsFileSystem fs, FuseSession session)
     {
         Volume = volume;
+        Options = options;
         Memory = memory;
         Disk = disk;
         Reader = reader;
@@ -48,6 +52,10 @@ public sealed class LmfsMount : IDisposable
     }
 
     public Volume Volume { get; }
+
+    public MountOptions Options { get; }
+
+    public MountControl? Control { get; private set; }
 
     public MemoryTier Memory { get; }
 
@@ -86,7 +94,13 @@ public sealed class LmfsMount : IDisposable
         try
         {
             var session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
-            return new LmfsMount(volume, memory, disk, reader, fs, session);
+            var mount = new LmfsMount(volume, o, memory, disk, reader, fs, session);
+            if (o.ControlSocket is not null)
+            {
+                mount.Control = MountControl.Start(o.ControlSocket, mount, loggers.CreateLogger("control"));
+            }
+
+            return mount;
         }
         catch (FuseMountException e)
         {
@@ -98,6 +112,7 @@ public sealed class LmfsMount : IDisposable
 
     public void Dispose()
     {
+        Control?.Dispose();
         Session.Unmount();
         Session.Dispose();
         Reader.Dispose();

@@ -1,0 +1,411 @@
+using System.Diagnostics;
+using LazyModelFs.Chunks;
+using LazyModelFs.Util;
+
+namespace LazyModelFs.Bench;
+
+public sealed record BenchOptions
+{
+    /// <summary>The file to read, through the mount.</summary>
+    public required string File { get; init; }
+
+    /// <summary>A *.safetensors file through the mount for the load phase (optional).</summary>
+    public string? Safetensors { get; init; }
+
+    public int Readers { get; init; } = 4;
+
+    public int RandomReads { get; init; } = 200;
+
+    public int ReadSize { get; init; } = 1 << 20;
+
+    /// <summary>Streams of the parallel-GET ceiling.</summary>
+    public int GetStreams { get; init; } = 16;
+
+    public IReadOnlyList<CacheState> Phases { get; init; } = [CacheState.Cold, CacheState.Warm, CacheState.Hot];
+
+    /// <summary>Measure the local-disk ceiling (a same-size file written here) — the cache disk.</summary>
+    public string? LocalDir { get; init; }
+
+    /// <summary>The object-store server's pid, to report its CPU per GB.</summary>
+    public int? ServerPid { get; init; }
+
+    /// <summary>The safetensors file as a plain object (s3://bucket/key), for the AWS CLI download baseline.</summary>
+    public string? AwsBaseline { get; init; }
+
+    public string? AwsEndpoint { get; init; }
+
+    public int Seed { get; init; } = 1;
+}
+
+/// <summary>
+/// Runs the phases of `lmfs bench` against one target and fills a <see cref="BenchReport"/>.
+///
+/// Order: ceilings (the object store read directly, a local file on the cache disk cold and hot),
+/// then cold, warm and hot through the mount. Every measurement starts from its phase's state — the
+/// target is reset before each one (cold: nothing cached; warm: only the local cache; hot: nothing
+/// dropped) — so the 1-reader, N-reader, random and first-MiB figures of a phase do not warm each
+/// other. Before warm and hot the file is read once, untimed, to fill the caches. CPU is the serving
+/// process's utime + stime over the measurement windows only (resets excluded), per GB read; peak
+/// memory is its VmHWM, reset at each measurement.
+/// </summary>
+public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<string>? progress = null)
+{
+    private readonly Action<string> _progress = progress ?? (_ => { });
+
+    /// <summary>The file's chunk table and the store, for the object-store ceiling (lmfs only).</summary>
+    public (Storage.IObjectStore Store, IReadOnlyList<ChunkEntry> Chunks, int ChunkSize)? Store { get; init; }
+
+    public async Task<BenchReport> RunAsync(CancellationToken ct = default)
+    {
+        long size = new FileInfo(o.File).Length;
+        if (size == 0)
+        {
+            throw new LmfsException($"'{o.File}' is empty", "benchmark a file of at least a few MiB (the harness uses 1 GiB)", 2);
+        }
+
+        var notes = new List<string>();
+        if (!PageCache.CanDropAll)
+        {
+            notes.Add("not root: the page cache was dropped per file (FUSE invalidation and fadvise), not with drop_caches");
+        }
+
+        var ceilings = new Ceilings();
+        if (Store is { } st)
+        {
+            ceilings = ceilings with { Store = await StoreCeilingAsync(st.Store, st.Chunks, st.ChunkSize, ct).ConfigureAwait(false) };
+        }
+
+        if (o.LocalDir is not null)
+        {
+            var (cold, hot) = LocalCeiling(size, ct);
+            ceilings = ceilings with { LocalCold = cold, LocalHot = hot };
+        }
+
+        var phases = new List<PhaseResult>();
+        foreach (var state in o.Phases)
+        {
+            if (state != CacheState.Cold)
+            {
+                await FillAsync(o.File, size, ct).ConfigureAwait(false);
+            }
+
+            phases.Add(await MeasureAsync(state, ct).ConfigureAwait(false));
+        }
+
+        SafetensorsResult? safetensors = o.Safetensors is null ? null : await SafetensorsAsync(o.Safetensors, ct).ConfigureAwait(false);
+        var report = new BenchReport
+        {
+            System = target.System,
+            Date = DateTimeOffset.UtcNow,
+            Machine = MachineInfo.Current(),
+            File = o.File,
+            FileBytes = size,
+            Readers = o.Readers,
+            RandomReads = o.RandomReads,
+            ReadSize = o.ReadSize,
+            BufferSize = target.BufferSize,
+            Ceilings = ceilings,
+            Phases = phases,
+            Safetensors = safetensors,
+            Notes = notes,
+        };
+        return report with { Targets = Targets.Evaluate(report) };
+    }
+
+    // ------------------------------------------------------------------ ceilings
+
+    private async Task<StoreCeiling> StoreCeilingAsync(Storage.IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, CancellationToken ct)
+    {
+        // The server reads its objects from a disk too (s3rver, a local-directory store): its page cache
+        // is dropped before each measurement, as the mount's is before each cold one.
+        static void Drop()
+        {
+            if (PageCache.CanDropAll)
+            {
+                PageCache.DropAll();
+            }
+        }
+
+        var server = o.ServerPid is { } sp ? new ProcessMeter(sp) : null;
+        Drop();
+        double? s0 = server?.CpuSeconds();
+        var parallel = await StoreProbes.ParallelAsync(store, chunks, o.GetStreams, ct).ConfigureAwait(false);
+        double? s1 = server?.CpuSeconds();
+        _progress($"ceiling: {o.GetStreams} parallel GETs {parallel.MBps:0} MB/s");
+        Drop();
+        var single = await StoreProbes.ParallelAsync(store, chunks, 1, ct).ConfigureAwait(false);
+        _progress($"ceiling: 1 stream of GETs {single.MBps:0} MB/s");
+        Drop();
+        var random = await StoreProbes.RandomAsync(store, chunks, chunkSize, o.RandomReads, o.ReadSize, o.Seed, ct).ConfigureAwait(false);
+        _progress($"ceiling: random {Sizes.Format(o.ReadSize)} GETs p50 {random.Latency.P50Ms:0.0} ms, p99 {random.Latency.P99Ms:0.0} ms");
+        Drop();
+        var first = await StoreProbes.FirstMiBAsync(store, chunks, chunkSize, ct).ConfigureAwait(false);
+        _progress($"ceiling: first MiB {first:0.0} ms");
+        return new StoreCeiling(parallel, single, random, first, s0 is { } a && s1 is { } b ? (b - a) / (parallel.Bytes / 1e9) : null);
+    }
+
+    private (PhaseResult Cold, PhaseResult Hot) LocalCeiling(long size, CancellationToken ct)
+    {
+        string path = Path.Combine(o.LocalDir!, $".lmfs-bench-{Environment.ProcessId}-{Guid.NewGuid():N}.tmp");
+        try
+        {
+            Directory.CreateDirectory(o.LocalDir!);
+            FileProbes.WriteRandomFile(path, size);
+            PhaseResult Run(string name, bool cold)
+            {
+                void Reset()
+                {
+                    if (!cold)
+                    {
+                        return;
+                    }
+
+                    if (PageCache.CanDropAll)
+                    {
+                        PageCache.DropAll();
+                    }
+                    else
+                    {
+                        PageCache.DropFile(path);
+                    }
+                }
+
+                if (!cold)
+                {
+                    FileProbes.Sequential(path, size, 1, ct);
+                }
+
+                Reset();
+                var s1 = FileProbes.Sequential(path, size, 1, ct);
+                Reset();
+                var sn = FileProbes.Sequential(path, size, o.Readers, ct);
+                Reset();
+                var rnd = FileProbes.Random(path, size, o.RandomReads, o.ReadSize, o.Seed, ct);
+                Reset();
+                var first = FileProbes.FirstMiB(path, size);
+                _progress($"ceiling: {name}: 1 reader {s1.MBps:0} MB/s, {sn.Readers} readers {sn.MBps:0} MB/s, random p99 {rnd.Latency.P99Ms:0.0} ms, first MiB {first:0.0} ms");
+                return new PhaseResult { Name = name, Seq1 = s1, SeqN = sn, Random = rnd, FirstMiBMs = first };
+            }
+
+            return (Run("local disk cold", true), Run("local disk hot", false));
+        }
+        catch (IOException ex)
+        {
+            throw new LmfsException($"cannot measure the local disk in {o.LocalDir}: {ex.Message}", "give --local-dir on a disk with room for a copy of the file", 1, ex);
+        }
+        finally
+        {
+            try
+            {
+                System.IO.File.Delete(path);
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ phases through the mount
+
+    private async Task FillAsync(string path, long size, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        FileProbes.Sequential(path, size, 1, ct);
+        _progress($"filled the caches with {Path.GetFileName(path)} ({sw.Elapsed.TotalSeconds:0.0} s, untimed)");
+        await Task.CompletedTask.ConfigureAwait(false);
+    }
+
+    /// <summary>CPU, peak memory, server CPU and store bytes of the serving side over a set of measurement windows.</summary>
+    private sealed class Window(IBenchTarget target, int? serverPid)
+    {
+        public double Cpu;
+        public double ServerCpu;
+        public long? Peak;
+        public long? StoreBytes;
+        public bool CpuKnown = true;
+        public bool ServerKnown = serverPid is not null;
+
+        public async Task<T> MeasureAsync<T>(Func<T> body, CancellationToken ct)
+        {
+            var m = target.ServingPid is { } pid ? new ProcessMeter(pid) : null;
+            var srv = serverPid is { } sp ? new ProcessMeter(sp) : null;
+            m?.ResetPeak();
+            long? st0 = await target.StoreBytesAsync(ct).ConfigureAwait(false);
+            double? c0 = m?.CpuSeconds(), s0 = srv?.CpuSeconds();
+            var result = body();
+            double? c1 = m?.CpuSeconds(), s1 = srv?.CpuSeconds();
+            long? st1 = await target.StoreBytesAsync(ct).ConfigureAwait(false);
+            if (c0 is { } a && c1 is { } b)
+            {
+                Cpu += b - a;
+            }
+            else
+            {
+                CpuKnown = false;
+            }
+
+            if (s0 is { } x && s1 is { } y)
+            {
+                ServerCpu += y - x;
+            }
+            else
+            {
+                ServerKnown = false;
+            }
+
+            if (m?.PeakRss() is { } p)
+            {
+                Peak = Math.Max(Peak ?? 0, p);
+            }
+
+            if (st0 is { } q && st1 is { } r)
+            {
+                StoreBytes = (StoreBytes ?? 0) + (r - q);
+            }
+
+            return result;
+        }
+    }
+
+    private async Task<PhaseResult> MeasureAsync(CacheState state, CancellationToken ct)
+    {
+        string name = state.ToString().ToLowerInvariant();
+        long size = new FileInfo(o.File).Length;
+        string[] files = [o.File];
+        var w = new Window(target, o.ServerPid);
+
+        await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+        var s1 = await w.MeasureAsync(() => FileProbes.Sequential(o.File, size, 1, ct), ct).ConfigureAwait(false);
+        _progress($"{name}: 1 reader {s1.MBps:0} MB/s");
+        await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+        var sn = await w.MeasureAsync(() => FileProbes.Sequential(o.File, size, o.Readers, ct), ct).ConfigureAwait(false);
+        _progress($"{name}: {sn.Readers} readers {sn.MBps:0} MB/s");
+        await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+        var rnd = await w.MeasureAsync(() => FileProbes.Random(o.File, size, o.RandomReads, o.ReadSize, o.Seed, ct), ct).ConfigureAwait(false);
+        _progress($"{name}: {o.RandomReads} random {Sizes.Format(o.ReadSize)} reads p50 {rnd.Latency.P50Ms:0.0} ms, p99 {rnd.Latency.P99Ms:0.0} ms");
+        await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+        var first = await w.MeasureAsync(() => FileProbes.FirstMiB(o.File, size), ct).ConfigureAwait(false);
+        _progress($"{name}: first MiB {first:0.0} ms");
+
+        double gb = (s1.Bytes + sn.Bytes + rnd.Bytes + Math.Min(size, FileProbes.IoSize)) / 1e9;
+        return new PhaseResult
+        {
+            Name = name,
+            Seq1 = s1,
+            SeqN = sn,
+            Random = rnd,
+            FirstMiBMs = first,
+            CpuSecondsPerGB = w.CpuKnown && target.ServingPid is not null ? Math.Round(w.Cpu / gb, 3) : null,
+            PeakRssBytes = w.Peak,
+            ServerCpuSecondsPerGB = w.ServerKnown ? Math.Round(w.ServerCpu / gb, 3) : null,
+            StoreBytes = w.StoreBytes,
+        };
+    }
+
+    // ------------------------------------------------------------------ safetensors
+
+    private async Task<SafetensorsResult> SafetensorsAsync(string path, CancellationToken ct)
+    {
+        var (bytes, tensors) = SafetensorsProbe.Describe(path);
+        var runs = new List<SafetensorsRun>();
+        string[] files = [path];
+        foreach (var state in new[] { CacheState.Cold, CacheState.Warm })
+        {
+            if (!o.Phases.Contains(state))
+            {
+                continue;
+            }
+
+            foreach (bool shuffled in new[] { false, true })
+            {
+                if (state == CacheState.Warm)
+                {
+                    await FillAsync(path, new FileInfo(path).Length, ct).ConfigureAwait(false);
+                }
+
+                await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+                var run = SafetensorsProbe.Load(path, state.ToString().ToLowerInvariant(), shuffled, o.Seed);
+                runs.Add(run);
+                _progress($"safetensors {run.Phase}, {run.Order} order: first tensor {run.FirstTensorMs:0.0} ms, total {run.Seconds:0.00} s ({run.MBps:0} MB/s)");
+            }
+        }
+
+        BaselineResult? baseline = null;
+        string? note = null;
+        if (o.AwsBaseline is null)
+        {
+            note = "give --aws-baseline s3://BUCKET/KEY (the same file as a plain object)";
+        }
+        else
+        {
+            baseline = await AwsBaselineAsync(path, ct).ConfigureAwait(false);
+        }
+
+        return new SafetensorsResult(path, bytes, tensors, runs, baseline, note);
+    }
+
+    private async Task<BaselineResult> AwsBaselineAsync(string mountedPath, CancellationToken ct)
+    {
+        string dir = o.LocalDir ?? Path.GetTempPath();
+        Directory.CreateDirectory(dir);
+        string dest = Path.Combine(dir, $".lmfs-bench-aws-{Environment.ProcessId}-{Path.GetFileName(mountedPath)}");
+        var psi = new ProcessStartInfo("aws") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        var args = new List<string>();
+        if (o.AwsEndpoint is not null)
+        {
+            args.AddRange(["--endpoint-url", o.AwsEndpoint]);
+        }
+
+        args.AddRange(["s3", "cp", "--quiet", o.AwsBaseline!, dest]);
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        string shown = "aws " + string.Join(' ', args.Select(a => a == dest ? "LOCAL_FILE" : a));
+        if (PageCache.CanDropAll)
+        {
+            PageCache.DropAll();
+        }
+
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            Process p;
+            try
+            {
+                p = Process.Start(psi)!;
+            }
+            catch (System.ComponentModel.Win32Exception ex)
+            {
+                throw new LmfsException("cannot run the AWS CLI for the download baseline: " + ex.Message, "install it (pip install awscli) or leave out --aws-baseline", 1, ex);
+            }
+
+            using (p)
+            {
+                var err = p.StandardError.ReadToEndAsync(ct);
+                await p.StandardOutput.ReadToEndAsync(ct).ConfigureAwait(false);
+                await p.WaitForExitAsync(ct).ConfigureAwait(false);
+                if (p.ExitCode != 0)
+                {
+                    throw new LmfsException($"{shown} failed ({p.ExitCode}): {(await err.ConfigureAwait(false)).Trim()}", "check the object's URL, the endpoint and the AWS credentials in the environment");
+                }
+            }
+
+            double download = sw.Elapsed.TotalSeconds;
+            var load = SafetensorsProbe.Load(dest, "baseline", false, o.Seed);
+            _progress($"baseline: {shown}: {download:0.00} s, then load {load.Seconds:0.00} s");
+            return new BaselineResult(shown, download, load.Seconds);
+        }
+        finally
+        {
+            try
+            {
+                System.IO.File.Delete(dest);
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+using System.Globalization;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LazyModelFs.Util;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace LazyModelFs.Vfs;
+
+/// <summary>
+/// The control socket of a live mount: a unix socket (mode 0600, so only the user who mounted it, or
+/// root, can connect) where a client writes one command line and reads one JSON line back. It is how
+/// `lmfs bench` reads the daemon's counters and puts a file back to cold or warm without remounting.
+///
+/// Commands:
+///   stats                       counters of the chunk reader, memory tier and disk cache
+///   forget INO memory|disk      drop the file's chunks from the memory tier (and the disk cache),
+///                               forget its readahead streams, restart prefetch at its next open
+///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
+/// Errors answer {"error": "..."}. Nothing here returns file data or secrets.
+/// </summary>
+public sealed class MountControl : IDisposable
+{
+    private readonly Socket _listener;
+    private readonly LmfsMount _mount;
+    private readonly ILogger _log;
+    private readonly CancellationTokenSource _stop = new();
+
+    private MountControl(Socket listener, string path, LmfsMount mount, ILogger log)
+    {
+        _listener = listener;
+        Path = path;
+        _mount = mount;
+        _log = log;
+        _ = AcceptLoopAsync();
+    }
+
+    public string Path { get; }
+
+    /// <summary>Listens at <paramref name="path"/> (a stale socket file there is replaced). Null, with a warning, when that is impossible.</summary>
+    public static MountControl? Start(string path, LmfsMount mount, ILogger? log = null)
+    {
+        log ??= NullLogger.Instance;
+        var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            Directory.CreateDirectory(System.IO.Path.GetDirectoryName(path)!);
+            File.Delete(path);
+            s.Bind(new UnixDomainSocketEndPoint(path));
+            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            s.Listen(16);
+            return new MountControl(s, path, mount, log);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or UnauthorizedAccessException)
+        {
+            s.Dispose();
+            log.LogWarning("control: cannot listen on {Path} ({Message}); lmfs bench cannot reset this mount", path, ex.Message);
+            return null;
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Dispose();
+        try
+        {
+            File.Delete(Path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket c;
+            try
+            {
+                c = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                return;
+            }
+
+            _ = ServeAsync(c);
+        }
+    }
+
+    private async Task ServeAsync(Socket c)
+    {
+        using (c)
+        using (var stream = new NetworkStream(c, ownsSocket: false))
+        {
+            JsonObject reply;
+            try
+            {
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+                timeout.CancelAfter(TimeSpan.FromSeconds(30));
+                string line = await ReadLineAsync(stream, timeout.Token).ConfigureAwait(false);
+                reply = await ExecuteAsync(line, timeout.Token).ConfigureAwait(false);
+            }
+            catch (LmfsException ex)
+            {
+                reply = new JsonObject { ["error"] = ex.Message };
+            }
+            catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or FormatException or OverflowException)
+            {
+                reply = new JsonObject { ["error"] = ex.Message };
+            }
+
+            try
+            {
+                await stream.WriteAsync(Encoding.UTF8.GetBytes(reply.ToJsonString() + "\n")).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or SocketException)
+            {
+                // the client went away
+            }
+        }
+    }
+
+    private async Task<JsonObject> ExecuteAsync(string line, CancellationToken ct)
+    {
+        var words = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        switch (words)
+        {
+            case ["stats"]:
+                return Stats();
+            case ["forget", var ino, var what and ("memory" or "disk")]:
+                {
+                    var (memory, disk) = await _mount.FileSystem.ForgetCachedAsync(ulong.Parse(ino, CultureInfo.InvariantCulture), what == "disk", ct).ConfigureAwait(false);
+                    return new JsonObject { ["memoryChunks"] = memory, ["diskChunks"] = disk };
+                }
+
+            case ["invalidate", var ino]:
+                {
+                    var r = await _mount.Session.Connection.InvalidateInodeAsync(ulong.Parse(ino, CultureInfo.InvariantCulture), 0, 0).WaitAsync(ct).ConfigureAwait(false);
+                    return new JsonObject { ["result"] = r.ToString() };
+                }
+
+            default:
+                _log.LogDebug("control: unknown command {Line}", line);
+                return new JsonObject { ["error"] = $"unknown command '{line}'; use stats, forget INO memory|disk, or invalidate INO" };
+        }
+    }
+
+    private JsonObject Stats()
+    {
+        var r = _mount.Reader;
+        var o = new JsonObject
+        {
+            ["pid"] = Environment.ProcessId,
+            ["chunkSize"] = _mount.Volume.Settings.ChunkSize,
+            ["bufferSize"] = _mount.Options.BufferSize,
+            ["storeFetches"] = r.StoreFetches,
+            ["storeBytes"] = r.StoreBytes,
+            ["fetchErrors"] = r.Errors,
+            ["busy"] = r.Busy,
+            ["memoryHits"] = r.Memory.Hits,
+            ["memoryMisses"] = r.Memory.Misses,
+            ["memoryChunks"] = r.Memory.Count,
+            ["memoryBuffers"] = r.Memory.Allocated,
+        };
+        if (r.Disk is { } d)
+        {
+            o["diskHits"] = d.Hits;
+            o["diskChunks"] = d.Count;
+            o["diskBytes"] = d.Bytes;
+            o["diskCorrupt"] = d.Corrupt;
+        }
+
+        return o;
+    }
+
+    private static async Task<string> ReadLineAsync(Stream s, CancellationToken ct)
+    {
+        var buf = new byte[512];
+        int n = 0;
+        while (n < buf.Length)
+        {
+            int k = await s.ReadAsync(buf.AsMemory(n), ct).ConfigureAwait(false);
+            if (k == 0)
+            {
+                break;
+            }
+
+            n += k;
+            int nl = Array.IndexOf(buf, (byte)'\n', 0, n);
+            if (nl >= 0)
+            {
+                return Encoding.UTF8.GetString(buf, 0, nl).Trim();
+            }
+        }
+
+        return Encoding.UTF8.GetString(buf, 0, n).Trim();
+    }
+
+    /// <summary>Sends one command to the control socket at <paramref name="path"/> and returns its JSON answer (an "error" answer throws).</summary>
+    public static async Task<JsonObject> SendAsync(string path, string command, CancellationToken ct = default)
+    {
+        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(60));
+        try
+        {
+            await s.ConnectAsync(new UnixDomainSocketEndPoint(path), timeout.Token).ConfigureAwait(false);
+            using var stream = new NetworkStream(s, ownsSocket: false);
+            await stream.WriteAsync(Encoding.UTF8.GetBytes(command + "\n"), timeout.Token).ConfigureAwait(false);
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            string? line = await reader.ReadLineAsync(timeout.Token).ConfigureAwait(false);
+            var o = (line is null ? null : JsonNode.Parse(line) as JsonObject)
+                ?? throw new LmfsException($"the mount's control socket {path} gave no answer to '{command}'", "check the mount's log");
+            if (o["error"] is { } e)
+            {
+                throw new LmfsException($"the mount refused '{command}': {e}", "check the mount's log");
+            }
+
+            return o;
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or JsonException)
+        {
+            throw new LmfsException($"cannot reach the mount's control socket {path}: {ex.Message}", "is the mount live and started by this user (or root)? lmfs 0.x mounts started before the control socket existed must be remounted", 1, ex);
+        }
+    }
+}
