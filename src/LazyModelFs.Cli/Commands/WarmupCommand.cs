@@ -60,7 +60,7 @@ internal static class WarmupCommand
                 return 0;
             }
 
-            using var memory = new MemoryTier(Math.Max(64L << 20, 8L * (volume.Settings.ChunkSize + 4096) * p.GetValue(jobs)), volume.Settings.ChunkSize);
+            using var memory = new MemoryTier(Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * p.GetValue(jobs)), volume.Settings.ChunkSize);
             using var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = p.GetValue(jobs) + Math.Max(1, p.GetValue(jobs) / 3) });
             long done = 0;
             var work = Parallel.ForEachAsync(missing, new ParallelOptions { MaxDegreeOfParallelism = p.GetValue(jobs), CancellationToken = ct }, async (e, _) =>

@@ -87,15 +87,30 @@ public sealed class DiskCache
 
     /// <summary>
     /// Reads a cached chunk into <paramref name="dest"/> and checks its length and CRC32C against the
-    /// chunk table. False when absent or damaged (a damaged file is removed).
+    /// chunk table. False when absent or damaged (a damaged file is removed). When <paramref name="dest"/>
+    /// is page aligned with room for the chunk rounded up to a page, the file is read with O_DIRECT:
+    /// straight from the disk, no copy through the page cache (which would hold the bytes a second
+    /// time beside the memory tier and the mount's own page cache).
     /// </summary>
     public bool TryRead(in ChunkEntry entry, Span<byte> dest)
     {
         string path = PathOf(entry.Id);
-        SafeFileHandle h;
+        SafeFileHandle? h = null;
+        int aligned = RoundUp(entry.PlainLength);
+        bool direct = _direct && dest.Length >= aligned && IsAligned(dest);
         try
         {
-            h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            if (direct)
+            {
+                h = Posix.OpenDirect(path, write: false);
+                if (h is null)
+                {
+                    DirectRefused();
+                    direct = false;
+                }
+            }
+
+            h ??= File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         }
         catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
         {
@@ -111,7 +126,20 @@ public sealed class DiskCache
         using (h)
         {
             long length = RandomAccess.GetLength(h);
-            int n = length == entry.PlainLength ? ReadAll(h, dest[..entry.PlainLength]) : -1;
+            int n = -1;
+            if (length == entry.PlainLength)
+            {
+                try
+                {
+                    n = ReadAll(h, direct ? dest[..aligned] : dest[..entry.PlainLength], entry.PlainLength);
+                }
+                catch (IOException ex)
+                {
+                    _log.LogWarning("cache: reading {Path} failed: {Message}; the chunk is fetched again", path, ex.Message);
+                    return false;
+                }
+            }
+
             if (n != entry.PlainLength || Crc32C.Compute(dest[..entry.PlainLength]) != entry.Crc32C)
             {
                 Interlocked.Increment(ref _corrupt);
@@ -135,8 +163,13 @@ public sealed class DiskCache
         return true;
     }
 
-    /// <summary>Stores a verified chunk (temporary name, then rename). Never throws: a cache that cannot write just stops caching.</summary>
-    public void Write(in ChunkEntry entry, ReadOnlySpan<byte> plain)
+    /// <summary>
+    /// Stores a verified chunk (temporary name, then rename). <paramref name="data"/> starts with the
+    /// chunk's plain bytes (<c>entry.PlainLength</c> of them); when it is page aligned and long enough
+    /// for the length rounded up to a page, the file is written with O_DIRECT (the padding is cut off
+    /// with ftruncate). Never throws: a cache that cannot write just stops caching.
+    /// </summary>
+    public void Write(in ChunkEntry entry, ReadOnlySpan<byte> data)
     {
         if (_disabled && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
         {
@@ -148,20 +181,45 @@ public sealed class DiskCache
             return;
         }
 
+        int plainLength = entry.PlainLength;
+        var plain = data[..plainLength];
+        int aligned = RoundUp(plainLength);
         string path = PathOf(entry.Id);
         string tmp = path + TempMarker + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
             System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            using (var h = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, plain.Length))
+            SafeFileHandle? direct = null;
+            if (_direct && data.Length >= aligned && IsAligned(data))
             {
+                direct = Posix.OpenDirect(tmp, write: true);
+                if (direct is null)
+                {
+                    DirectRefused();
+                }
+            }
+
+            if (direct is not null)
+            {
+                using (direct)
+                {
+                    RandomAccess.Write(direct, data[..aligned], 0);
+                    if (aligned != plainLength)
+                    {
+                        RandomAccess.SetLength(direct, plainLength);
+                    }
+                }
+            }
+            else
+            {
+                using var h = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, plainLength);
                 RandomAccess.Write(h, plain, 0);
             }
 
             File.Move(tmp, path, overwrite: true);
-            if (_index.TryAdd(entry.Id, new Entry(plain.Length, Interlocked.Increment(ref _clock))))
+            if (_index.TryAdd(entry.Id, new Entry(plainLength, Interlocked.Increment(ref _clock))))
             {
-                Interlocked.Add(ref _bytes, plain.Length);
+                Interlocked.Add(ref _bytes, plainLength);
             }
 
             if (_disabled)
@@ -186,6 +244,31 @@ public sealed class DiskCache
         if (Bytes > Limit())
         {
             Evict();
+        }
+    }
+
+    private volatile bool _direct = true;
+
+    /// <summary>Whether cache files are read and written with O_DIRECT (false once the filesystem refused it).</summary>
+    public bool DirectIo => _direct;
+
+    private void DirectRefused()
+    {
+        if (_direct)
+        {
+            _direct = false;
+            _log.LogInformation("cache: {Dir} does not support O_DIRECT; using buffered I/O", Options.Directory);
+        }
+    }
+
+    private static int RoundUp(int n) => (n + 4095) & ~4095;
+
+    private static unsafe bool IsAligned(ReadOnlySpan<byte> s)
+    {
+        // SAFETY: only the address is taken, nothing is read through it.
+        fixed (byte* p = s)
+        {
+            return ((nuint)p & 4095) == 0;
         }
     }
 
@@ -344,10 +427,11 @@ public sealed class DiskCache
         return Path.Combine(Root, h[..2], h[2..4], h);
     }
 
-    private static int ReadAll(SafeFileHandle h, Span<byte> dest)
+    /// <summary>Reads into <paramref name="dest"/> until <paramref name="want"/> bytes are in (or end of file); an O_DIRECT read asks for whole pages.</summary>
+    private static int ReadAll(SafeFileHandle h, Span<byte> dest, int want)
     {
         int total = 0;
-        while (total < dest.Length)
+        while (total < want)
         {
             int n = RandomAccess.Read(h, dest[total..], total);
             if (n == 0)

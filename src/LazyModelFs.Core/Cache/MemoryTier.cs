@@ -25,7 +25,16 @@ public sealed unsafe class CachedChunk : IDisposable
     /// <summary>The chunk's plain bytes.</summary>
     public ReadOnlyMemory<byte> Data => _memory.Memory.Slice(Offset, Length);
 
-    /// <summary>The whole native buffer (chunk size + 4 KiB), for fetching an object into.</summary>
+    /// <summary>
+    /// Where a chunk's plain bytes start in its buffer: page aligned, so the disk cache can move them
+    /// with O_DIRECT, and with room before it for the 16-byte object header a fetch reads in front.
+    /// </summary>
+    public const int DataStart = 4096;
+
+    /// <summary>Bytes of buffer per chunk: the header page, the chunk, and a page of slack (a fetch asks for one byte more than the object).</summary>
+    public static int BufferSizeFor(int chunkSize) => DataStart + chunkSize + 4096;
+
+    /// <summary>The whole native buffer, for fetching an object into.</summary>
     internal Memory<byte> Buffer => _memory.Memory;
 
     internal int Offset { get; set; }
@@ -44,8 +53,9 @@ public sealed unsafe class CachedChunk : IDisposable
 
     private sealed class Manager(int capacity) : MemoryManager<byte>
     {
-        // SAFETY: aligned native memory of `capacity` bytes, freed once in Dispose after the tier drops it.
-        private byte* _ptr = (byte*)NativeMemory.AlignedAlloc((nuint)capacity, 4096);
+        // SAFETY: 2 MiB-aligned anonymous memory of `capacity` bytes (huge pages where the kernel
+        // allows), unmapped once in Dispose after the tier drops it.
+        private byte* _ptr = Util.Posix.MapHuge((nuint)capacity);
 
         public override Span<byte> GetSpan() => new(_ptr, capacity);
 
@@ -60,7 +70,7 @@ public sealed unsafe class CachedChunk : IDisposable
         {
             if (_ptr != null)
             {
-                NativeMemory.AlignedFree(_ptr);
+                Util.Posix.Unmap(_ptr, (nuint)capacity);
                 _ptr = null;
             }
         }
@@ -89,7 +99,7 @@ public sealed class MemoryTier : IDisposable
 
     public MemoryTier(long capacityBytes, int chunkSize)
     {
-        _bufferSize = chunkSize + 4096;
+        _bufferSize = CachedChunk.BufferSizeFor(chunkSize);
         Capacity = (int)Math.Max(4, capacityBytes / _bufferSize);
     }
 
@@ -266,9 +276,9 @@ public sealed class MemoryTier : IDisposable
 
     /// <summary>
     /// Drops chunks from the tier as if it had never held them (<c>lmfs bench</c> resets a file to
-    /// cold or warm this way): <paramref name="ids"/>, or everything when null. Buffers nobody holds
-    /// are freed back to the system; a buffer still leased leaves the map now and is recycled at its
-    /// last release. Returns how many chunks were dropped.
+    /// cold or warm this way): <paramref name="ids"/>, or everything when null. The buffers stay
+    /// allocated for reuse, as in a mount that has been running a while; a buffer still leased leaves
+    /// the map now and is recycled at its last release. Returns how many chunks were dropped.
     /// </summary>
     public int Drop(IEnumerable<ChunkId>? ids = null)
     {
@@ -282,17 +292,7 @@ public sealed class MemoryTier : IDisposable
                 c.Published = false;
                 if (c.RefCount == 0)
                 {
-                    _allocated--;
-                    c.Free();
-                }
-            }
-
-            if (ids is null)
-            {
-                while (_free.TryPop(out var f))
-                {
-                    _allocated--;
-                    f.Free();
+                    _free.Push(c);
                 }
             }
 

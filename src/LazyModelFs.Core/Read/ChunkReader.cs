@@ -284,7 +284,7 @@ public sealed class ChunkReader : IDisposable
         {
             if (fromStore)
             {
-                _disk?.Write(f.Entry, chunk.Data.Span);
+                _disk?.Write(f.Entry, chunk.Buffer.Span[chunk.Offset..]);
             }
         }
         finally
@@ -310,14 +310,18 @@ public sealed class ChunkReader : IDisposable
         var chunk = _memory.Rent();
         try
         {
-            if (_disk is not null && _disk.TryRead(e, chunk.Buffer.Span[ChunkObject.HeaderSize..]))
+            // Plain bytes always land at DataStart (page aligned): read from the cache there, or fetch
+            // the object so that its 16-byte header ends there.
+            if (_disk is not null && _disk.TryRead(e, chunk.Buffer.Span[CachedChunk.DataStart..]))
             {
-                chunk.Offset = ChunkObject.HeaderSize;
+                chunk.Offset = CachedChunk.DataStart;
                 chunk.Length = e.PlainLength;
                 return (chunk, false);
             }
 
-            chunk.Offset = await FetchFromStoreAsync(e, chunk.Buffer).ConfigureAwait(false);
+            const int objectStart = CachedChunk.DataStart - ChunkObject.HeaderSize;
+            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..]).ConfigureAwait(false);
+            chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
             return (chunk, true);
         }

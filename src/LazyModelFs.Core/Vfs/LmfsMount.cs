@@ -73,9 +73,9 @@ public sealed class LmfsMount : IDisposable
     {
         loggers ??= NullLoggerFactory.Instance;
         int chunk = volume.Settings.ChunkSize;
-        if (o.BufferSize < 4L * (chunk + 4096))
+        if (o.BufferSize < 4L * CachedChunk.BufferSizeFor(chunk))
         {
-            throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * (chunk + 4096))}", 2);
+            throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);
         }
 
         var disk = o.CacheSize > 0

@@ -19,6 +19,25 @@ public class FormatTests
     }
 
     [Fact]
+    public void Crc32C_three_lane_blocks_equal_the_serial_loop_at_every_length()
+    {
+        var rng = new Random(7);
+        var data = new byte[(3 * 8192 * 4) + 100];
+        rng.NextBytes(data);
+        foreach (int len in new[] { 0, 1, 7, 8, 24575, 24576, 24577, 3 * 24576, (3 * 24576) + 13, data.Length })
+        {
+            uint serial = ~Crc32C.Serial(~0u, data.AsSpan(0, len));
+            Assert.Equal(serial, Crc32C.Compute(data.AsSpan(0, len)));
+        }
+
+        for (int i = 0; i < 50; i++)
+        {
+            int len = rng.Next(data.Length), split = rng.Next(len + 1);
+            Assert.Equal(~Crc32C.Serial(~0u, data.AsSpan(0, len)), Crc32C.Append(Crc32C.Compute(data.AsSpan(0, split)), data.AsSpan(split, len - split)));
+        }
+    }
+
+    [Fact]
     public void ChunkId_is_the_sha256_and_derives_the_object_key()
     {
         var id = ChunkId.Of("abc"u8);
