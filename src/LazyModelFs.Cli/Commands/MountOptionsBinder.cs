@@ -18,6 +18,8 @@ internal sealed class MountOptionsBinder
 
     public Option<int> MaxFetches { get; } = new("--max-fetches") { Description = "Concurrent object GETs", DefaultValueFactory = _ => 16 };
 
+    public Option<int> DemandParts { get; } = new("--demand-parts") { Description = "Ranged GETs a chunk is split into when a read waits for it (1: whole objects only)", DefaultValueFactory = _ => 4 };
+
     public Option<string> Readahead { get; } = new("--readahead") { Description = "Largest readahead window of a sequential reader", DefaultValueFactory = _ => "128M" };
 
     public Option<string> Prefetch { get; } = new("--prefetch") { Description = "none | sequential | whole-file | safetensors (header, then tensors in file order, for *.safetensors; sequential for the rest)", DefaultValueFactory = _ => "safetensors" };
@@ -34,7 +36,7 @@ internal sealed class MountOptionsBinder
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             c.Add(o);
         }
@@ -45,7 +47,7 @@ internal sealed class MountOptionsBinder
     /// <summary>The mount options given explicitly on this command line, as arguments for another `lmfs mount`.</summary>
     public IEnumerable<string> PassThrough(ParseResult p)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             if (p.GetResult(o) is { Implicit: false } r)
             {
@@ -72,6 +74,12 @@ internal sealed class MountOptionsBinder
             throw new LmfsException($"--max-fetches {fetches} is out of range", "use 1 to 256", 2);
         }
 
+        int parts = p.GetValue(DemandParts);
+        if (parts is < 1 or > 64)
+        {
+            throw new LmfsException($"--demand-parts {parts} is out of range", "use 1 to 64", 2);
+        }
+
         double fetchTimeout = p.GetValue(FetchTimeout), entryTimeout = p.GetValue(EntryTimeout);
         if (fetchTimeout <= 0 || entryTimeout < 0)
         {
@@ -86,6 +94,7 @@ internal sealed class MountOptionsBinder
             FreeSpaceRatio = ratio,
             BufferSize = Sizes.Parse(p.GetValue(BufferSize)!, "--buffer-size"),
             MaxFetches = fetches,
+            DemandParts = parts,
             FetchTimeout = TimeSpan.FromSeconds(fetchTimeout),
             AllowOther = p.GetValue(AllowOther),
             ReadaheadKb = p.GetValue(ReadaheadKb),

@@ -193,44 +193,61 @@ public static class Formats
 
     // ------------------------------------------------------------------ side by side
 
-    /// <summary>One row per figure, one column per system; the last column of each throughput row is relative to the first system.</summary>
+    /// <summary>
+    /// One row per figure, one column per system. Each column's ratios use its own ceilings when its
+    /// report has them (a tuning sweep), else those of the first report that has them (peers measured
+    /// beside an lmfs run with --no-ceilings).
+    /// </summary>
     public static string Compare(IReadOnlyList<BenchReport> reports, bool markdown)
     {
-        var ceilings = reports.FirstOrDefault(r => r.Ceilings.Store is not null) ?? reports[0];
+        var reference = reports.FirstOrDefault(r => r.Ceilings.Store is not null || r.Ceilings.LocalCold is not null) ?? reports[0];
+        Ceilings C(BenchReport r) => r.Ceilings.Store is not null || r.Ceilings.LocalCold is not null ? r.Ceilings : reference.Ceilings;
+        BenchReport WithCeilings(BenchReport r) => r with { Ceilings = C(r) };
         var rows = new List<(string Figure, string[] Cells)>();
         string[] Each(Func<BenchReport, string> f) => reports.Select(f).ToArray();
         string Mb(double? v) => v is { } x ? x.ToString("0", Inv) : "-";
         string Ms(double? v) => v is { } x ? x.ToString("0.0", Inv) : "-";
 
-        if (ceilings.Ceilings.Store is { } s)
+        if (reports.Any(r => C(r).Store is not null))
         {
-            rows.Add(($"ceiling: {s.Parallel.Readers} parallel GETs, MB/s", Each(_ => Mb(s.Parallel.MBps))));
-            rows.Add(("ceiling: 1 stream of GETs, MB/s", Each(_ => Mb(s.Single.MBps))));
+            rows.Add(($"ceiling: {C(reference).Store?.Parallel.Readers ?? 16} parallel GETs, MB/s", Each(r => Mb(C(r).Store?.Parallel.MBps))));
+            rows.Add(("ceiling: 1 stream of GETs, MB/s", Each(r => Mb(C(r).Store?.Single.MBps))));
         }
 
-        if (ceilings.Ceilings.LocalCold is { } lc)
+        if (reports.Any(r => C(r).LocalCold is not null))
         {
-            rows.Add(("ceiling: local disk cold / hot, MB/s", Each(_ => $"{Mb(lc.Seq1.MBps)} / {Mb(ceilings.Ceilings.LocalHot?.Seq1.MBps)}")));
+            rows.Add(("ceiling: local disk cold / hot, MB/s", Each(r => $"{Mb(C(r).LocalCold?.Seq1.MBps)} / {Mb(C(r).LocalHot?.Seq1.MBps)}")));
         }
 
         foreach (var phase in new[] { "cold", "warm", "hot" })
         {
-            var (label, c) = CeilingOf(ceilings, phase);
-            rows.Add(($"{phase}, 1 reader, MB/s (ratio to {label})", Each(r => r.Phase(phase) is { } p ? $"{Mb(p.Seq1.MBps)} ({(c is > 0 ? (p.Seq1.MBps / c.Value).ToString("0.00", Inv) : "-")})" : "-")));
-            rows.Add(($"{phase}, {ceilings.Readers} readers, MB/s", Each(r => Mb(r.Phase(phase)?.SeqN.MBps))));
+            if (reports.All(r => r.Phase(phase) is null))
+            {
+                continue;
+            }
+
+            var (label, _) = CeilingOf(reference, phase);
+            rows.Add(($"{phase}, 1 reader, MB/s (ratio to {label})", Each(r =>
+            {
+                var (_, c) = CeilingOf(WithCeilings(r), phase);
+                return r.Phase(phase) is { } p ? $"{Mb(p.Seq1.MBps)} ({(c is > 0 ? (p.Seq1.MBps / c.Value).ToString("0.00", Inv) : "-")})" : "-";
+            })));
+            rows.Add(($"{phase}, {reference.Readers} readers, MB/s", Each(r => Mb(r.Phase(phase)?.SeqN.MBps))));
         }
 
         rows.Add(("cold random 1 MiB p50 / p99, ms", Each(r => r.Phase("cold") is { } p ? $"{Ms(p.Random.Latency.P50Ms)} / {Ms(p.Random.Latency.P99Ms)}" : "-")));
         rows.Add(("cold first MiB, ms", Each(r => Ms(r.Phase("cold")?.FirstMiBMs))));
         rows.Add(("cold CPU s/GB (mount process)", Each(r => r.Phase("cold")?.CpuSecondsPerGB is { } v ? v.ToString("0.00", Inv) : "-")));
+        rows.Add(("warm CPU s/GB (mount process)", Each(r => r.Phase("warm")?.CpuSecondsPerGB is { } v ? v.ToString("0.00", Inv) : "-")));
         rows.Add(("peak RSS", Each(r => r.Phases.Max(p => p.PeakRssBytes) is { } m ? Sizes.Format(m) : "-")));
         if (reports.Any(r => r.Safetensors is not null))
         {
             string St(BenchReport r, string phase, string order) =>
-                r.Safetensors?.Runs.FirstOrDefault(x => x.Phase == phase && x.Order == order) is { } x ? $"{x.Seconds:0.00} s ({x.FirstTensorMs:0} ms)" : "-";
+                r.Safetensors?.Runs.FirstOrDefault(x => x.Phase == phase && x.Order == order) is { } x ? string.Create(Inv, $"{x.Seconds:0.00} s ({x.FirstTensorMs:0} ms)") : "-";
             rows.Add(("safetensors cold, file order: total (first tensor)", Each(r => St(r, "cold", "file"))));
             rows.Add(("safetensors cold, shuffled: total (first tensor)", Each(r => St(r, "cold", "shuffled"))));
             rows.Add(("safetensors warm, file order: total (first tensor)", Each(r => St(r, "warm", "file"))));
+            rows.Add(("safetensors warm, shuffled: total (first tensor)", Each(r => St(r, "warm", "shuffled"))));
             var b = reports.Select(r => r.Safetensors?.Baseline).FirstOrDefault(x => x is not null);
             if (b is not null)
             {

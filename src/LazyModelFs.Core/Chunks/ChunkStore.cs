@@ -32,16 +32,60 @@ public sealed class ChunkStore(IObjectStore store)
     /// returns the offset of its verified plain bytes there. A plain object is verified in place (no
     /// copy); a zstd one is decompressed into the buffer.
     /// </summary>
-    public async Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, CancellationToken ct = default)
+    public async Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, int parts = 1, CancellationToken ct = default)
     {
         if (entry.Codec == ChunkCodec.None && buffer.Length > entry.StoredLength)
         {
-            int n = await GetWholeAsync(entry, buffer, ct).ConfigureAwait(false);
+            int n = parts > 1 && entry.StoredLength >= 2 * MinPart
+                ? await GetPartsAsync(entry, buffer, parts, ct).ConfigureAwait(false)
+                : await GetWholeAsync(entry, buffer, ct).ConfigureAwait(false);
             return ChunkObject.VerifyPlainInPlace(buffer.Span[..n], entry);
         }
 
         await ReadAsync(entry, buffer[ChunkObject.HeaderSize..], ct).ConfigureAwait(false);
         return ChunkObject.HeaderSize;
+    }
+
+    /// <summary>Smallest range worth its own GET when a chunk is fetched in parts.</summary>
+    public const int MinPart = 512 << 10;
+
+    /// <summary>
+    /// Reads the object as up to <paramref name="parts"/> ranged GETs at once (a reader waiting on a
+    /// cold chunk gets it in the time of one part, not of the whole object). The last part asks for
+    /// one byte more than expected, like <see cref="GetWholeAsync"/>, so a longer object is caught.
+    /// </summary>
+    private async Task<int> GetPartsAsync(ChunkEntry entry, Memory<byte> dest, int parts, CancellationToken ct)
+    {
+        int total = entry.StoredLength;
+        parts = Math.Min(parts, total / MinPart);
+        int size = ((total / parts) + 4095) & ~4095;
+        var tasks = new List<Task<int>>(parts);
+        for (int off = 0; off < total; off += size)
+        {
+            int len = Math.Min(size, total - off);
+            bool last = off + len >= total;
+            tasks.Add(Store.GetAsync(entry.Id.ObjectKey(), off, dest.Slice(off, len + (last ? 1 : 0)), ct));
+        }
+
+        int[] got = await Task.WhenAll(tasks).ConfigureAwait(false);
+        int n = 0;
+        for (int i = 0, off = 0; i < got.Length; i++, off += size)
+        {
+            int want = Math.Min(size, total - off);
+            if (got[i] < want || (i < got.Length - 1 && got[i] != want))
+            {
+                throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is shorter than the chunk table's {total} bytes");
+            }
+
+            n += got[i];
+        }
+
+        if (n != total)
+        {
+            throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is longer than the chunk table's {total} bytes");
+        }
+
+        return n;
     }
 
     /// <summary>Reads the whole object, asking for one byte more than expected: a longer object is damaged too.</summary>

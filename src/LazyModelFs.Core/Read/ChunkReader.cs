@@ -27,6 +27,12 @@ public sealed record ChunkReaderOptions
 
     /// <summary>How long one chunk may take, retries included, before its readers get EIO.</summary>
     public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Ranged GETs a chunk is split into when a READ is waiting for it (readahead and prefetch fetch
+    /// whole objects: they want throughput, a waiting READ wants latency).
+    /// </summary>
+    public int DemandParts { get; init; } = 4;
 }
 
 /// <summary>
@@ -252,7 +258,7 @@ public sealed class ChunkReader : IDisposable
         bool fromStore = false;
         try
         {
-            (chunk, fromStore) = await LoadAsync(f.Entry).ConfigureAwait(false);
+            (chunk, fromStore) = await LoadAsync(f.Entry, f.Priority == FetchPriority.Demand ? _options.DemandParts : 1).ConfigureAwait(false);
             _memory.Publish(chunk, f.Entry.Id, chunk.Offset, chunk.Length, cold: f.Priority == FetchPriority.Prefetch);
         }
         catch (Exception ex)
@@ -305,7 +311,7 @@ public sealed class ChunkReader : IDisposable
         Pump();
     }
 
-    private async Task<(CachedChunk Chunk, bool FromStore)> LoadAsync(ChunkEntry e)
+    private async Task<(CachedChunk Chunk, bool FromStore)> LoadAsync(ChunkEntry e, int parts)
     {
         var chunk = _memory.Rent();
         try
@@ -320,7 +326,7 @@ public sealed class ChunkReader : IDisposable
             }
 
             const int objectStart = CachedChunk.DataStart - ChunkObject.HeaderSize;
-            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..]).ConfigureAwait(false);
+            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..], parts).ConfigureAwait(false);
             chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
             return (chunk, true);
@@ -332,7 +338,7 @@ public sealed class ChunkReader : IDisposable
         }
     }
 
-    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer)
+    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer, int parts)
     {
         var sw = Stopwatch.StartNew();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_shutdown.Token);
@@ -344,7 +350,7 @@ public sealed class ChunkReader : IDisposable
             attempt++;
             try
             {
-                int offset = await _store.ReadIntoAsync(e, buffer, deadline.Token).ConfigureAwait(false);
+                int offset = await _store.ReadIntoAsync(e, buffer, parts, deadline.Token).ConfigureAwait(false);
                 Interlocked.Increment(ref _storeFetches);
                 Interlocked.Add(ref _storeBytes, e.StoredLength);
                 return offset;

@@ -22,6 +22,9 @@ public sealed record MountOptions
 
     public int MaxFetches { get; init; } = 16;
 
+    /// <summary>Ranged GETs one chunk is split into when a READ waits for it.</summary>
+    public int DemandParts { get; init; } = 4;
+
     public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
     public VfsOptions Vfs { get; init; } = new();
@@ -82,7 +85,7 @@ public sealed class LmfsMount : IDisposable
             ? new DiskCache(new DiskCacheOptions { Directory = o.CacheDir, MaxBytes = o.CacheSize, FreeSpaceRatio = o.FreeSpaceRatio }, loggers.CreateLogger("cache"))
             : null;
         var memory = new MemoryTier(o.BufferSize, chunk);
-        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout }, loggers.CreateLogger("read"));
+        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts }, loggers.CreateLogger("read"));
         var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
         var fuseOptions = new FuseMountOptions
         {
