@@ -35,6 +35,7 @@ public static class Cli
         root.Add(WarmupCommand.Build());
         root.Add(CacheCommand.Build());
         root.Add(BenchCommand.Build());
+        root.Add(CsiCommand.Build());
         return root;
     }
 

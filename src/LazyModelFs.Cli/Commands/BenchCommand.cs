@@ -32,6 +32,7 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print the report as JSON (progress still goes to stderr)" };
         var jsonFile = new Option<string?>("--json-file") { Description = "Also write the JSON report to this file" };
         var html = new Option<string?>("--html") { Description = "Write a self-contained HTML report (SVG chart of phases vs ceilings) to this file" };
+        var runs = new Option<int>("--runs") { Description = "Repeat each measurement this many times (median of the sequential runs; latencies pooled)", DefaultValueFactory = _ => 1 };
         var seed = new Option<int>("--seed") { Description = "Seed of the random offsets and shuffled tensor order", DefaultValueFactory = _ => 1 };
         var mountOpts = new MountOptionsBinder();
         var creds = new Common.Credentials();
@@ -46,7 +47,7 @@ internal static class BenchCommand
             "  lmfs bench /mnt/rclone/random.bin --system rclone --no-ceilings --cold-cmd './remount-rclone --clear'\n" +
             "  lmfs bench compare lmfs.json rclone.json s3fs.json --markdown")
         {
-            target, path, safetensors, readers, randomReads, readSize, streams, phases, noCeilings, localDir, system, coldCmd, warmCmd, serverPid, aws, awsEndpoint, json, jsonFile, html, seed,
+            target, path, safetensors, readers, randomReads, readSize, streams, phases, noCeilings, localDir, system, coldCmd, warmCmd, serverPid, aws, awsEndpoint, json, jsonFile, html, runs, seed,
         };
         mountOpts.AddTo(cmd);
         creds.AddTo(cmd);
@@ -64,6 +65,7 @@ internal static class BenchCommand
                 ServerPid = p.GetValue(serverPid),
                 AwsBaseline = p.GetValue(aws),
                 Seed = p.GetValue(seed),
+                Runs = Positive(p.GetValue(runs), "--runs", 100),
             };
             string t = p.GetValue(target)!;
             BenchReport report;

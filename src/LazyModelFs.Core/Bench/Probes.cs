@@ -90,6 +90,13 @@ public static class FileProbes
     /// <summary><paramref name="count"/> reads of <paramref name="ioSize"/> bytes at random 4 KiB-aligned offsets, one at a time.</summary>
     public static RandomResult Random(string path, long size, int count, int ioSize, int seed, CancellationToken ct = default)
     {
+        var (bytes, ms) = RandomSamples(path, size, count, ioSize, seed, ct);
+        return new RandomResult((int)Math.Min(ioSize, size), bytes, LatencySummary.From(ms));
+    }
+
+    /// <summary>Like <see cref="Random"/>, returning every read's latency in milliseconds.</summary>
+    public static (long Bytes, List<double> Ms) RandomSamples(string path, long size, int count, int ioSize, int seed, CancellationToken ct = default)
+    {
         var rng = new Random(seed);
         int len = (int)Math.Min(ioSize, size);
         long slots = Math.Max(1, ((size - len) / 4096) + 1);
@@ -105,7 +112,7 @@ public static class FileProbes
             ms.Add(Stopwatch.GetElapsedTime(ts).TotalMilliseconds);
         }
 
-        return new RandomResult(len, bytes, LatencySummary.From(ms));
+        return (bytes, ms);
     }
 
     /// <summary>Milliseconds to open the file and read its first MiB.</summary>

@@ -142,6 +142,9 @@ public sealed record BenchReport
 
     public required int ReadSize { get; init; }
 
+    /// <summary>Repetitions of each measurement: sequential figures are the median run; random latencies and bytes cover every run.</summary>
+    public int Runs { get; init; } = 1;
+
     /// <summary>Memory tier of the mount (lmfs), for the peak-memory target.</summary>
     public long? BufferSize { get; init; }
 

@@ -12,7 +12,11 @@ public static class MetaStores
         Uri.TryCreate(url, UriKind.Absolute, out var u) && u.Scheme == "sqlite" && string.IsNullOrEmpty(u.Host) ? Uri.UnescapeDataString(u.AbsolutePath) : null;
 
     /// <param name="create">For SQLite: create the database file if missing (only `lmfs format` does).</param>
-    public static async Task<IMetaStore> OpenAsync(string url, bool create = false, CancellationToken ct = default)
+    public static Task<IMetaStore> OpenAsync(string url, bool create = false, CancellationToken ct = default) => OpenAsync(url, create, null, ct);
+
+    /// <param name="create">For SQLite: create the database file if missing (only `lmfs format` does).</param>
+    /// <param name="redisPassword">For Redis without a password in the URL (else LMFS_REDIS_PASSWORD).</param>
+    public static async Task<IMetaStore> OpenAsync(string url, bool create, string? redisPassword, CancellationToken ct = default)
     {
         if (string.IsNullOrWhiteSpace(url))
         {
@@ -47,7 +51,7 @@ public static class MetaStores
                 return new KvMetaStore(SqliteKv.Open(path, create));
             case "redis":
             case "rediss":
-                return await RedisMetaStore.ConnectAsync(uri, url, ct).ConfigureAwait(false);
+                return await RedisMetaStore.ConnectAsync(uri, url, redisPassword, ct).ConfigureAwait(false);
             default:
                 throw new LmfsException($"metadata URL scheme '{uri.Scheme}' is not supported", UrlHelp, 2);
         }

@@ -109,16 +109,15 @@ public sealed class RedisMetaStore : IMetaStore
 
     /// <summary>
     /// Connects to <c>redis://[:password@]host:port[,host2:port2][/db][?volume=NAME]</c> (or rediss:// for TLS).
-    /// Without a password in the URL, LMFS_REDIS_PASSWORD or REDIS_PASSWORD is used when set.
+    /// Without a password in the URL, <paramref name="password"/>, else LMFS_REDIS_PASSWORD or REDIS_PASSWORD, is used when set.
     /// </summary>
-    public static async Task<RedisMetaStore> ConnectAsync(Uri url, string rawUrl, CancellationToken ct = default)
+    public static async Task<RedisMetaStore> ConnectAsync(Uri url, string rawUrl, string? password = null, CancellationToken ct = default)
     {
-        string? password = null;
         if (!string.IsNullOrEmpty(url.UserInfo))
         {
             string ui = Uri.UnescapeDataString(url.UserInfo);
             int colon = ui.IndexOf(':');
-            password = colon >= 0 ? ui[(colon + 1)..] : ui;
+            password = colon >= 0 ? ui[(colon + 1)..] : ui; // the URL's password wins
         }
 
         password ??= Environment.GetEnvironmentVariable("LMFS_REDIS_PASSWORD") ?? Environment.GetEnvironmentVariable("REDIS_PASSWORD");

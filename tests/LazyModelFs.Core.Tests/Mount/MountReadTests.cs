@@ -30,32 +30,11 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         await Volume.FormatAsync(_meta, servers.S3.NewStorageUrl(), Creds, Chunk, "none", "mnt");
         var v = await Volume.OpenAsync(_meta, Creds);
         Directory.CreateDirectory(_dir["src/m"]);
-        File.WriteAllBytes(_dir["src/m/big.bin"], Random((24 * Chunk) + 333, 1));
+        File.WriteAllBytes(_dir["src/m/big.bin"], TestData.Random((24 * Chunk) + 333, 1));
         File.WriteAllText(_dir["src/m/small.txt"], "small and cached\n");
-        File.WriteAllBytes(_dir["src/m/model.safetensors"], Safetensors(10 * Chunk));
+        File.WriteAllBytes(_dir["src/m/model.safetensors"], TestData.Safetensors(10 * Chunk));
         await new Importer(v, new ImportOptions()).RunAsync([_dir["src/m"]], "/");
         return v;
-    }
-
-    private static byte[] Random(int n, int seed)
-    {
-        var b = new byte[n];
-        new Random(seed).NextBytes(b);
-        return b;
-    }
-
-    /// <summary>A safetensors file: a JSON header, then tensors of about <paramref name="dataBytes"/> in total.</summary>
-    private static byte[] Safetensors(int dataBytes)
-    {
-        var header = new StringBuilder("{\"__metadata__\":{\"format\":\"pt\"}");
-        int per = dataBytes / 8;
-        for (int i = 0; i < 8; i++)
-        {
-            header.Append(System.Globalization.CultureInfo.InvariantCulture, $",\"layer.{i}.weight\":{{\"dtype\":\"BF16\",\"shape\":[{per / 2}],\"data_offsets\":[{i * per},{(i + 1) * per}]}}");
-        }
-
-        var json = Encoding.UTF8.GetBytes(header.Append('}').ToString());
-        return [.. BitConverter.GetBytes((ulong)json.Length), .. json, .. Random(8 * per, 2)];
     }
 
     private LmfsMount Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)

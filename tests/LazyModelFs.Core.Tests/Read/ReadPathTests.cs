@@ -230,5 +230,99 @@ public sealed class ReadPathTests : IDisposable
         Assert.Null(SafetensorsHeader.TensorRanges("{not json"u8, size));
     }
 
+    [Fact]
+    public async Task A_chunk_fetched_in_parallel_parts_is_whole_and_a_longer_or_shorter_object_is_refused()
+    {
+        var (v, store, table, data) = await ImportedAsync(3 * Chunk);
+        var buf = new byte[Chunk + 8192];
+        int before = store.Gets;
+        int at = await v.Chunks.ReadIntoAsync(table[1], buf, parts: 4);
+        Assert.Equal(4, store.Gets - before);
+        Assert.True(buf.AsSpan(at, Chunk).SequenceEqual(data.AsSpan(Chunk, Chunk)));
+
+        store.MangleGet = (_, b) => [.. b, 7]; // every range one byte longer: the object looks longer
+        await Assert.ThrowsAsync<ChunkCorruptException>(() => v.Chunks.ReadIntoAsync(table[1], buf, parts: 4));
+        store.MangleGet = (_, b) => b[..^1]; // every range one byte short
+        await Assert.ThrowsAsync<ChunkCorruptException>(() => v.Chunks.ReadIntoAsync(table[1], buf, parts: 4));
+        store.MangleGet = (k, b) =>
+        {
+            b[^1] ^= 1; // a flipped bit in some part
+            return b;
+        };
+        await Assert.ThrowsAsync<ChunkCorruptException>(() => v.Chunks.ReadIntoAsync(table[1], buf, parts: 4));
+    }
+
+    [Fact]
+    public async Task Memory_tier_drop_forgets_chunks_but_keeps_leased_bytes_valid()
+    {
+        var (v, _, table, data) = await ImportedAsync(3 * Chunk);
+        using var mem = new MemoryTier(16L * CachedChunk.BufferSizeFor(Chunk), Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, null);
+        var held = await reader.GetAsync(table[0]);
+        (await reader.GetAsync(table[1])).Dispose();
+        Assert.True(mem.Contains(table[0].Id) && mem.Contains(table[1].Id));
+        Assert.Equal(1, mem.Drop([table[1].Id]));
+        Assert.False(mem.Contains(table[1].Id));
+        Assert.True(mem.Contains(table[0].Id));
+        Assert.Equal(1, mem.Drop());
+        Assert.Equal(0, mem.Count);
+        Assert.True(held.Data.Span.SequenceEqual(data.AsSpan(0, Chunk))); // still leased: untouched
+        held.Dispose();
+        using var again = await reader.GetAsync(table[0]); // fetched again, into a recycled buffer
+        Assert.True(again.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
+    }
+
+    [Fact]
+    public async Task Disk_cache_round_trips_through_direct_and_buffered_io_at_odd_lengths()
+    {
+        var (v, _, table, data) = await ImportedAsync((2 * Chunk) + 1234); // last chunk is not a whole number of pages
+        var disk = Disk();
+        using var mem = new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk);
+        using (var reader = new ChunkReader(v.Chunks, mem, disk))
+        {
+            for (int i = 0; i < table.Count; i++)
+            {
+                (await reader.GetAsync(table[i])).Dispose();
+            }
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => disk.Count == table.Count, 5000));
+        for (int i = 0; i < table.Count; i++)
+        {
+            var want = data.AsSpan(i * Chunk, table[i].PlainLength);
+            var aligned = mem.Rent(); // page-aligned native buffer: the O_DIRECT path where the filesystem allows it
+            try
+            {
+                Assert.True(disk.TryRead(table[i], aligned.Buffer.Span[CachedChunk.DataStart..]));
+                Assert.True(aligned.Buffer.Span.Slice(CachedChunk.DataStart, want.Length).SequenceEqual(want));
+            }
+            finally
+            {
+                aligned.Dispose();
+            }
+
+            var managed = new byte[Chunk + 1]; // unaligned: buffered I/O
+            Assert.True(disk.TryRead(table[i], managed.AsSpan(1)));
+            Assert.True(managed.AsSpan(1, want.Length).SequenceEqual(want));
+        }
+
+        string last = Directory.EnumerateFiles(_dir["cache"], table[^1].Id.ToHex(), SearchOption.AllDirectories).Single();
+        Assert.Equal(1234, new FileInfo(last).Length); // the page padding of a direct write is cut off
+
+        // A chunk written from an unaligned buffer reads back the same through the aligned path.
+        var other = new DiskCache(new DiskCacheOptions { Directory = _dir["cache2"], FreeSpaceRatio = 0 });
+        other.Write(table[^1], data.AsSpan(2 * Chunk, 1234));
+        var buf = mem.Rent();
+        try
+        {
+            Assert.True(other.TryRead(table[^1], buf.Buffer.Span[CachedChunk.DataStart..]));
+            Assert.True(buf.Buffer.Span.Slice(CachedChunk.DataStart, 1234).SequenceEqual(data.AsSpan(2 * Chunk, 1234)));
+        }
+        finally
+        {
+            buf.Dispose();
+        }
+    }
+
     public void Dispose() => _dir.Dispose();
 }

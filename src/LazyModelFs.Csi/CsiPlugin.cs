@@ -1,0 +1,28 @@
+using LazyModelFs.Csi.Grpc;
+using Microsoft.Extensions.Logging;
+
+namespace LazyModelFs.Csi;
+
+/// <summary>The node plugin: the gRPC server on the CSI socket with the Identity and Node services.</summary>
+public static class CsiPlugin
+{
+    /// <summary>Serves until <paramref name="ct"/> is cancelled (SIGTERM from the kubelet's pod shutdown).</summary>
+    public static async Task RunAsync(CsiOptions options, ILoggerFactory loggers, CancellationToken ct)
+    {
+        var log = loggers.CreateLogger("csi");
+        var services = new CsiServices(options, log);
+        services.Recover();
+        await using var server = new GrpcServer(log);
+        services.MapTo(server);
+        await server.StartAsync(options.SocketPath, ct).ConfigureAwait(false);
+        log.LogInformation("csi: {Driver} serving node {Node} on {Socket}", CsiOptions.DriverName, options.NodeId, options.SocketPath);
+        try
+        {
+            await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            log.LogInformation("csi: stopping; staged volumes keep serving (their mounts are separate processes)");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using LazyModelFs.Csi.Grpc;
+using LazyModelFs.Fuse;
+using LazyModelFs.Util;
+using LazyModelFs.Vfs;
+using Microsoft.Extensions.Logging;
+
+namespace LazyModelFs.Csi;
+
+/// <summary>
+/// Starts and stops the `lmfs mount` daemons behind staged volumes. A daemon is started as
+/// `lmfs mount META STAGING --background`: it runs in its own session (setsid), not as a child the
+/// plugin must keep, so it outlives a restart of the plugin process; a restarted plugin finds it in
+/// the mount table and the mount's record (/run/lmfs/mounts). Secrets reach the daemon through its
+/// environment, never its command line (which every user can read in ps) or a log.
+/// </summary>
+public sealed class StageMounter(CsiOptions options, ILogger log)
+{
+    /// <summary>Volume-context keys passed through as `lmfs mount` options.</summary>
+    public static readonly IReadOnlyDictionary<string, string> ContextOptions = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["cacheDir"] = "--cache-dir",
+        ["cacheSize"] = "--cache-size",
+        ["bufferSize"] = "--buffer-size",
+        ["prefetch"] = "--prefetch",
+        ["maxFetches"] = "--max-fetches",
+        ["readahead"] = "--readahead",
+        ["readaheadKb"] = "--readahead-kb",
+        ["fetchTimeout"] = "--fetch-timeout",
+        ["entryTimeout"] = "--entry-timeout",
+    };
+
+    /// <summary>Secret keys accepted in node-stage secrets, each given to the daemon as the environment variable of the same name.</summary>
+    public static readonly IReadOnlySet<string> SecretKeys = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "LMFS_REDIS_PASSWORD",
+    };
+
+    public async Task MountAsync(string metaUrl, string staging, IReadOnlyDictionary<string, string> context, IReadOnlyDictionary<string, string> secrets, CancellationToken ct)
+    {
+        var args = new List<string> { "mount", metaUrl, staging, "--background", "--allow-other" };
+        bool cacheGiven = false;
+        foreach (var (k, v) in context)
+        {
+            if (ContextOptions.TryGetValue(k, out var flag))
+            {
+                args.AddRange([flag, v]);
+                cacheGiven |= k == "cacheDir";
+            }
+        }
+
+        if (!cacheGiven)
+        {
+            args.AddRange(["--cache-dir", options.CacheDir]);
+        }
+
+        string logFile = Path.Combine(options.LogDir, "mount-" + string.Concat(staging.Trim('/').Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_')) + ".log");
+        args.AddRange(["--log-file", logFile]);
+        var psi = new ProcessStartInfo(options.LmfsCommand[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in options.LmfsCommand.Skip(1).Concat(args))
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        foreach (var (k, v) in secrets)
+        {
+            psi.Environment[k] = v;
+        }
+
+        log.LogInformation("csi: mounting {Meta} at {Staging} (log {Log})", Redact.Url(metaUrl), staging, logFile);
+        using var p = Process.Start(psi) ?? throw new RpcException(StatusCode.Internal, "cannot start lmfs mount");
+        var stdout = p.StandardOutput.ReadToEndAsync(ct);
+        var stderr = p.StandardError.ReadToEndAsync(ct);
+        await p.WaitForExitAsync(ct).ConfigureAwait(false);
+        string err = (await stderr.ConfigureAwait(false)).Trim();
+        await stdout.ConfigureAwait(false);
+        if (p.ExitCode != 0)
+        {
+            string first = err.Split('\n').FirstOrDefault(l => l.StartsWith("error: ", StringComparison.Ordinal))?[7..] ?? err;
+            throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {first}");
+        }
+    }
+
+    /// <summary>Unmounts a staged volume and waits (up to 10 s) for its daemon to end.</summary>
+    public async Task UnmountAsync(string staging, CancellationToken ct)
+    {
+        int? pid = MountState.Load(staging)?.Pid;
+        FuseMount.UnmountPath(staging, log);
+        MountState.Remove(staging);
+        if (pid is { } id)
+        {
+            var deadline = Stopwatch.StartNew();
+            while (Directory.Exists($"/proc/{id}") && deadline.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                await Task.Delay(50, ct).ConfigureAwait(false);
+            }
+        }
+    }
+}
