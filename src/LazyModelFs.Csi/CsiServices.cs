@@ -336,7 +336,13 @@ public sealed class CsiServices
         File.WriteAllText(RecordPath(r.StagingPath), JsonSerializer.Serialize(r));
     }
 
-    private void DeleteRecord(string staging) => File.Delete(RecordPath(staging));
+    private void DeleteRecord(string staging)
+    {
+        if (File.Exists(RecordPath(staging)))
+        {
+            File.Delete(RecordPath(staging));
+        }
+    }
 
     /// <summary>At start: the staged volumes this plugin (or an earlier run of it) mounted, and whether their daemons still serve.</summary>
     public IReadOnlyList<(StageRecord Record, bool Live)> Recover()

@@ -64,9 +64,11 @@ public sealed class ChunkStore(IObjectStore store)
         {
             int len = Math.Min(size, total - off);
             bool last = off + len >= total;
-            tasks.Add(Store.GetAsync(entry.Id.ObjectKey(), off, dest.Slice(off, len + (last ? 1 : 0)), ct));
+            tasks.Add(PartAsync(dest.Slice(off, len + (last ? 1 : 0)), off));
         }
 
+        // Every part is awaited, failed or not, before the buffer goes back to the caller: a part
+        // still writing into a buffer that a retry, or another chunk, has taken over would corrupt it.
         int[] got = await Task.WhenAll(tasks).ConfigureAwait(false);
         int n = 0;
         for (int i = 0, off = 0; i < got.Length; i++, off += size)
@@ -86,6 +88,9 @@ public sealed class ChunkStore(IObjectStore store)
         }
 
         return n;
+
+        // An async wrapper, so a store that throws before returning its task still yields a task to wait for.
+        async Task<int> PartAsync(Memory<byte> into, long offset) => await Store.GetAsync(entry.Id.ObjectKey(), offset, into, ct).ConfigureAwait(false);
     }
 
     /// <summary>Reads the whole object, asking for one byte more than expected: a longer object is damaged too.</summary>

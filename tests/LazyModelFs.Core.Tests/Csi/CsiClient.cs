@@ -38,14 +38,19 @@ public sealed class CsiClient(string socket) : IDisposable
     public async Task<Result<T>> SendAsync<T>(string method, byte[] body, MessageParser<T> parser)
         where T : IMessage<T>
     {
-        using var req = new HttpRequestMessage(HttpMethod.Post, "http://localhost" + method) { Content = new ByteArrayContent(body) };
+        using var req = new HttpRequestMessage(HttpMethod.Post, "http://localhost" + method)
+        {
+            Content = new ByteArrayContent(body),
+            Version = HttpVersion.Version20, // h2c with prior knowledge, as gRPC clients speak it
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
         req.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
         req.Headers.TryAddWithoutValidation("te", "trailers");
         using var resp = await _http.SendAsync(req);
         byte[] bytes = await resp.Content.ReadAsByteArrayAsync();
         if (resp.StatusCode != HttpStatusCode.OK || resp.Content.Headers.ContentType?.MediaType != "application/grpc")
         {
-            throw new InvalidOperationException($"not a gRPC reply: HTTP {(int)resp.StatusCode} {resp.Content.Headers.ContentType}");
+            throw new InvalidOperationException($"not a gRPC reply: HTTP {(int)resp.StatusCode} {resp.Content.Headers.ContentType}: {System.Text.Encoding.UTF8.GetString(bytes)}");
         }
 
         string? Header(string name) =>
@@ -75,6 +80,10 @@ public sealed class CsiPluginProcess : IDisposable
     {
         Root = root;
         Socket = Path.Combine(root, "plugin", "csi.sock");
+        if (File.Exists(Socket))
+        {
+            File.Delete(Socket); // left by a plugin that was killed: wait for the new one's
+        }
         var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[]
         {

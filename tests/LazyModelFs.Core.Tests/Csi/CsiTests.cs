@@ -43,9 +43,9 @@ public sealed class CsiTests : IDisposable
     private Task<CsiClient.Result<NodeUnpublishVolumeResponse>> Unpublish(string id, string target) =>
         _client.CallAsync("/csi.v1.Node/NodeUnpublishVolume", new NodeUnpublishVolumeRequest { VolumeId = id, TargetPath = target }, NodeUnpublishVolumeResponse.Parser);
 
-    private static void Code<T>(StatusCode want, CsiClient.Result<T> got, string? messagePart = null)
+    private void Code<T>(StatusCode want, CsiClient.Result<T> got, string? messagePart = null)
     {
-        Assert.True(got.Code == want, $"expected {want}, got {got.Code}: {got.Message}");
+        Assert.True(got.Code == want, $"expected {want}, got {got.Code}: {got.Message}\n--- plugin log\n{_plugin.Log}");
         if (messagePart is not null)
         {
             Assert.Contains(messagePart, got.Message, StringComparison.Ordinal);
