@@ -13,12 +13,12 @@
 # Every mount and process it started is removed on exit, also on Ctrl-C or failure.
 #
 # usage: sudo bench/compare.sh [--size-mib 1024] [--model-mib 2048] [--out DIR] [--peers "rclone s3fs"]
-#                              [--random-reads 200] [-- EXTRA lmfs mount OPTIONS]
+#                              [--random-reads 200] [--runs 1] [-- EXTRA lmfs mount OPTIONS]
 # needs: root (drop_caches, mount), scripts/setup.sh done, rclone and s3fs (apt-get install rclone s3fs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-size_mib=1024; model_mib=2048; out=""; peers="rclone s3fs"; random_reads=200; mount_opts=()
+size_mib=1024; model_mib=2048; out=""; peers="rclone s3fs"; random_reads=200; runs=1; mount_opts=()
 while [ $# -gt 0 ]; do
   case $1 in
     --size-mib) size_mib=$2; shift 2 ;;
@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --peers) peers=$2; shift 2 ;;
     --random-reads) random_reads=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
     --) shift; mount_opts=("$@"); break ;;
     *) echo "compare.sh: unknown argument '$1' (see the usage at the top of the script)" >&2; exit 2 ;;
   esac
@@ -83,7 +84,7 @@ aws --endpoint-url "$PEER_ENDPOINT" s3 cp --quiet "$work/src/random.bin" s3://be
 aws --endpoint-url "$PEER_ENDPOINT" s3 cp --quiet "$work/src/model.safetensors" s3://bench/plain/model.safetensors
 rm -f "$work/src/model.safetensors"  # the random file stays: every peer's bytes are checked against it
 
-common=(--random-reads "$random_reads" --server-pid "$s3_pid")
+common=(--random-reads "$random_reads" --runs "$runs" --server-pid "$s3_pid")
 echo "== lmfs"
 lmfs mount "$meta" "$work/mnt/lmfs" --background --cache-dir "$work/cache-lmfs" --log-file "$work/lmfs.log" "${mount_opts[@]}" >/dev/null
 cmp "$work/mnt/lmfs/bench/random.bin" "$work/src/random.bin" && echo "lmfs: bytes verified with cmp"

@@ -2,6 +2,24 @@ using LazyModelFs.Storage;
 
 namespace LazyModelFs.Testing;
 
+/// <summary>What a faulty store does to one GET (chosen per call by <see cref="FaultyObjectStore.GetFault"/>).</summary>
+public abstract record GetFault
+{
+    /// <summary>Fail the call, like a 500/503 or a reset connection.</summary>
+    public sealed record Fail(Exception Error) : GetFault;
+
+    /// <summary>Answer only after a delay (cancellable): a slow server.</summary>
+    public sealed record Slow(TimeSpan Delay) : GetFault;
+
+    /// <summary>Never answer until cancelled: a server that stopped responding.</summary>
+    public sealed record Hang : GetFault;
+
+    /// <summary>Return only this many bytes: a body cut short.</summary>
+    public sealed record Truncate(int Bytes) : GetFault;
+
+    public static GetFault ServerError(int status) => new Fail(new Util.LmfsException($"HTTP {status} {(status == 503 ? "Slow Down" : "Internal Error")} (injected)", null, 5));
+}
+
 /// <summary>
 /// Wraps an object store and fails the operations a test chooses: the fault-injecting decorator
 /// the style guide asks for (ports get decorators, implementations stay clean).
@@ -10,6 +28,9 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
 {
     private int _puts;
     private int _gets;
+
+    /// <summary>Decides, per GET (key and 1-based call number), what goes wrong (null: nothing).</summary>
+    public Func<string, int, GetFault?>? GetFault { get; set; }
 
     /// <summary>Fail every PUT after this many have succeeded (null: never).</summary>
     public int? FailPutsAfter { get; set; }
@@ -27,7 +48,21 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
 
     public async Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default)
     {
-        Interlocked.Increment(ref _gets);
+        int call = Interlocked.Increment(ref _gets);
+        switch (GetFault?.Invoke(key, call))
+        {
+            case GetFault.Fail f:
+                throw f.Error;
+            case GetFault.Slow s:
+                await Task.Delay(s.Delay, ct).ConfigureAwait(false);
+                break;
+            case GetFault.Hang:
+                await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);
+                break;
+            case GetFault.Truncate t:
+                return await inner.GetAsync(key, offset, dest[..Math.Min(t.Bytes, dest.Length)], ct).ConfigureAwait(false);
+        }
+
         int n = await inner.GetAsync(key, offset, dest, ct).ConfigureAwait(false);
         if (MangleGet is { } mangle)
         {

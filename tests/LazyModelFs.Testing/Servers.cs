@@ -153,6 +153,20 @@ public abstract class ServerProcess : IDisposable
         }
     }
 
+    /// <summary>Freezes the server (SIGSTOP to its pid): connections stay open and nothing answers, like an overloaded or partitioned server.</summary>
+    public void Pause() => Signal(19);
+
+    /// <summary>Lets a paused server run again (SIGCONT).</summary>
+    public void Resume() => Signal(18);
+
+    private void Signal(int sig)
+    {
+        if (_process is { HasExited: false } p && Signals.Kill(p.Id, sig) != 0)
+        {
+            throw new InvalidOperationException($"kill({p.Id}, {sig}) failed");
+        }
+    }
+
     /// <summary>Stops the server (SIGKILL to its pid) and waits until the port is closed.</summary>
     public void Stop()
     {
@@ -210,13 +224,17 @@ public sealed class RedisServer : ServerProcess
     {
     }
 
-    public RedisServer(string? password)
+    public RedisServer(string? password, bool persistent = false)
     {
         Password = password;
+        Persistent = persistent;
         Start();
     }
 
     public string? Password { get; }
+
+    /// <summary>Every write is appended and fsynced (AOF), so a SIGKILL and a restart on the same port keep the data.</summary>
+    public bool Persistent { get; }
 
     /// <summary>A metadata URL for a fresh volume on this server (volumes are isolated by hash-tagged key prefixes).</summary>
     public string NewVolumeUrl() => $"redis://127.0.0.1:{Port}/0?volume=t{Guid.NewGuid():N}";
@@ -225,7 +243,11 @@ public sealed class RedisServer : ServerProcess
 
     protected override (string File, IEnumerable<string> Args) Command()
     {
-        var args = new List<string> { "--port", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", Data.Path, "--daemonize", "no" };
+        var args = new List<string> { "--port", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", Persistent ? "yes" : "no", "--dir", Data.Path, "--daemonize", "no" };
+        if (Persistent)
+        {
+            args.AddRange(["--appendfsync", "always"]);
+        }
         if (Password is not null)
         {
             args.AddRange(["--requirepass", Password]);
@@ -280,4 +302,13 @@ public sealed class RedisAndS3 : IDisposable
         Redis.Dispose();
         S3.Dispose();
     }
+}
+
+/// <summary>kill(2), to pause, resume or stop a process by its pid.</summary>
+public static partial class Signals
+{
+    public const int SIGKILL = 9, SIGTERM = 15, SIGCONT = 18, SIGSTOP = 19;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    public static partial int Kill(int pid, int sig);
 }

@@ -134,9 +134,16 @@ public sealed class ChunkTable
                 throw new MetaCorruptException($"chunk table row {i} has plain length {e.PlainLength} (chunk size {chunkSize})");
             }
 
-            if (e.Codec is not (ChunkCodec.None or ChunkCodec.Zstd) || e.StoredLength < ChunkObject.HeaderSize)
+            // A plain object is exactly header + bytes; a zstd one is stored only when smaller than that.
+            bool lengthOk = e.Codec switch
             {
-                throw new MetaCorruptException($"chunk table row {i} has codec {(byte)e.Codec} and stored length {e.StoredLength}");
+                ChunkCodec.None => e.StoredLength == e.PlainLength + ChunkObject.HeaderSize,
+                ChunkCodec.Zstd => e.StoredLength > ChunkObject.HeaderSize && e.StoredLength < e.PlainLength + ChunkObject.HeaderSize,
+                _ => false,
+            };
+            if (!lengthOk)
+            {
+                throw new MetaCorruptException($"chunk table row {i} has codec {(byte)e.Codec} and stored length {e.StoredLength} for {e.PlainLength} plain bytes");
             }
 
             entries[i] = e;

@@ -99,6 +99,9 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         /// <summary>Named *.safetensors (names live in directory entries, so lookups set it).</summary>
         public bool IsSafetensors;
 
+        /// <summary>The name it was last looked up by, for log lines (an inode may have several).</summary>
+        public string? Name;
+
         public AccessPattern Pattern { get; } = new(chunkSize, readaheadMax);
     }
 
@@ -137,9 +140,13 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     private NodeState Track(Node n, string? name = null)
     {
         var st = _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax));
-        if (name is not null && name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        if (name is not null)
         {
-            st.IsSafetensors = true;
+            st.Name = name;
+            if (name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            {
+                st.IsSafetensors = true;
+            }
         }
 
         return st;
@@ -410,13 +417,13 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(within, len), c)); // zero copy; released after the reply
             }
 
-            return ReadOneAsync(vt, within, len, nodeId, first);
+            return ReadOneAsync(vt, within, len, st, first);
         }
 
-        return ReadSpanningAsync(table, offset, buffer[..len], nodeId);
+        return ReadSpanningAsync(table, offset, buffer[..len], st);
     }
 
-    private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, ulong ino, int index)
+    private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, NodeState st, int index)
     {
         try
         {
@@ -425,11 +432,11 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         }
         catch (Exception ex)
         {
-            return ReadFailed(ex, ino, index);
+            return ReadFailed(ex, st, index);
         }
     }
 
-    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, ulong ino)
+    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, NodeState st)
     {
         int done = 0;
         while (done < dest.Length)
@@ -444,7 +451,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             }
             catch (Exception ex)
             {
-                return ReadFailed(ex, ino, index);
+                return ReadFailed(ex, st, index);
             }
 
             using (c)
@@ -458,9 +465,15 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         return FuseReadResult.InBuffer(done);
     }
 
-    private FuseReadResult ReadFailed(Exception ex, ulong ino, int index)
+    private FuseReadResult ReadFailed(Exception ex, NodeState st, int index)
     {
-        _log.LogError("vfs: READ of inode {Ino} failed at chunk {Index}: {Message}", ino, index, ex.Message);
+        _log.LogError(
+            "vfs: READ of '{Name}' (inode {Ino}) failed at chunk {Index} ({Chunk}): {Message}",
+            st.Name ?? "?",
+            st.Node.Ino,
+            index,
+            st.Table is { } t && index < t.Count ? t[index].Id.ToString() : "?",
+            ex.Message);
         return Errno.EIO;
     }
 
