@@ -30,7 +30,7 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     private int _gets;
 
     /// <summary>Decides, per GET (key and 1-based call number), what goes wrong (null: nothing).</summary>
-    public Func<string, int, GetFault?>? GetFault { get; set; }
+    public Func<string, int, GetFault?>? OnGet { get; set; }
 
     /// <summary>Fail every PUT after this many have succeeded (null: never).</summary>
     public int? FailPutsAfter { get; set; }
@@ -49,7 +49,7 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     public async Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default)
     {
         int call = Interlocked.Increment(ref _gets);
-        switch (GetFault?.Invoke(key, call))
+        switch (OnGet?.Invoke(key, call))
         {
             case GetFault.Fail f:
                 throw f.Error;

@@ -75,6 +75,7 @@ internal static class MountCommand
         logFile ??= Path.Combine("/var/log/lmfs", "mount-" + string.Concat(target.Trim('/').Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_')) + ".log");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(logFile))!);
         long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
+        int? previousPid = MountState.Load(target)?.Pid;
 
         var args = SelfExec.Arguments(Environment.GetCommandLineArgs().Skip(1).Where(a => a is not ("--background" or "-d")));
         string exe = Environment.ProcessPath!;
@@ -91,10 +92,12 @@ internal static class MountCommand
             await p.WaitForExitAsync(ct).ConfigureAwait(false);
         }
 
+        // Done when the mount at the target is served by the new daemon: a dead mount left there by a
+        // killed daemon has the same type in the mount table until the new daemon replaces it.
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {
-            if (FuseMount.MountTypeAt(target) == "fuse.lazymodelfs")
+            if (FuseMount.MountTypeAt(target) == "fuse.lazymodelfs" && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && IsLive(target))
             {
                 Console.WriteLine($"mounted {target} in the background; log: {logFile}");
                 return 0;
@@ -112,6 +115,19 @@ internal static class MountCommand
         }
 
         throw new LmfsException($"the background mount of {target} did not come up within 60 s", $"see {logFile}");
+    }
+
+    /// <summary>A live FUSE mount answers statfs; a dead one says "transport endpoint is not connected".</summary>
+    private static bool IsLive(string target)
+    {
+        try
+        {
+            return new DriveInfo(target).TotalSize >= 0;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     private static string ReadFrom(string path, long offset)

@@ -54,10 +54,25 @@ public sealed class S3ObjectStore : IObjectStore
             config.RegionEndpoint = Amazon.RegionEndpoint.GetBySystemName(s.Region);
         }
 
-        _client = s.AccessKey is not null && s.SecretKey is not null
-            ? new AmazonS3Client(new BasicAWSCredentials(s.AccessKey, s.SecretKey), config)
-            : new AmazonS3Client(config);
+        AWSCredentials? explicitKeys = s.AccessKey is not null && s.SecretKey is not null ? new BasicAWSCredentials(s.AccessKey, s.SecretKey) : null;
+        _client = explicitKeys is not null ? new AmazonS3Client(explicitKeys, config) : new AmazonS3Client(config);
+        _get = new S3RangedGet(s, () => explicitKeys ?? ResolveDefault(config));
         Describe = ObjectStores.Canonical(s);
+    }
+
+    private readonly S3RangedGet _get;
+
+    /// <summary>The SDK's default chain (environment, profile, web identity, instance metadata); null when it finds nothing.</summary>
+    private static AWSCredentials? ResolveDefault(AmazonS3Config config)
+    {
+        try
+        {
+            return Amazon.Runtime.Credentials.DefaultAWSCredentialsIdentityResolver.GetCredentials(config);
+        }
+        catch (AmazonClientException)
+        {
+            return null;
+        }
     }
 
     public string Describe { get; }
@@ -71,43 +86,8 @@ public sealed class S3ObjectStore : IObjectStore
         }).ConfigureAwait(false);
     }
 
-    public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) =>
-        Run("get", key, async () =>
-        {
-            if (dest.Length == 0)
-            {
-                return 0;
-            }
-
-            var req = new GetObjectRequest { BucketName = _s.Bucket, Key = FullKey(key), ByteRange = new ByteRange(offset, offset + dest.Length - 1) };
-            GetObjectResponse resp;
-            try
-            {
-                resp = await _client.GetObjectAsync(req, ct).ConfigureAwait(false);
-            }
-            catch (AmazonS3Exception ex) when (ex.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable)
-            {
-                return 0; // offset at or past the end
-            }
-
-            using (resp)
-            {
-                int total = 0;
-                var stream = resp.ResponseStream;
-                while (total < dest.Length)
-                {
-                    int n = await stream.ReadAsync(dest[total..], ct).ConfigureAwait(false);
-                    if (n == 0)
-                    {
-                        break;
-                    }
-
-                    total += n;
-                }
-
-                return total;
-            }
-        });
+    /// <summary>Ranged GET on the lean signed path (<see cref="S3RangedGet"/>), not the SDK: the read path's hot call.</summary>
+    public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) => _get.GetAsync(FullKey(key), key, offset, dest, ct);
 
     public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default) =>
         Run("put", key, async () =>
@@ -165,7 +145,11 @@ public sealed class S3ObjectStore : IObjectStore
             return 0;
         });
 
-    public void Dispose() => _client.Dispose();
+    public void Dispose()
+    {
+        _client.Dispose();
+        _get.Dispose();
+    }
 
     private static MemoryStream AsStream(ReadOnlyMemory<byte> data) =>
         System.Runtime.InteropServices.MemoryMarshal.TryGetArray(data, out var seg)

@@ -47,7 +47,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
             File.WriteAllBytes(_dir["src/" + name], TestData.Random(size, size));
         }
 
-        await new Import.Importer(v, new Import.ImportOptions()).RunAsync([.. files.Select(f => _dir["src/" + f.Name])], "/d/");
+        await new LazyModelFs.Import.Importer(v, new LazyModelFs.Import.ImportOptions()).RunAsync([.. files.Select(f => _dir["src/" + f.Name])], "/d/");
         return v;
     }
 
@@ -97,7 +97,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
             var sw = Stopwatch.StartNew();
             var ex = await Assert.ThrowsAnyAsync<IOException>(() => Task.Run(() => File.ReadAllBytes(b)).WaitAsync(NoHang));
             Assert.IsNotType<FileNotFoundException>(ex);
-            Assert.Contains(log.Lines, l => l.Contains("lookup", StringComparison.Ordinal) && l.Contains("failed", StringComparison.Ordinal));
+            Assert.Contains(log.Lines, l => l.Contains("vfs: ", StringComparison.Ordinal) && l.Contains("failed", StringComparison.Ordinal));
             Assert.True(sw.Elapsed < NoHang);
         }
         finally

@@ -140,7 +140,7 @@ public sealed class ProcessFaultTests : IDisposable
         }
 
         Assert.Equal("m.bin", LmfsRunner.Run("ls", Meta, "/d").Stdout.Trim());
-        Assert.Equal(["d"], LmfsRunner.Run("ls", Meta, "/").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal(["d/"], LmfsRunner.Run("ls", Meta, "/").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries));
     }
 
     [Fact]
@@ -215,7 +215,8 @@ public sealed class ProcessFaultTests : IDisposable
                     b[rng.Next(b.Count)] ^= (byte)(1 << rng.Next(8));
                     break;
                 case 1 when b.Count > 0:
-                    b.RemoveRange(rng.Next(b.Count), 1 + rng.Next(Math.Min(8, b.Count - rng.Next(b.Count))));
+                    int at = rng.Next(b.Count);
+                    b.RemoveRange(at, 1 + rng.Next(Math.Min(8, b.Count - at)));
                     break;
                 case 2:
                     b.Insert(rng.Next(b.Count + 1), (byte)rng.Next(256));
@@ -242,7 +243,7 @@ public sealed class ProcessFaultTests : IDisposable
         await meta.FormatAsync(settings, new Node(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, 0, 0, Node.RootIno));
         using var v = LazyModelFs.Volume.Create(meta, settings, new MemoryObjectStore());
         File.WriteAllBytes(_dir["f.bin"], TestData.Random(3 << 20, 1));
-        await new Import.Importer(v, new Import.ImportOptions()).RunAsync([_dir["f.bin"]], "/f.bin");
+        await new LazyModelFs.Import.Importer(v, new LazyModelFs.Import.ImportOptions()).RunAsync([_dir["f.bin"]], "/f.bin");
         ulong ino = (await v.Namespace.ResolveAsync("/f.bin"))!.Ino;
         var key = new byte[9];
         key[0] = (byte)'C';
@@ -256,8 +257,8 @@ public sealed class ProcessFaultTests : IDisposable
         });
 
         var log = new ListLogger();
-        using var mem = new Cache.MemoryTier(8L * Cache.CachedChunk.BufferSizeFor(1 << 20), 1 << 20);
-        using var reader = new Read.ChunkReader(v.Chunks, mem, null);
+        using var mem = new LazyModelFs.Cache.MemoryTier(8L * LazyModelFs.Cache.CachedChunk.BufferSizeFor(1 << 20), 1 << 20);
+        using var reader = new LazyModelFs.Read.ChunkReader(v.Chunks, mem, null);
         var fs = new LmfsFileSystem(v, reader, null, log);
         var open = await fs.OpenAsync(new FuseContext(1, ino, 0, 0, 1), ino, 0);
         Assert.Equal(Errno.EIO, open.Error);

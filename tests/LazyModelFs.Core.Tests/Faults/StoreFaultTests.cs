@@ -47,7 +47,7 @@ public sealed class StoreFaultTests : IDisposable
     public async Task Server_errors_500_and_503_are_retried_with_backoff_until_the_bytes_come()
     {
         var (v, store, table, data) = await ImportedAsync(2 * Chunk);
-        store.GetFault = (_, call) => call <= 3 ? GetFault.ServerError(call % 2 == 0 ? 503 : 500) : null;
+        store.OnGet = (_, call) => call <= 3 ? GetFault.ServerError(call % 2 == 0 ? 503 : 500) : null;
         using var reader = Reader(v, null);
         using var c = await reader.GetAsync(table[1]).AsTask().WaitAsync(NoHang);
         Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk)));
@@ -58,20 +58,20 @@ public sealed class StoreFaultTests : IDisposable
     public async Task A_slow_server_is_waited_for_and_a_hung_one_fails_at_the_fetch_deadline()
     {
         var (v, store, table, data) = await ImportedAsync(2 * Chunk);
-        store.GetFault = (_, _) => new GetFault.Slow(TimeSpan.FromMilliseconds(300));
+        store.OnGet = (_, _) => new GetFault.Slow(TimeSpan.FromMilliseconds(300));
         using (var reader = Reader(v, null))
         using (var c = await reader.GetAsync(table[0]).AsTask().WaitAsync(NoHang))
         {
             Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
         }
 
-        store.GetFault = (_, _) => new GetFault.Hang();
+        store.OnGet = (_, _) => new GetFault.Hang();
         using var hung = Reader(v, null, timeoutSeconds: 1);
         var ex = await Assert.ThrowsAsync<LmfsException>(() => hung.GetAsync(table[1]).AsTask().WaitAsync(NoHang));
         Assert.Contains("could not be fetched within 1 s", ex.Message, StringComparison.Ordinal);
 
         // The server answers again: the same chunk now reads (nothing bad was remembered).
-        store.GetFault = null;
+        store.OnGet = null;
         using var again = await hung.GetAsync(table[1]).AsTask().WaitAsync(NoHang);
         Assert.True(again.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk)));
     }
@@ -81,14 +81,14 @@ public sealed class StoreFaultTests : IDisposable
     {
         var (v, store, table, data) = await ImportedAsync(2 * Chunk);
         var disk = Disk();
-        store.GetFault = (_, call) => call == 1 ? new GetFault.Truncate(Chunk / 2) : null; // the first answer is cut short
+        store.OnGet = (_, call) => call == 1 ? new GetFault.Truncate(Chunk / 2) : null; // the first answer is cut short
         using (var reader = Reader(v, disk))
         using (var c = await reader.GetAsync(table[0]).AsTask().WaitAsync(NoHang))
         {
             Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
         }
 
-        store.GetFault = (_, _) => new GetFault.Truncate(Chunk / 2); // every answer is cut short
+        store.OnGet = (_, _) => new GetFault.Truncate(Chunk / 2); // every answer is cut short
         using var always = Reader(v, disk);
         await Assert.ThrowsAsync<ChunkCorruptException>(() => always.GetAsync(table[1]).AsTask().WaitAsync(NoHang));
         Assert.False(disk.Contains(table[1].Id));
