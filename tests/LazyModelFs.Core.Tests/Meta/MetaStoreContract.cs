@@ -35,7 +35,11 @@ public abstract class MetaStoreContract
     }
 
     private static ChunkTable Table(params string[] contents) =>
-        new(contents.Select((c, i) => new ChunkEntry(ChunkId.Of(System.Text.Encoding.UTF8.GetBytes(c)), i == contents.Length - 1 ? c.Length : ChunkSize, 100, ChunkCodec.None, 0)).ToList());
+        new(contents.Select((c, i) =>
+        {
+            int plain = i == contents.Length - 1 ? c.Length : ChunkSize;
+            return new ChunkEntry(ChunkId.Of(System.Text.Encoding.UTF8.GetBytes(c)), plain, plain + ChunkObject.HeaderSize, ChunkCodec.None, 0);
+        }).ToList());
 
     private static async Task<Node> NewFile(IMetaStore m, ulong parent, ulong size) =>
         new(await m.AllocateInodeAsync(), NodeType.File, 0x1A4, 1000, 1000, 1, size, 5, 6, parent);
