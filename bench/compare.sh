@@ -14,7 +14,7 @@
 #
 # usage: sudo bench/compare.sh [--size-mib 1024] [--model-mib 2048] [--out DIR] [--peers "rclone s3fs"]
 #                              [--random-reads 200] [--runs 1] [-- EXTRA lmfs mount OPTIONS]
-# needs: root (drop_caches, mount), scripts/setup.sh done, rclone and s3fs (apt-get install rclone s3fs)
+# needs: root (drop_caches, mount) and scripts/setup.sh done; rclone and s3fs are installed with apt-get if missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -32,7 +32,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh: needs root (drop_caches and mounts)" >&2; exit 1; }
-for p in $peers; do command -v "$p" >/dev/null || { echo "compare.sh: $p is not installed (apt-get install rclone s3fs)" >&2; exit 1; }; done
+for p in $peers; do
+  command -v "$p" >/dev/null && continue
+  echo "compare.sh: installing $p (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null || { echo "compare.sh: cannot install $p; install it or leave it out with --peers" >&2; exit 1; }
+done
 [ -f scripts/s3rver/node_modules/s3rver/bin/s3rver.js ] || { echo "compare.sh: run scripts/setup.sh first" >&2; exit 1; }
 
 lmfs() { dotnet "$repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll" "$@"; }

@@ -229,7 +229,8 @@ internal static class BenchCommand
         try
         {
             var deadline = Stopwatch.StartNew();
-            while (!(FuseMount.MountTypeAt(mnt) == "fuse.lazymodelfs" && File.Exists(MountState.ControlSocketFor(mnt))))
+            // Ready when mounted, listening, and recorded (the record is written just after the socket).
+            while (!(FuseMount.MountTypeAt(mnt) == "fuse.lazymodelfs" && File.Exists(MountState.ControlSocketFor(mnt)) && MountState.Load(mnt) is not null))
             {
                 if (child.HasExited)
                 {

@@ -12,7 +12,10 @@ namespace LazyModelFs.Read;
 /// and that stream's
 /// window doubles (from one chunk up to the readahead limit); a READ that continues no stream
 /// starts a new one (replacing the least recently used) with no window, so random reads fetch only
-/// what they touch. A stream's second sequential READ earns a window.
+/// what they touch. A stream earns a window once it has run sequentially for more than
+/// <see cref="RunBeforeWindow"/>: the kernel turns one random 1 MiB pread into about 2 MiB of
+/// sequential READs (its initial readahead), and opening a window on that made every random read
+/// fetch a neighbouring chunk too (measured: cold random p99 110 ms with it, 40 ms without).
 ///
 /// <see cref="OnRead"/> returns the byte range to fetch ahead, only the part not already requested.
 /// </summary>
@@ -26,6 +29,7 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
 
     private struct Stream
     {
+        public long Start;      // where the stream began
         public long Next;       // where the stream's last READ ended
         public long Window;     // bytes to keep requested ahead of Next (0: not yet sequential)
         public long RequestedTo; // readahead already asked for up to here
@@ -34,6 +38,9 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
 
     /// <summary>Largest READ the kernel sends (max_pages × 4 KiB): the least slack a stream gets.</summary>
     public const long MinSlack = 1L << 20;
+
+    /// <summary>Sequential bytes a stream must cover before it gets a readahead window: a chunk, at least 2 MiB.</summary>
+    public long RunBeforeWindow { get; } = Math.Max(chunkSize, 2 * MinSlack);
 
     public (long From, long To)? OnRead(long offset, int size, long fileSize)
     {
@@ -64,13 +71,20 @@ public sealed class AccessPattern(long chunkSize, long maxWindow)
                     }
                 }
 
-                _streams[victim] = new Stream { Next = end, Window = 0, RequestedTo = end, LastUse = _clock };
+                _streams[victim] = new Stream { Start = offset, Next = end, Window = 0, RequestedTo = end, LastUse = _clock };
                 return null;
             }
 
             ref var st = ref _streams[best];
             st.LastUse = _clock;
             st.Next = Math.Max(st.Next, end);
+            st.Start = Math.Min(st.Start, offset);
+            if (st.Window == 0 && st.Next - st.Start <= RunBeforeWindow)
+            {
+                st.RequestedTo = Math.Max(st.RequestedTo, st.Next);
+                return null; // sequential, but not long enough yet to tell from a random read's kernel readahead
+            }
+
             st.Window = st.Window == 0 ? chunkSize : Math.Min(st.Window * 2, maxWindow);
             long from = Math.Max(st.RequestedTo, st.Next);
             long to = Math.Min(fileSize, st.Next + st.Window);

@@ -193,17 +193,28 @@ public sealed class ReadPathTests : IDisposable
     {
         var p = new AccessPattern(Chunk, 16L * Chunk);
         long size = 1L << 30;
-        Assert.Null(p.OnRead(0, 128 << 10, size)); // first read: unknown
-        var ra = p.OnRead(128 << 10, 128 << 10, size);
-        Assert.Equal((256L << 10, (256L << 10) + Chunk), ra);
-        var ra2 = p.OnRead(256 << 10, 128 << 10, size)!.Value;
-        Assert.Equal((256L << 10) + Chunk, ra2.From); // only what was not asked for yet
-        Assert.Equal((384L << 10) + (2 * Chunk), ra2.To); // window doubled
+        Assert.Equal(2L << 20, p.RunBeforeWindow); // 1 MiB chunks: at least 2 MiB of run first
+        for (long off = 0; off < 2L << 20; off += 128 << 10)
+        {
+            Assert.Null(p.OnRead(off, 128 << 10, size)); // sequential, not yet long enough to be told from kernel readahead
+        }
+
+        var ra = p.OnRead(2L << 20, 128 << 10, size);
+        Assert.Equal(((2L << 20) + (128 << 10), (2L << 20) + (128 << 10) + Chunk), ra);
+        var ra2 = p.OnRead((2L << 20) + (128 << 10), 128 << 10, size)!.Value;
+        Assert.Equal((2L << 20) + (128 << 10) + Chunk, ra2.From); // only what was not asked for yet
+        Assert.Equal((2L << 20) + (256 << 10) + (2 * Chunk), ra2.To); // window doubled
 
         // A second reader elsewhere in the file is its own stream, and does not reset the first.
         Assert.Null(p.OnRead(500L << 20, 1 << 20, size));
-        Assert.NotNull(p.OnRead(501L << 20, 1 << 20, size));
-        Assert.NotNull(p.OnRead(384 << 10, 128 << 10, size));
+        Assert.Null(p.OnRead(501L << 20, 1 << 20, size));
+        Assert.NotNull(p.OnRead(502L << 20, 1 << 20, size));
+        Assert.NotNull(p.OnRead((2L << 20) + (256 << 10), 128 << 10, size));
+
+        // A random 1 MiB read arrives as about 2 MiB of READs (kernel readahead): no window, no fetch ahead.
+        var burst = new AccessPattern(4 * Chunk, 32L * Chunk);
+        Assert.Null(burst.OnRead(700L << 20, 1 << 20, size));
+        Assert.Null(burst.OnRead(701L << 20, 1 << 20, size));
 
         var random = new AccessPattern(Chunk, 16L * Chunk);
         foreach (long slot in Enumerable.Range(0, 1000).OrderBy(_ => Random.Shared.Next()).Take(50))
