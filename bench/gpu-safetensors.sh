@@ -3,10 +3,12 @@
 # against the same file on local disk: cold, hot, and warm after a remount. Needs root, /dev/fuse,
 # a CUDA GPU and python3 with torch and safetensors; the lmfs binary is a self-contained build:
 #   dotnet publish src/LazyModelFs.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -o .publish/lmfs
-# usage: bench/gpu-safetensors.sh LMFS_BINARY [SIZE_GB=2] [WORK_DIR=/var/tmp]
+# usage: bench/gpu-safetensors.sh LMFS_BINARY [SIZE_GB=2] [WORK_DIR=/var/tmp] [REPORT_DIR]
+#   with REPORT_DIR, `lmfs bench` also runs on the model (ceilings, cold/warm/hot, mmap loads) and
+#   leaves bench.json and bench.html there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lmfs=$(readlink -f "$1"); size_gb=${2:-2}; base=${3:-/var/tmp}
+lmfs=$(readlink -f "$1"); size_gb=${2:-2}; base=${3:-/var/tmp}; report=${4:-}
 w=$(mktemp -d "$base/lmfs-gpu.XXXXXX"); mnt=$w/mnt; meta=sqlite://$w/meta.db
 cleanup() { "$lmfs" umount "$mnt" >/dev/null 2>&1 || true; rm -rf "$w"; }
 trap cleanup EXIT INT TERM
@@ -31,3 +33,8 @@ rm -rf "$w/cache"; mount_it --prefetch sequential
 drop; load "$mnt/m/model.safetensors" "lmfs cold (empty cache, prefetch sequential)"
 "$lmfs" umount "$mnt" >/dev/null
 grep -E "error|warn" "$w/mount.log" | head -5 || true
+if [ -n "$report" ]; then
+  mkdir -p "$report"
+  "$lmfs" bench "$meta" /m/model.safetensors --safetensors /m/model.safetensors --readers 8 \
+    --cache-dir "$w/bench-cache" --json-file "$report/bench.json" --html "$report/bench.html"
+fi
