@@ -2,7 +2,7 @@
 # The main job on the embedded default: sets up, formats a volume (SQLite metadata + a local
 # object directory, under ./.lmfs-demo), imports a generated safetensors model, reads it back
 # through the chunk store, then mounts the volume and reads the model through the mount — cold
-# (chunks fetched from the object store) and warm (from the local cache after a remount) — checking
+# (chunks fetched from the object store), warm (after a remount, page cache dropped) and hot — checking
 # every byte against the source. Mounting needs root and /dev/fuse; without them that part is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,9 @@ ls -l "$mnt/models/demo-model"
 read_through_mount cold
 lmfs umount "$mnt"
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-echo "== lmfs mount again (warm: chunks from the local cache)"
+echo "== lmfs mount again (warm: remounted, page cache dropped)"
+echo "   (the demo's object directory shares a disk with the cache, so lmfs reads it in place and caches"
+echo "    nothing; with S3 or another disk the chunks would come from the cache: see docs/architecture.md)"
 for _ in $(seq 50); do grep -q " $mnt " /proc/mounts || break; sleep 0.1; done
 lmfs mount "$meta" "$mnt" --background --cache-dir "$cache" --log-file "$demo/mount.log"
 read_through_mount warm

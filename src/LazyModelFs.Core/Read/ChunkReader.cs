@@ -33,6 +33,9 @@ public sealed record ChunkReaderOptions
     /// whole objects: they want throughput, a waiting READ wants latency).
     /// </summary>
     public int DemandParts { get; init; } = 4;
+
+    /// <summary>Write chunks fetched from the store to the disk cache (off when the store is a directory on the cache's own filesystem).</summary>
+    public bool CacheStoreReads { get; init; } = true;
 }
 
 /// <summary>
@@ -96,6 +99,9 @@ public sealed class ChunkReader : IDisposable
     public MemoryTier Memory => _memory;
 
     public DiskCache? Disk => _disk;
+
+    /// <summary>Whether chunks fetched from the store go to the disk cache (prefetch is pointless without it).</summary>
+    public bool CachesStoreReads => _disk is not null && _options.CacheStoreReads;
 
     public long StoreFetches => Interlocked.Read(ref _storeFetches);
 
@@ -288,7 +294,7 @@ public sealed class ChunkReader : IDisposable
         // The fetch's own reference keeps the bytes while they go to the disk cache, then is released.
         try
         {
-            if (fromStore)
+            if (fromStore && _options.CacheStoreReads)
             {
                 _disk?.Write(f.Entry, chunk.Buffer.Span[chunk.Offset..]);
             }

@@ -4,7 +4,7 @@ using Microsoft.Win32.SafeHandles;
 namespace LazyModelFs.Util;
 
 /// <summary>File facts .NET does not expose: owner, group, mode and mtime of a path, without following a final symlink.</summary>
-public readonly record struct PosixStat(uint Mode, uint Uid, uint Gid, long Size, long MtimeNs, ulong Ino);
+public readonly record struct PosixStat(uint Mode, uint Uid, uint Gid, long Size, long MtimeNs, ulong Ino, ulong Dev = 0);
 
 public static partial class Posix
 {
@@ -18,7 +18,8 @@ public static partial class Posix
     /// <summary>stat(2) through statx(2): follows a final symlink unless <paramref name="follow"/> is false.</summary>
     public static unsafe PosixStat Stat(string path, bool follow = true)
     {
-        // struct statx is 256 bytes: uid @20, gid @24, mode u16 @28, ino @32, size @40, mtime {i64 sec @112, u32 nsec @120}.
+        // struct statx is 256 bytes: uid @20, gid @24, mode u16 @28, ino @32, size @40, mtime {i64 sec @112, u32 nsec @120},
+        // dev_major @136, dev_minor @140.
         byte* buf = stackalloc byte[256];
         // SAFETY: buf is 256 bytes, the size of struct statx; the kernel writes no more.
         if (statx(AtFdCwd, path, follow ? 0 : AtSymlinkNoFollow, StatxBasicStats, buf) != 0)
@@ -33,7 +34,8 @@ public static partial class Posix
             *(uint*)(buf + 24),
             *(long*)(buf + 40),
             (*(long*)(buf + 112) * 1_000_000_000L) + *(uint*)(buf + 120),
-            *(ulong*)(buf + 32));
+            *(ulong*)(buf + 32),
+            ((ulong)*(uint*)(buf + 136) << 32) | *(uint*)(buf + 140));
     }
 
     /// <summary>Drops the file's clean pages from the page cache (posix_fadvise POSIX_FADV_DONTNEED); false when refused.</summary>

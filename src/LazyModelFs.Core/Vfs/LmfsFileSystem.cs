@@ -491,9 +491,9 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private void StartPrefetch(NodeState st)
     {
-        if (_reader.Disk is null || st.Table is not { Count: > 0 } table)
+        if (!_reader.CachesStoreReads || st.Table is not { Count: > 0 } table)
         {
-            return; // without a disk cache, whole-file prefetch would only churn the memory tier
+            return; // without a disk cache to fill, whole-file prefetch would only churn the memory tier
         }
 
         if (_options.Prefetch == PrefetchMode.WholeFile)

@@ -93,7 +93,18 @@ public sealed class LmfsMount : IDisposable
             ? new DiskCache(new DiskCacheOptions { Directory = o.CacheDir, MaxBytes = o.CacheSize, FreeSpaceRatio = o.FreeSpaceRatio }, loggers.CreateLogger("cache"))
             : null;
         var memory = new MemoryTier(o.BufferSize, chunk);
-        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts }, loggers.CreateLogger("read"));
+
+        // A file:// store on the cache's own filesystem is already a local copy: caching would write
+        // every byte a second time to the same disk (and compete with the reads for its bandwidth).
+        // A file:// store elsewhere (NFS, another disk) is cached like S3.
+        bool cacheStoreReads = true;
+        if (disk is not null && volume.Store is Storage.LocalObjectStore local && SameFilesystem(local.Root, disk.Root))
+        {
+            cacheStoreReads = false;
+            loggers.CreateLogger("cache").LogInformation("cache: the object store {Store} is on the cache's filesystem; chunks are read from it directly and not copied into {Cache}", local.Root, o.CacheDir);
+        }
+
+        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts, CacheStoreReads = cacheStoreReads }, loggers.CreateLogger("read"));
         var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
         var fuseOptions = new FuseMountOptions
         {
@@ -118,6 +129,18 @@ public sealed class LmfsMount : IDisposable
             reader.Dispose();
             memory.Dispose();
             throw new LmfsException(e.Message, e.Hint, 2, e);
+        }
+    }
+
+    private static bool SameFilesystem(string a, string b)
+    {
+        try
+        {
+            return Posix.Stat(a).Dev == Posix.Stat(b).Dev;
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 
