@@ -27,7 +27,7 @@ drop; load "$mnt/m/model.safetensors" "lmfs cold (empty cache, prefetch safetens
 load "$mnt/m/model.safetensors" "lmfs hot (page cache kept)"
 "$lmfs" umount "$mnt" >/dev/null; sleep 1
 mount_it
-drop; load "$mnt/m/model.safetensors" "lmfs warm (disk cache, page cache dropped)"
+drop; load "$mnt/m/model.safetensors" "lmfs warm (remounted, page cache dropped)"
 "$lmfs" umount "$mnt" >/dev/null; sleep 1
 rm -rf "$w/cache"; mount_it --prefetch sequential
 drop; load "$mnt/m/model.safetensors" "lmfs cold (empty cache, prefetch sequential)"
