@@ -8,7 +8,8 @@ files and compare every byte with the source, while a chaos thread kills and res
 Redis, or freezes s3rver (SIGSTOP) for a while, at random. The page cache is dropped every few
 seconds so reads reach the mount.
 
-Reports reads, bytes, errors (EIO while a service is down is expected), wrong bytes (must be 0),
+Reports reads, bytes, errors (EIO while a service is down is expected; errors while every service
+has been up for 10 s are counted apart and must be 0), wrong bytes (must be 0),
 hangs (a read outlasting --fetch-timeout plus a margin: must be 0) and, per chaos event, the time
 from the service coming back to the first successful read that needed it. Exits non-zero if any
 byte was wrong or any read hung. Stops by itself and removes every mount, process and file it made,
@@ -126,7 +127,7 @@ def main():
         "--buffer-size", "32M", "--fetch-timeout", str(FETCH_TIMEOUT), "--log-file", os.path.join(work, "mount.log"))
 
     lock = threading.Lock()
-    stats = {"reads": 0, "bytes": 0, "errors": 0, "wrong": 0, "hangs": 0}
+    stats = {"reads": 0, "bytes": 0, "errors": 0, "errors_all_up": 0, "wrong": 0, "hangs": 0}
     inflight = {}  # thread id -> start time
     events = []    # {"what", "down_at", "up_at", "first_ok_after"}
     last_ok = [0.0]
@@ -147,7 +148,7 @@ def main():
                 if name not in fds or r.random() < 0.05:  # reopen now and then: lookups need Redis
                     if name in fds:
                         os.close(fds.pop(name))
-                    fds[name] = os.open(os.path.join(mnt, name), os.O_RDONLY)
+                    fds[name] = os.open(os.path.join(mnt, "src", name), os.O_RDONLY)
                 got = os.pread(fds[name], length, off)
                 ok = got == want
                 with lock:
@@ -161,10 +162,18 @@ def main():
                         for e in events:
                             if e["up_at"] and e["first_ok_after"] is None and start >= e["up_at"]:
                                 e["first_ok_after"] = round(time.time() - e["up_at"], 2)
-            except OSError:
+            except OSError as e:
                 with lock:
                     stats["errors"] += 1
-                fds.pop(name, None)
+                    # An error while every service was up (and had been for 10 s) is a bug, not an outage.
+                    if all(ev["up_at"] and start - ev["up_at"] > 10 for ev in events):
+                        stats["errors_all_up"] += 1
+                        print(f"ERROR WHILE ALL SERVICES WERE UP: {name} at {off}: {e}", flush=True)
+                    if stats["errors"] <= 3:
+                        print(f"read error: {name} at {off}: {e}", flush=True)
+                if name in fds:
+                    os.close(fds.pop(name))
+                time.sleep(0.05)  # a failed read is retried, not spun on
             finally:
                 inflight.pop(tid, None)
 
@@ -239,7 +248,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)
-    sys.exit(0 if stats["wrong"] == 0 and stats["hangs"] == 0 and stuck == 0 else 1)
+    sys.exit(0 if stats["wrong"] == 0 and stats["hangs"] == 0 and stuck == 0 and stats["errors_all_up"] == 0 else 1)
 
 
 if __name__ == "__main__":
