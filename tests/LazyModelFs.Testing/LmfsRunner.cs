@@ -93,3 +93,23 @@ public static class LmfsRunner
         ["AWS_SECRET_ACCESS_KEY"] = S3rverServer.SecretKey,
     };
 }
+
+/// <summary>Runs a system command (mount, chown, umount…) and asserts that it succeeded.</summary>
+public static class Proc
+{
+    public static void Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        _ = stdout.Result;
+        Xunit.Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {err}");
+    }
+}

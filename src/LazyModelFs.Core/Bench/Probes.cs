@@ -97,22 +97,33 @@ public static class FileProbes
     /// <summary>Like <see cref="Random"/>, returning every read's latency in milliseconds.</summary>
     public static (long Bytes, List<double> Ms) RandomSamples(string path, long size, int count, int ioSize, int seed, CancellationToken ct = default)
     {
-        var rng = new Random(seed);
         int len = (int)Math.Min(ioSize, size);
-        long slots = Math.Max(1, ((size - len) / 4096) + 1);
         var buf = new byte[len];
         var ms = new List<double>(count);
         long bytes = 0;
         using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        for (int i = 0; i < count; i++)
+        foreach (long off in RandomOffsets(size, len, count, seed))
         {
-            long off = rng.NextInt64(slots) * 4096;
             long ts = Stopwatch.GetTimestamp();
             bytes += ReadRange(h, buf, off, off + len, ct);
             ms.Add(Stopwatch.GetElapsedTime(ts).TotalMilliseconds);
         }
 
         return (bytes, ms);
+    }
+
+    /// <summary>
+    /// Where a random-read measurement reads: 4 KiB-aligned offsets, uniform over the file, the same
+    /// for the same seed — so the store ceiling reads exactly the places the mount is asked for.
+    /// </summary>
+    public static IEnumerable<long> RandomOffsets(long size, int len, int count, int seed)
+    {
+        var rng = new Random(seed);
+        long slots = Math.Max(1, ((size - len) / 4096) + 1);
+        for (int i = 0; i < count; i++)
+        {
+            yield return rng.NextInt64(slots) * 4096;
+        }
     }
 
     /// <summary>Milliseconds to open the file and read its first MiB.</summary>
@@ -181,15 +192,12 @@ public static class StoreProbes
     public static async Task<RandomResult> RandomAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, int count, int ioSize, int seed, CancellationToken ct = default)
     {
         long size = chunks.Sum(c => (long)c.PlainLength);
-        var rng = new Random(seed);
         int len = (int)Math.Min(ioSize, size);
-        long slots = Math.Max(1, ((size - len) / 4096) + 1);
         var buf = new byte[len];
         var ms = new List<double>(count);
         long bytes = 0;
-        for (int i = 0; i < count; i++)
+        foreach (long off in FileProbes.RandomOffsets(size, len, count, seed))
         {
-            long off = rng.NextInt64(slots) * 4096;
             long ts = Stopwatch.GetTimestamp();
             bytes += await GetPlainRangeAsync(store, chunks, chunkSize, off, buf, ct).ConfigureAwait(false);
             ms.Add(Stopwatch.GetElapsedTime(ts).TotalMilliseconds);

@@ -151,7 +151,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
         using var v = await VolumeAsync(("big.bin", 12 * Chunk));
         string tiny = _dir["tiny"];
         Directory.CreateDirectory(tiny);
-        Run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", tiny);
+        Proc.Run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", tiny);
         _tmpfs.Add(tiny);
         // Someone else fills the disk: about 1.5 MiB stays free.
         File.WriteAllBytes(Path.Combine(tiny, "filler"), new byte[(5 * Chunk) / 2]);
@@ -178,20 +178,6 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
         await m.Session.Connection.InvalidateInodeAsync(ino, 0, 0);
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(big));
         Assert.True(SpinWait.SpinUntil(() => Directory.Exists(_dir["cache2/chunks"]) && Directory.EnumerateFiles(_dir["cache2/chunks"], "*", SearchOption.AllDirectories).Count() == 6, 10_000));
-    }
-
-    private static void Run(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardError = true };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)}: {err}");
     }
 
     public void Dispose()

@@ -42,16 +42,30 @@ public sealed class ProcessFaultTests : IDisposable
     private RunResult MountBackground(string mp) =>
         LmfsRunner.Run("mount", Meta, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]);
 
+    /// <summary>Mounts the volume in the background on a fresh directory, runs <paramref name="body"/>, and unmounts whatever is left.</summary>
+    private void WithBackgroundMount(Action<string> body)
+    {
+        string mp = Directory.CreateTempSubdirectory("lmfs-pmp-").FullName;
+        try
+        {
+            Ok(MountBackground(mp));
+            body(mp);
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+            Directory.Delete(mp);
+        }
+    }
+
     private static void WaitExit(int pid) => Assert.True(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{pid}"), 30_000), $"process {pid} did not exit");
 
     [MountFact]
     public void A_killed_daemon_leaves_a_dead_mount_that_mount_and_umount_both_recover()
     {
         var data = Volume();
-        string mp = Directory.CreateTempSubdirectory("lmfs-pmp-").FullName;
-        try
+        WithBackgroundMount(mp =>
         {
-            Ok(MountBackground(mp));
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
             int pid = MountState.Load(mp)!.Pid;
             Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
@@ -67,22 +81,15 @@ public sealed class ProcessFaultTests : IDisposable
             WaitExit(pid);
             Ok(LmfsRunner.Run("umount", mp)); // umount works on a dead mount too
             Assert.Null(FuseMount.MountTypeAt(mp));
-        }
-        finally
-        {
-            LmfsRunner.Run("umount", mp);
-            Directory.Delete(mp);
-        }
+        });
     }
 
     [MountFact]
     public void Sigterm_unmounts_cleanly_and_the_daemon_exits()
     {
         var data = Volume();
-        string mp = Directory.CreateTempSubdirectory("lmfs-pmp-").FullName;
-        try
+        WithBackgroundMount(mp =>
         {
-            Ok(MountBackground(mp));
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
             int pid = MountState.Load(mp)!.Pid;
             Assert.Equal(0, Signals.Kill(pid, Signals.SIGTERM));
@@ -90,12 +97,7 @@ public sealed class ProcessFaultTests : IDisposable
             Assert.Null(FuseMount.MountTypeAt(mp));
             Assert.Null(MountState.Load(mp));
             Assert.Contains("unmounted", File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
-        }
-        finally
-        {
-            LmfsRunner.Run("umount", mp);
-            Directory.Delete(mp);
-        }
+        });
     }
 
     [Fact]
@@ -273,7 +275,7 @@ public sealed class ProcessFaultTests : IDisposable
         File.WriteAllText(_dir["perm/secret.txt"], "for uid 1234 only\n");
         File.SetUnixFileMode(_dir["perm/public.txt"], (UnixFileMode)0x1A4); // 0644
         File.SetUnixFileMode(_dir["perm/secret.txt"], (UnixFileMode)0x180); // 0600
-        Sh("chown", "1234:1234", _dir["perm/public.txt"], _dir["perm/secret.txt"]);
+        Proc.Run("chown", "1234:1234", _dir["perm/public.txt"], _dir["perm/secret.txt"]);
         Ok(LmfsRunner.Run("format", Meta, "--storage", $"file://{_dir["objects"]}"));
         Ok(LmfsRunner.Run("import", Meta, _dir["perm"], "/", "--no-progress"));
 
@@ -306,13 +308,6 @@ public sealed class ProcessFaultTests : IDisposable
 
             Directory.Delete(mp);
         }
-    }
-
-    private static void Sh(string file, params string[] args)
-    {
-        using var p = Process.Start(file, args);
-        p.WaitForExit();
-        Assert.Equal(0, p.ExitCode);
     }
 
     /// <summary>Runs a command as another uid/gid (setpriv, util-linux), from a separate process.</summary>

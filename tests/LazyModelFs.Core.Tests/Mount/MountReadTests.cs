@@ -82,7 +82,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         Assert.False(File.Exists(Path.Combine(m.MountPoint, "m/pytorch_model.bin")));
 
         string copy = _dir["cat.out"];
-        Run("sh", "-c", $"cat '{big}' > '{copy}'");
+        Proc.Run("sh", "-c", $"cat '{big}' > '{copy}'");
         Assert.Equal(SHA256.HashData(want), SHA256.HashData(File.ReadAllBytes(copy)));
 
         using (var h = File.OpenHandle(big))
@@ -277,20 +277,6 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         Assert.Contains("mounted volume", File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
         Assert.Equal(2, LmfsRunner.Run("umount", mp).ExitCode); // nothing mounted any more
         Directory.Delete(mp);
-    }
-
-    private static void Run(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardError = true };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, err);
     }
 
     public void Dispose()
