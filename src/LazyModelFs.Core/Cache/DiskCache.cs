@@ -43,8 +43,9 @@ public sealed class DiskCache
     private long _hits;
     private long _corrupt;
     private long _clock;
-    private volatile bool _disabled;
+    private int _paused; // 1 while writes are paused (disk full); changed with Interlocked so each change is logged once
     private long _disabledUntil;
+    private long _lastPauseWarning;
 
     private sealed class Entry(long size, long lastUse)
     {
@@ -171,7 +172,7 @@ public sealed class DiskCache
     /// </summary>
     public void Write(in ChunkEntry entry, ReadOnlySpan<byte> data)
     {
-        if (_disabled && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
+        if (Volatile.Read(ref _paused) == 1 && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
         {
             return;
         }
@@ -222,22 +223,22 @@ public sealed class DiskCache
                 Interlocked.Add(ref _bytes, plainLength);
             }
 
-            if (_disabled)
+            if (Interlocked.Exchange(ref _paused, 0) == 1)
             {
-                _disabled = false;
                 _log.LogInformation("cache: writing to {Dir} works again", Options.Directory);
             }
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             TryDelete(tmp);
-            if (!_disabled)
+            Interlocked.Exchange(ref _disabledUntil, Environment.TickCount64 + 30_000);
+            // Warn once per episode, not at every flap: a nearly full disk pauses, frees a little by
+            // eviction, resumes and pauses again within seconds.
+            long now = Environment.TickCount64, last = Interlocked.Read(ref _lastPauseWarning);
+            if (Interlocked.Exchange(ref _paused, 1) == 0 && (last == 0 || now - last > 300_000) && Interlocked.CompareExchange(ref _lastPauseWarning, now, last) == last)
             {
                 _log.LogWarning("cache: cannot write to {Dir} ({Message}); caching paused, reads continue from object storage", Options.Directory, ex.Message);
             }
-
-            _disabled = true;
-            Interlocked.Exchange(ref _disabledUntil, Environment.TickCount64 + 30_000);
             return;
         }
 
