@@ -77,13 +77,6 @@ public sealed class LmfsMount : IDisposable
         loggers ??= NullLoggerFactory.Instance;
         int chunk = volume.Settings.ChunkSize;
 
-        // Chunk loads block a pool thread on disk I/O (O_DIRECT reads and writes of whole chunks) while
-        // READ replies wait for continuations on the same pool; the pool's default minimum (one thread
-        // per core) then adds threads only every half second, which showed up as 100+ ms tails on
-        // random reads. Keep enough threads ready for every fetch slot plus the FUSE readers.
-        ThreadPool.GetMinThreads(out int workers, out int io);
-        int want = Math.Max(workers, o.MaxFetches + (o.Threads ?? 2 * Environment.ProcessorCount) + 4);
-        ThreadPool.SetMinThreads(want, Math.Max(io, want));
         if (o.BufferSize < 4L * CachedChunk.BufferSizeFor(chunk))
         {
             throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);
