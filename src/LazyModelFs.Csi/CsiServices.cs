@@ -169,8 +169,11 @@ public sealed class CsiServices
         string root = source == staging ? "/" : source[staging.Length..];
         if (HostMounts.At(target) is { } existing)
         {
+            // The volume itself is always read-only, so a bind of it is too whatever the flag said:
+            // readonly=false asks for nothing a read-only bind does not already give.
             bool readOnly = existing.Options.Split(',').Contains("ro");
-            if (existing.FsType == FsType && existing.Device == stage.Device && existing.Root == root && readOnly == r.Readonly)
+            bool wantReadOnly = r.Readonly || stage.Options.Split(',').Contains("ro");
+            if (existing.FsType == FsType && existing.Device == stage.Device && existing.Root == root && readOnly == wantReadOnly)
             {
                 return new NodePublishVolumeResponse(); // already published the same way: idempotent
             }

@@ -105,11 +105,11 @@ internal sealed class S3RangedGet : IDisposable
             }
             catch (OperationCanceledException ex) when (!ct.IsCancellationRequested)
             {
-                throw new LmfsException($"GET of '{key}' from {_s.Endpoint ?? "S3"} timed out after {_s.Timeout.TotalSeconds:0} s ({attempt} attempts)", "check that the S3 service is running and reachable", 5, ex);
+                throw new LmfsException($"GET of '{name}' from {_s.Endpoint ?? "S3"} timed out after {_s.Timeout.TotalSeconds:0} s ({attempt} attempts)", "check that the S3 service is running and reachable", 5, ex);
             }
-            catch (HttpRequestException ex)
+            catch (Exception ex) when (ex is HttpRequestException or IOException)
             {
-                throw new LmfsException($"cannot reach {_s.Endpoint ?? "S3"} for get '{key}': {(ex.InnerException ?? ex).Message}", "check the endpoint address and that the S3 service is running", 5, ex);
+                throw new LmfsException($"cannot reach {_s.Endpoint ?? "S3"} for get '{name}': {(ex.InnerException ?? ex).Message}", "check the endpoint address and that the S3 service is running", 5, ex);
             }
         }
     }

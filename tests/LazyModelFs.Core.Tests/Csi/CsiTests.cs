@@ -197,7 +197,8 @@ public sealed class CsiTests : IDisposable
             Assert.ThrowsAny<Exception>(() => File.WriteAllText(Path.Combine(target, "m/new.txt"), "x")); // read-only
             var rw = PublishRequest(staging, target);
             rw.Readonly = false;
-            Code(StatusCode.AlreadyExists, await Publish(rw)); // same target, other arguments
+            Code(StatusCode.OK, await Publish(rw)); // the volume is read-only either way: same mount, idempotent
+            Code(StatusCode.AlreadyExists, await Publish(PublishRequest(staging, target, subPath: "m/sub"))); // same target, another sub-path
 
             // A sub-path of the volume; sub-paths that leave the volume are refused.
             string target2 = Kubelet("pods/uid2/mount");
