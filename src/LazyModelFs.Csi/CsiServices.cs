@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Reflection;
 using System.Security.Cryptography;
 using System.Text;
@@ -26,7 +25,9 @@ public sealed class CsiServices
     private readonly CsiOptions _o;
     private readonly ILogger _log;
     private readonly StageMounter _mounter;
-    private readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+    // Calls on one path run one at a time; paths share 64 striped locks, so the set of locks stays
+    // bounded however many pods come and go (two paths on one stripe just wait for each other).
+    private readonly SemaphoreSlim[] _locks = Enumerable.Range(0, 64).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
 
     public CsiServices(CsiOptions options, ILogger log)
     {
@@ -305,7 +306,7 @@ public sealed class CsiServices
 
     private async Task<IDisposable> LockAsync(string key, CancellationToken ct)
     {
-        var s = _locks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
+        var s = _locks[(StringComparer.Ordinal.GetHashCode(key) & 0x7FFFFFFF) % _locks.Length];
         await s.WaitAsync(ct).ConfigureAwait(false);
         return new Releaser(s);
     }

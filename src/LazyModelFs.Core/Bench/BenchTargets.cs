@@ -129,12 +129,22 @@ public sealed class LmfsBenchTarget(MountState state, JsonObject stats) : IBench
             return;
         }
 
-        await WaitIdleAsync(ct).ConfigureAwait(false);
-        foreach (var f in files)
+        // Forget (which also drops queued fetches), let the fetches already running finish, then
+        // forget again what they brought in.
+        var inos = files.Select(f => Posix.Stat(f).Ino).ToList();
+        for (int pass = 0; pass < 2; pass++)
         {
-            ulong ino = Posix.Stat(f).Ino;
-            await MountControl.SendAsync(State.ControlSocket, $"forget {ino} {(state == CacheState.Cold ? "disk" : "memory")}", ct).ConfigureAwait(false);
-            if (!PageCache.CanDropAll)
+            foreach (ulong ino in inos)
+            {
+                await MountControl.SendAsync(State.ControlSocket, $"forget {ino} {(state == CacheState.Cold ? "disk" : "memory")}", ct).ConfigureAwait(false);
+            }
+
+            await WaitIdleAsync(ct).ConfigureAwait(false);
+        }
+
+        if (!PageCache.CanDropAll)
+        {
+            foreach (ulong ino in inos)
             {
                 await MountControl.SendAsync(State.ControlSocket, $"invalidate {ino}", ct).ConfigureAwait(false);
             }

@@ -203,6 +203,35 @@ public sealed class ChunkReader : IDisposable
         }
     }
 
+    /// <summary>
+    /// Drops queued background fetches (readahead, prefetch; not yet started) of these chunks; their
+    /// waiters are prefetches, which ignore the <see cref="OperationCanceledException"/> they get.
+    /// A fetch a READ waits for (promoted to demand) and running fetches go on. Returns how many were dropped.
+    /// </summary>
+    public int CancelQueued(IEnumerable<ChunkId> ids)
+    {
+        var dropped = new List<Fetch>();
+        lock (_lock)
+        {
+            foreach (var id in ids)
+            {
+                if (_inflight.TryGetValue(id, out var f) && !f.Started && f.Priority != FetchPriority.Demand)
+                {
+                    f.Started = true; // Pump skips it when it comes up in the queue
+                    _inflight.Remove(id);
+                    dropped.Add(f);
+                }
+            }
+        }
+
+        foreach (var f in dropped)
+        {
+            f.Done.TrySetException(new OperationCanceledException($"fetch of chunk {f.Entry.Id} was cancelled"));
+        }
+
+        return dropped.Count;
+    }
+
     /// <summary>Whether the chunk is in memory or on the local disk.</summary>
     public bool IsCached(ChunkId id) => _memory.Contains(id) || _disk?.Contains(id) == true;
 

@@ -577,9 +577,10 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     // ------------------------------------------------------------------ control (lmfs bench)
 
     /// <summary>
-    /// Puts a file back to how a fresh mount would find it: its chunks leave the memory tier (and,
-    /// with <paramref name="disk"/>, the disk cache), its readahead streams are forgotten, and its
-    /// next open starts prefetch again. The kernel's page cache is the caller's to drop
+    /// Puts a file back to how a fresh mount would find it: its queued fetches are dropped, its chunks
+    /// leave the memory tier (and, with <paramref name="disk"/>, the disk cache), its readahead streams
+    /// are forgotten, and its next open starts prefetch again. Fetches already running finish and
+    /// publish; a caller that needs them gone waits for the reader to be idle and forgets again. The kernel's page cache is the caller's to drop
     /// (drop_caches, or <see cref="FuseConnection.InvalidateInodeAsync"/>).
     /// </summary>
     public async Task<(int Memory, int Disk)> ForgetCachedAsync(ulong ino, bool disk, CancellationToken ct = default)
@@ -587,6 +588,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         var st = _nodes.TryGetValue(ino, out var s) ? s : null;
         var table = st?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
             ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        _reader.CancelQueued(table.Entries.Select(e => e.Id)); // queued prefetch of the file would refill what is dropped
         int memory = _reader.Memory.Drop(table.Entries.Select(e => e.Id));
         int removed = 0;
         if (disk && _reader.Disk is { } cache)

@@ -333,5 +333,32 @@ public sealed class ReadPathTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task Cancelling_queued_fetches_drops_background_ones_and_never_a_read_that_waits()
+    {
+        var (v, store, table, data) = await ImportedAsync(6 * Chunk);
+        var gate = new TaskCompletionSource();
+        store.OnGet = (_, _) => gate.Task.IsCompleted ? null : new GetFault.Slow(TimeSpan.FromSeconds(2));
+        using var mem = new MemoryTier(16L * CachedChunk.BufferSizeFor(Chunk), Chunk);
+        using var reader = new ChunkReader(v.Chunks, mem, null, new ChunkReaderOptions { MaxFetches = 1, DemandParts = 1 });
+        var running = reader.GetAsync(table[0]).AsTask(); // takes the only slot
+        for (int i = 1; i < 5; i++)
+        {
+            reader.Prefetch(table[i], FetchPriority.Prefetch); // queued behind it
+        }
+
+        var waiting = reader.GetAsync(table[5]).AsTask(); // a READ waits too
+        Assert.Equal(4, reader.CancelQueued(table.Entries.Select(e => e.Id)));
+        gate.SetResult();
+        using (var c = await running)
+        using (var w = await waiting)
+        {
+            Assert.True(w.Data.Span.SequenceEqual(data.AsSpan(5 * Chunk, Chunk)));
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => reader.Busy == 0, 10_000));
+        Assert.Equal(2, reader.StoreFetches); // the running one and the waited-for one; none of the dropped
+    }
+
     public void Dispose() => _dir.Dispose();
 }
