@@ -16,7 +16,7 @@ namespace LazyModelFs.Vfs;
 ///
 /// Commands:
 ///   stats                       counters of the chunk reader, memory tier and disk cache
-///   forget INO memory|disk      drop the file's chunks from the memory tier (and the disk cache),
+///   forget INO memory|disk      drop the file's queued background fetches, its chunks from the memory tier (and the disk cache),
 ///                               forget its readahead streams, restart prefetch at its next open
 ///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
 /// Errors answer {"error": "..."}. Nothing here returns file data or secrets.
