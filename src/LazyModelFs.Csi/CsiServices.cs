@@ -5,6 +5,7 @@ using System.Text.Json;
 using Google.Protobuf;
 using LazyModelFs.Csi.Grpc;
 using LazyModelFs.Csi.V1;
+using LazyModelFs.Fuse;
 using LazyModelFs.Util;
 using Microsoft.Extensions.Logging;
 
@@ -81,7 +82,7 @@ public sealed class CsiServices
 
         using var _ = await LockAsync(staging, ct).ConfigureAwait(false);
         var record = LoadRecord(staging);
-        if (HostMounts.At(staging) is { FsType: FsType } && record is not null && Fuse.FuseMount.MountTypeAt(staging) is not null && IsLive(staging))
+        if (record is not null && IsLiveLmfsMount(staging))
         {
             if (record.VolumeId != volumeId || record.MetaUrl != Redact.StripCredentials(meta))
             {
@@ -127,11 +128,11 @@ public sealed class CsiServices
         Required(r.VolumeId, "volume_id");
         string staging = CsiPaths.Check(r.StagingTargetPath, "staging_target_path", _o.KubeletDir);
         using var _ = await LockAsync(staging, ct).ConfigureAwait(false);
-        if (HostMounts.At(staging) is { FsType: FsType })
+        if (FuseMount.MountAt(staging) is { FsType: FsType })
         {
             await _mounter.UnmountAsync(staging, ct).ConfigureAwait(false);
         }
-        else if (HostMounts.At(staging) is { } other)
+        else if (FuseMount.MountAt(staging) is { } other)
         {
             throw RpcException.FailedPrecondition($"{staging} holds a {other.FsType} mount, not an lmfs one; leaving it alone");
         }
@@ -155,8 +156,8 @@ public sealed class CsiServices
         string staging = CsiPaths.Check(r.StagingTargetPath, "staging_target_path", _o.KubeletDir);
         CheckContext(r.VolumeContext);
         using var _ = await LockAsync(target, ct).ConfigureAwait(false);
-        var stage = HostMounts.At(staging);
-        if (stage is not { FsType: FsType } || !IsLive(staging))
+        var stage = FuseMount.MountAt(staging);
+        if (stage is not { FsType: FsType } || !FuseMount.IsLive(staging))
         {
             throw RpcException.FailedPrecondition($"volume {volumeId} is not staged at {staging}; NodeStageVolume must succeed first");
         }
@@ -168,7 +169,7 @@ public sealed class CsiServices
 
         string source = CsiPaths.SubPath(staging, r.VolumeContext.GetValueOrDefault("subPath"));
         string root = source == staging ? "/" : source[staging.Length..];
-        if (HostMounts.At(target) is { } existing)
+        if (FuseMount.MountAt(target) is { } existing)
         {
             // The volume itself is always read-only, so a bind of it is too whatever the flag said:
             // readonly=false asks for nothing a read-only bind does not already give.
@@ -205,7 +206,7 @@ public sealed class CsiServices
         Required(r.VolumeId, "volume_id");
         string target = CsiPaths.Check(r.TargetPath, "target_path", _o.KubeletDir);
         using var _ = await LockAsync(target, ct).ConfigureAwait(false);
-        while (HostMounts.At(target) is { } m)
+        while (FuseMount.MountAt(target) is { } m)
         {
             if (m.FsType != FsType)
             {
@@ -290,19 +291,8 @@ public sealed class CsiServices
         return new Dictionary<string, string>(secrets, StringComparer.Ordinal);
     }
 
-    /// <summary>A FUSE mount whose daemon died answers ENOTCONN; it must be re-staged, not published.</summary>
-    private static bool IsLive(string path)
-    {
-        try
-        {
-            _ = Directory.Exists(path) && Directory.EnumerateFileSystemEntries(path).Any();
-            return new DriveInfo(path).TotalSize >= 0;
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
+    /// <summary>An lmfs mount whose daemon answers (a dead one must be staged again, not used).</summary>
+    private static bool IsLiveLmfsMount(string path) => FuseMount.MountAt(path) is { FsType: FsType } && FuseMount.IsLive(path);
 
     private async Task<IDisposable> LockAsync(string key, CancellationToken ct)
     {
@@ -363,7 +353,7 @@ public sealed class CsiServices
             {
                 if (JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(f)) is { } r)
                 {
-                    bool live = HostMounts.At(r.StagingPath) is { FsType: FsType } && IsLive(r.StagingPath);
+                    bool live = IsLiveLmfsMount(r.StagingPath);
                     found.Add((r, live));
                     if (live)
                     {

@@ -2,37 +2,14 @@ using System.Runtime.InteropServices;
 
 namespace LazyModelFs.Csi;
 
-/// <summary>One line of /proc/self/mountinfo.</summary>
-public sealed record MountEntry(string Device, string Root, string MountPoint, string FsType, string Options);
-
 /// <summary>
-/// What the node plugin does to the host's mount table: reading it, bind mounts into pods, unmounts,
+/// What the node plugin does to the host's mount table (read through <see cref="Fuse.FuseMount.MountTable"/>): bind mounts into pods, unmounts,
 /// and resolving paths without following them out of where they belong.
 /// </summary>
 public static partial class HostMounts
 {
     private const nuint MsRdonly = 1, MsNosuid = 2, MsNodev = 4, MsRemount = 32, MsBind = 4096;
     private const int MntDetach = 2;
-
-    public static IReadOnlyList<MountEntry> Read()
-    {
-        var list = new List<MountEntry>();
-        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
-        {
-            // id parent maj:min root mountpoint options [optional…] - fstype source superoptions
-            var f = line.Split(' ');
-            int dash = Array.IndexOf(f, "-");
-            if (f.Length > 5 && dash > 5 && dash + 1 < f.Length)
-            {
-                list.Add(new MountEntry(f[2], Unescape(f[3]), Unescape(f[4]), f[dash + 1], f[5]));
-            }
-        }
-
-        return list;
-    }
-
-    /// <summary>The mount on top at exactly <paramref name="path"/>, or null.</summary>
-    public static MountEntry? At(string path) => Read().LastOrDefault(m => m.MountPoint == path);
 
     /// <summary>Bind-mounts <paramref name="source"/> on <paramref name="target"/>; read-only needs a second, remounting call (mount(8) does the same).</summary>
     public static void Bind(string source, string target, bool readOnly)
@@ -75,8 +52,6 @@ public static partial class HostMounts
         byte* r = realpath(path, buf);
         return r == null ? null : Marshal.PtrToStringUTF8((nint)r);
     }
-
-    private static string Unescape(string s) => s.Replace("\\040", " ", StringComparison.Ordinal).Replace("\\011", "\t", StringComparison.Ordinal).Replace("\\012", "\n", StringComparison.Ordinal).Replace("\\134", "\\", StringComparison.Ordinal);
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int mount(string? source, string target, string? fstype, nuint flags, string? data);

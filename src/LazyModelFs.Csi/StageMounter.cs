@@ -54,7 +54,7 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
             args.AddRange(["--cache-dir", options.CacheDir]);
         }
 
-        string logFile = Path.Combine(options.LogDir, "mount-" + string.Concat(staging.Trim('/').Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_')) + ".log");
+        string logFile = MountState.LogFileFor(options.LogDir, staging);
         args.AddRange(["--log-file", logFile]);
         var psi = new ProcessStartInfo(options.LmfsCommand[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in options.LmfsCommand.Skip(1).Concat(args))

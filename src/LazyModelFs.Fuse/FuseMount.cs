@@ -13,6 +13,9 @@ public sealed class FuseMountException(string message, string hint) : IOExceptio
 }
 
 /// <summary>Mounting and unmounting (fuse-protocol.md section 3).</summary>
+/// <summary>One line of /proc/self/mountinfo: device (major:minor), root within the filesystem, mount point, type, per-mount options.</summary>
+public sealed record MountEntry(string Device, string Root, string MountPoint, string FsType, string Options);
+
 public static class FuseMount
 {
     /// <summary>
@@ -53,23 +56,36 @@ public static class FuseMount
         }
     }
 
-    /// <summary>The filesystem type mounted exactly at <paramref name="target"/>, or null (from /proc/self/mountinfo).</summary>
-    public static string? MountTypeAt(string target)
+    /// <summary>The mount table of this process's namespace (/proc/self/mountinfo), in order: a later entry at a path is on top.</summary>
+    public static IReadOnlyList<MountEntry> MountTable()
     {
-        string? found = null;
+        var list = new List<MountEntry>();
         foreach (var line in File.ReadLines("/proc/self/mountinfo"))
         {
             // id parent maj:min root mountpoint options [optional...] - fstype source superoptions
-            var parts = line.Split(' ');
-            int dash = Array.IndexOf(parts, "-");
-            if (parts.Length > 4 && dash > 0 && dash + 1 < parts.Length && Unescape(parts[4]) == target)
+            var f = line.Split(' ');
+            int dash = Array.IndexOf(f, "-");
+            if (dash > 5 && dash + 1 < f.Length)
             {
-                found = parts[dash + 1]; // the last one listed is the one on top
+                list.Add(new MountEntry(f[2], Unescape(f[3]), Unescape(f[4]), f[dash + 1], f[5]));
             }
         }
 
-        return found;
+        return list;
     }
+
+    /// <summary>The mount on top at exactly <paramref name="target"/>, or null.</summary>
+    public static MountEntry? MountAt(string target) => MountTable().LastOrDefault(m => m.MountPoint == target);
+
+    /// <summary>The filesystem type mounted exactly at <paramref name="target"/>, or null.</summary>
+    public static string? MountTypeAt(string target) => MountAt(target)?.FsType;
+
+    /// <summary>
+    /// Whether the filesystem at <paramref name="path"/> answers: STATFS always reaches a FUSE
+    /// connection, so a mount whose daemon died fails it (ENOTCONN) even while cached attributes
+    /// still let stat succeed.
+    /// </summary>
+    public static bool IsLive(string path) => Native.Statfs(path) == Errno.OK;
 
     /// <summary>
     /// Unmounts whatever lmfs mounted at <paramref name="target"/>, live or dead: a lazy unmount, so

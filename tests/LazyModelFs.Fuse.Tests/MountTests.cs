@@ -35,7 +35,7 @@ public sealed class MountTests(SharedMount shared) : IClassFixture<SharedMount>
         var names = Directory.GetFiles(M["many"]).Select(Path.GetFileName).ToList();
         Assert.Equal(10_000, names.Count);
         Assert.Equal(Enumerable.Range(0, 10_000).Select(i => $"entry-{i:D5}.json"), names.Order(StringComparer.Ordinal));
-        var ls = Run("ls", "-la", M["many"]);
+        var ls = Proc.Run("ls", "-la", M["many"]);
         Assert.Equal(10_000 + 3, ls.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length); // total, ., .. and the entries
     }
 
@@ -45,7 +45,7 @@ public sealed class MountTests(SharedMount shared) : IClassFixture<SharedMount>
         string copy = Path.Combine(Path.GetTempPath(), $"lmfs-cat-{Guid.NewGuid():N}");
         try
         {
-            Run("sh", "-c", $"cat '{M["big.bin"]}' > '{copy}'");
+            Proc.Run("sh", "-c", $"cat '{M["big.bin"]}' > '{copy}'");
             Assert.Equal(SHA256.HashData(Big), SHA256.HashData(File.ReadAllBytes(copy)));
         }
         finally
@@ -98,22 +98,6 @@ public sealed class MountTests(SharedMount shared) : IClassFixture<SharedMount>
             hashes[i] = sha.GetHashAndReset();
         });
         Assert.All(hashes, h => Assert.Equal(want, h));
-    }
-
-    internal static string Run(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(psi)!;
-        string o = p.StandardOutput.ReadToEnd();
-        string e = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {e}");
-        return o;
     }
 }
 
@@ -196,7 +180,7 @@ public sealed class MountLifecycleTests
         psi.ArgumentList.Add(dir);
         using var daemon = Process.Start(psi)!;
         Assert.Equal("ready", daemon.StandardOutput.ReadLine());
-        MountTests.Run("kill", "-TERM", daemon.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Proc.Run("kill", "-TERM", daemon.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(daemon.WaitForExit(30_000), "the daemon did not exit after SIGTERM");
         Assert.Equal(0, daemon.ExitCode);
         Assert.Null(FuseMount.MountTypeAt(dir));

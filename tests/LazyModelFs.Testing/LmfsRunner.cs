@@ -94,10 +94,10 @@ public static class LmfsRunner
     };
 }
 
-/// <summary>Runs a system command (mount, chown, umount…) and asserts that it succeeded.</summary>
+/// <summary>Runs a system command (mount, chown, kill, ls…), asserts that it succeeded, and returns its output.</summary>
 public static class Proc
 {
-    public static void Run(string file, params string[] args)
+    public static string Run(string file, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in args)
@@ -106,10 +106,10 @@ public static class Proc
         }
 
         using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        string err = p.StandardError.ReadToEnd();
+        var stderr = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
-        _ = stdout.Result;
-        Xunit.Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {err}");
+        Xunit.Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {stderr.Result}");
+        return output;
     }
 }

@@ -72,7 +72,7 @@ internal static class MountCommand
     /// </summary>
     private static async Task<int> StartBackgroundAsync(string target, string? logFile, CancellationToken ct)
     {
-        logFile ??= Path.Combine("/var/log/lmfs", "mount-" + string.Concat(target.Trim('/').Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_')) + ".log");
+        logFile ??= MountState.LogFileFor("/var/log/lmfs", target);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(logFile))!);
         long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
         int? previousPid = MountState.Load(target)?.Pid;
@@ -97,7 +97,7 @@ internal static class MountCommand
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {
-            if (FuseMount.MountTypeAt(target) == "fuse.lazymodelfs" && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && IsLive(target))
+            if (FuseMount.MountTypeAt(target) == "fuse.lazymodelfs" && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && FuseMount.IsLive(target))
             {
                 Console.WriteLine($"mounted {target} in the background; log: {logFile}");
                 return 0;
@@ -115,19 +115,6 @@ internal static class MountCommand
         }
 
         throw new LmfsException($"the background mount of {target} did not come up within 60 s", $"see {logFile}");
-    }
-
-    /// <summary>A live FUSE mount answers statfs; a dead one says "transport endpoint is not connected".</summary>
-    private static bool IsLive(string target)
-    {
-        try
-        {
-            return new DriveInfo(target).TotalSize >= 0;
-        }
-        catch (IOException)
-        {
-            return false;
-        }
     }
 
     private static string ReadFrom(string path, long offset)

@@ -89,7 +89,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         {
             if (state != CacheState.Cold)
             {
-                await FillAsync(o.File, size, ct).ConfigureAwait(false);
+                Fill(o.File, size, ct);
             }
 
             phases.Add(await MeasureAsync(state, ct).ConfigureAwait(false));
@@ -121,28 +121,20 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
     private async Task<StoreCeiling> StoreCeilingAsync(Storage.IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, CancellationToken ct)
     {
         // The server reads its objects from a disk too (s3rver, a local-directory store): its page cache
-        // is dropped before each measurement, as the mount's is before each cold one.
-        static void Drop()
-        {
-            if (PageCache.CanDropAll)
-            {
-                PageCache.DropAll();
-            }
-        }
-
+        // is dropped before each measurement (as root), as the mount's is before each cold one.
         var server = o.ServerPid is { } sp ? new ProcessMeter(sp) : null;
-        Drop();
+        PageCache.Drop();
         double? s0 = server?.CpuSeconds();
         var parallel = await StoreProbes.ParallelAsync(store, chunks, o.GetStreams, ct).ConfigureAwait(false);
         double? s1 = server?.CpuSeconds();
         _progress($"ceiling: {o.GetStreams} parallel GETs {parallel.MBps:0} MB/s");
-        Drop();
+        PageCache.Drop();
         var single = await StoreProbes.ParallelAsync(store, chunks, 1, ct).ConfigureAwait(false);
         _progress($"ceiling: 1 stream of GETs {single.MBps:0} MB/s");
-        Drop();
+        PageCache.Drop();
         var random = await StoreProbes.RandomAsync(store, chunks, chunkSize, o.RandomReads, o.ReadSize, o.Seed, ct).ConfigureAwait(false);
         _progress($"ceiling: random {Sizes.Format(o.ReadSize)} GETs p50 {random.Latency.P50Ms:0.0} ms, p99 {random.Latency.P99Ms:0.0} ms");
-        Drop();
+        PageCache.Drop();
         var first = await StoreProbes.FirstMiBAsync(store, chunks, chunkSize, ct).ConfigureAwait(false);
         _progress($"ceiling: first MiB {first:0.0} ms");
         return new StoreCeiling(parallel, single, random, first, s0 is { } a && s1 is { } b ? (b - a) / (parallel.Bytes / 1e9) : null);
@@ -159,18 +151,9 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
             {
                 void Reset()
                 {
-                    if (!cold)
+                    if (cold)
                     {
-                        return;
-                    }
-
-                    if (PageCache.CanDropAll)
-                    {
-                        PageCache.DropAll();
-                    }
-                    else
-                    {
-                        PageCache.DropFile(path);
+                        PageCache.Drop(path);
                     }
                 }
 
@@ -211,12 +194,11 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
 
     // ------------------------------------------------------------------ phases through the mount
 
-    private async Task FillAsync(string path, long size, CancellationToken ct)
+    private void Fill(string path, long size, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
         FileProbes.Sequential(path, size, 1, ct);
         _progress($"filled the caches with {Path.GetFileName(path)} ({sw.Elapsed.TotalSeconds:0.0} s, untimed)");
-        await Task.CompletedTask.ConfigureAwait(false);
     }
 
     /// <summary>CPU, peak memory, server CPU and store bytes of the serving side over a set of measurement windows.</summary>
@@ -345,7 +327,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
                 {
                     if (state == CacheState.Warm)
                     {
-                        await FillAsync(path, new FileInfo(path).Length, ct).ConfigureAwait(false);
+                        Fill(path, new FileInfo(path).Length, ct);
                     }
 
                     await target.ResetAsync(state, files, ct).ConfigureAwait(false);
@@ -391,11 +373,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         }
 
         string shown = "aws " + string.Join(' ', args.Select(a => a == dest ? "LOCAL_FILE" : a));
-        if (PageCache.CanDropAll)
-        {
-            PageCache.DropAll();
-        }
-
+        PageCache.Drop();
         try
         {
             var sw = Stopwatch.StartNew();

@@ -57,38 +57,42 @@ public static class PageCache
         using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
         Posix.DropFromPageCache(h);
     }
+
+    /// <summary>As root, drops the whole page cache; otherwise only <paramref name="files"/>' pages.</summary>
+    public static void Drop(params IEnumerable<string> files)
+    {
+        if (CanDropAll)
+        {
+            DropAll();
+            return;
+        }
+
+        foreach (var f in files)
+        {
+            DropFile(f);
+        }
+    }
 }
 
-/// <summary>Mount points from /proc/self/mountinfo.</summary>
+/// <summary>Which mount holds a path.</summary>
 public static class MountInfo
 {
-    /// <summary>The mount point and filesystem type holding <paramref name="path"/> (the longest mount point that prefixes it).</summary>
+    /// <summary>The mount point and filesystem type holding <paramref name="path"/> (the longest mount point that prefixes it; the last listed on a tie).</summary>
     public static (string MountPoint, string FsType) Find(string path)
     {
         string full = Path.GetFullPath(path);
         (string, string) best = ("/", "");
-        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        foreach (var m in Fuse.FuseMount.MountTable())
         {
-            // id parent major:minor root mountpoint options [optional…] - fstype source superopts
-            var f = line.Split(' ');
-            int dash = Array.IndexOf(f, "-");
-            if (f.Length < 5 || dash < 0 || dash + 1 >= f.Length)
+            bool under = m.MountPoint == "/" || full == m.MountPoint || full.StartsWith(m.MountPoint + "/", StringComparison.Ordinal);
+            if (under && m.MountPoint.Length >= best.Item1.Length)
             {
-                continue;
-            }
-
-            string mp = Unescape(f[4]);
-            bool under = mp == "/" || full == mp || full.StartsWith(mp + "/", StringComparison.Ordinal);
-            if (under && mp.Length >= best.Item1.Length)
-            {
-                best = (mp, f[dash + 1]);
+                best = (m.MountPoint, m.FsType);
             }
         }
 
         return best;
     }
-
-    private static string Unescape(string s) => s.Replace("\\040", " ", StringComparison.Ordinal).Replace("\\011", "\t", StringComparison.Ordinal).Replace("\\012", "\n", StringComparison.Ordinal).Replace("\\134", "\\", StringComparison.Ordinal);
 }
 
 /// <summary>
@@ -228,16 +232,6 @@ public sealed class CommandBenchTarget(string system, string mountPoint, string?
             await outText.ConfigureAwait(false);
         }
 
-        if (PageCache.CanDropAll)
-        {
-            PageCache.DropAll();
-        }
-        else
-        {
-            foreach (var f in files)
-            {
-                PageCache.DropFile(f);
-            }
-        }
+        PageCache.Drop(files);
     }
 }

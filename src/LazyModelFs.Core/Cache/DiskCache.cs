@@ -326,10 +326,9 @@ public sealed class DiskCache
     public bool Remove(ChunkId id)
     {
         string path = PathOf(id);
-        bool existed = File.Exists(path);
-        TryDelete(path);
+        bool removed = File.Exists(path) && TryDelete(path);
         Forget(id);
-        return existed && !File.Exists(path);
+        return removed;
     }
 
     /// <summary>Removes every cached chunk file.</summary>

@@ -76,7 +76,6 @@ public sealed class LmfsMount : IDisposable
     {
         loggers ??= NullLoggerFactory.Instance;
         int chunk = volume.Settings.ChunkSize;
-
         if (o.BufferSize < 4L * CachedChunk.BufferSizeFor(chunk))
         {
             throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);

@@ -24,6 +24,10 @@ public sealed record MountState(string MountPoint, string MetaUrl, string CacheD
 
     public string ControlSocket => ControlSocketFor(MountPoint);
 
+    /// <summary>The log file of a background mount at <paramref name="mountPoint"/>: <c>DIR/mount-&lt;path with non-alphanumerics as _&gt;.log</c>.</summary>
+    public static string LogFileFor(string directory, string mountPoint) =>
+        Path.Combine(directory, "mount-" + string.Concat(mountPoint.Trim('/').Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_')) + ".log");
+
     public void Save()
     {
         try
