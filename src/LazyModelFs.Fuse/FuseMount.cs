@@ -23,13 +23,19 @@ public static class FuseMount
     /// on it. A dead FUSE mount there (its daemon was killed: stat gives ENOTCONN, "Transport endpoint
     /// is not connected") is detached first, and the log says so.
     /// </summary>
-    public static void PrepareMountPoint(string target, ILogger log)
+    /// <param name="checkOnly">Only check (a launcher refusing bad input before it starts the daemon): a dead mount is left for the daemon to detach and report.</param>
+    public static void PrepareMountPoint(string target, ILogger log, bool checkOnly = false)
     {
         // A dead FUSE mount may still stat fine (the root's attributes are cached), but STATFS always
         // reaches the connection: ENOTCONN there means the daemon is gone.
         var (err, _, _, mode) = Native.Stat(target);
         if (err == Errno.ENOTCONN || (MountTypeAt(target) is { } t && t.StartsWith("fuse", StringComparison.Ordinal) && Native.Statfs(target) == Errno.ENOTCONN))
         {
+            if (checkOnly)
+            {
+                return;
+            }
+
             log.LogWarning("fuse: {Target} is a dead FUSE mount (transport endpoint is not connected); unmounting it first", target);
             Detach(target, log);
             (err, _, _, mode) = Native.Stat(target);

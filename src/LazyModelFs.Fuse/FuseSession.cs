@@ -82,6 +82,7 @@ public sealed class FuseSession : IDisposable
 
             session.StartClones();
             session.AfterMount();
+            session.StartDetachWatch();
             log.LogInformation("fuse: mounted {MountPoint} (connection {Minor}, {Threads} reader threads{Via})", target, session.DeviceMinor, session._threads.Count, useFusermount ? ", via fusermount3" : "");
             return session;
         }
@@ -109,8 +110,8 @@ public sealed class FuseSession : IDisposable
         }
 
         // Unmounting by path after the connection died could hit another filesystem mounted there
-        // since (fuser #658): only unmount while our connection is alive.
-        if (_fds.Count > 0 && FuseMount.IsConnectionAlive(_fds[0]))
+        // since (fuser #658): only unmount while our connection is alive and our mount is still there.
+        if (_fds.Count > 0 && FuseMount.IsConnectionAlive(_fds[0]) && !Detached())
         {
             FuseMount.Unmount(MountPoint, UsedFusermount, _log);
         }
@@ -121,6 +122,76 @@ public sealed class FuseSession : IDisposable
             FuseMount.Abort(DeviceMinor, _log);
             _ended.Task.Wait(TimeSpan.FromSeconds(5));
         }
+    }
+
+    /// <summary>Whether no mount of this connection is left in our mount namespace (bind mounts of it count as mounts).</summary>
+    private bool Detached()
+    {
+        string dev = "0:" + DeviceMinor.ToString(CultureInfo.InvariantCulture);
+        try
+        {
+            return DeviceMinor != 0 && !FuseMount.MountTable().Any(m => m.Device == dev);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Notices when the mount is detached from outside — `lmfs umount`, `umount -l`, the kubelet —
+    /// and ends the session the way SIGTERM does: callers get the grace period to finish, then the
+    /// connection is aborted, so no reader stays blocked (on a frozen store, say) after an unmount
+    /// (issue 11, item 6). A lazy unmount alone only hides the mount: the kernel keeps the connection
+    /// while files are open, and nothing tells the daemon. A dedicated thread waits in poll(2) on
+    /// /proc/self/mountinfo, which reports every change of the mount table as POLLPRI
+    /// (proc(5)), and looks again every few seconds in case an event is missed.
+    /// </summary>
+    private unsafe void StartDetachWatch()
+    {
+        var t = new Thread(() =>
+        {
+            int fd = Native.Open("/proc/self/mountinfo", Native.O_CLOEXEC);
+            try
+            {
+                byte* buf = stackalloc byte[4096];
+                while (!_ended.Task.IsCompleted && Volatile.Read(ref _unmounted) == 0)
+                {
+                    if (fd >= 0)
+                    {
+                        // SAFETY: buf is 4096 bytes and its length is passed; the kernel arms POLLPRI for
+                        // this descriptor once it has been read (seq_file), so drain it before each poll.
+                        _ = Native.Lseek(fd, 0, 0);
+                        while (Native.Read(fd, buf, 4096) > 0)
+                        {
+                        }
+
+                        var pfd = new Native.PollFd { Fd = fd, Events = Native.POLLPRI };
+                        _ = Native.Poll(&pfd, 1, 3000);
+                    }
+                    else
+                    {
+                        Thread.Sleep(1000);
+                    }
+
+                    if (!_ended.Task.IsCompleted && Volatile.Read(ref _unmounted) == 0 && Detached())
+                    {
+                        _log.LogInformation("fuse: {MountPoint} was unmounted from outside; ending the session (open files get {Grace})", MountPoint, _options.UnmountGrace);
+                        Unmount();
+                        return;
+                    }
+                }
+            }
+            finally
+            {
+                if (fd >= 0)
+                {
+                    Native.Close(fd);
+                }
+            }
+        })
+        { IsBackground = true, Name = "fuse-detach-watch" };
+        t.Start();
     }
 
     /// <summary>Unmounts cleanly on SIGINT and SIGTERM (the returned registrations keep the handlers alive).</summary>

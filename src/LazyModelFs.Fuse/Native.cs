@@ -32,6 +32,7 @@ public enum Errno
     ECONNABORTED = 103,
     ENOTCONN = 107,
     ETIMEDOUT = 110,
+    ESTALE = 116,
 }
 
 /// <summary>
@@ -106,6 +107,11 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Umount2(string target, int flags);
+
+    public const short POLLPRI = 0x2;
+
+    [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    public static partial long Lseek(int fd, long offset, int whence);
 
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint nfds, int timeout);

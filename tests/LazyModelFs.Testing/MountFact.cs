@@ -17,3 +17,15 @@ public sealed class MountFactAttribute : FactAttribute
         }
     }
 }
+
+/// <summary>A test that needs root (to make files owned by another uid, say): skipped, with the reason, otherwise.</summary>
+public sealed class RootFactAttribute : FactAttribute
+{
+    public RootFactAttribute()
+    {
+        if (!Environment.IsPrivilegedProcess)
+        {
+            Skip = "needs root (chown to another uid); run the tests as root, as CI does";
+        }
+    }
+}

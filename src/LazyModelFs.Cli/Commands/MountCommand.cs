@@ -28,8 +28,16 @@ internal static class MountCommand
         {
             string target = Path.GetFullPath(p.GetValue(mountPoint)!);
             var mountOptions = opts.Read(p); // validate before anything starts
+            LmfsMount.CheckMountPoint(target);
             if (p.GetValue(background))
             {
+                // Refuse here, with the documented exit code, what the daemon would refuse: metadata
+                // unreachable (4), the store unreadable (5).
+                using (var v = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false))
+                {
+                    await v.Store.CheckReadableAsync(ct).ConfigureAwait(false);
+                }
+
                 return await StartBackgroundAsync(target, p.GetValue(logFile), ct).ConfigureAwait(false);
             }
 
@@ -43,6 +51,10 @@ internal static class MountCommand
             var log = loggers.CreateLogger("lmfs");
             string metaUrl = p.GetValue(meta)!;
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
+
+            // A store that refuses us (wrong keys, no bucket, unreadable directory) fails the mount now,
+            // not every cold read later (issue 11, item 7).
+            await volume.Store.CheckReadableAsync(ct).ConfigureAwait(false);
             using var mount = LmfsMount.Start(volume, target, mountOptions with { ControlSocket = MountState.ControlSocketFor(target) }, loggers);
             new MountState(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId).Save();
             log.LogInformation(

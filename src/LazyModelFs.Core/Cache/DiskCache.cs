@@ -32,6 +32,11 @@ public sealed record DiskCacheOptions
 /// too) and the least recently used files are deleted until the total is 90 % of the limit.
 /// Deleting a file another process is reading is safe on Linux (open files outlive unlink).
 /// If the disk fills, caching stops (with one warning) and reads keep coming from object storage.
+///
+/// Trust: CRC32C finds damage, not forgery, so only root and the owner may write here
+/// (<see cref="TrustedPath"/>): the directory chain is checked at start, lmfs's directories are
+/// 0700 and its files 0600, and a file not owned by root or us (or writable by others, or hard
+/// linked) is discarded unread.
 /// </summary>
 public sealed class DiskCache
 {
@@ -58,16 +63,22 @@ public sealed class DiskCache
     {
         Options = options;
         _log = logger ?? NullLogger.Instance;
-        Root = Path.Combine(Path.GetFullPath(options.Directory), "chunks");
+        // Trust model (TrustedPath): only root and the owner may write anything here.
+        Root = Path.Combine(TrustedPath.EnsurePrivateDirectory(options.Directory, "--cache-dir"), "chunks");
         try
         {
-            System.IO.Directory.CreateDirectory(Root);
+            System.IO.Directory.CreateDirectory(Root, TrustedPath.PrivateDir);
+            if (Posix.LStat(Root) is { } st && st.Uid == TrustedPath.EffectiveUid && (st.Mode & 0x3F) != 0)
+            {
+                File.SetUnixFileMode(Root, TrustedPath.PrivateDir); // a cache made by an older lmfs: keep other users out of it
+            }
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new LmfsException($"cannot create the cache directory '{options.Directory}': {ex.Message}", "choose another --cache-dir, or fix its permissions", 2, ex);
         }
 
+        TrustedPath.CheckChain(Root, "--cache-dir");
         Rescan();
     }
 
@@ -126,6 +137,14 @@ public sealed class DiskCache
 
         using (h)
         {
+            if (TrustedPath.UntrustedFile(h) is { } why)
+            {
+                Interlocked.Increment(ref _corrupt);
+                _log.LogWarning("cache: {Path} is {Why}, not a file this cache wrote; discarded unread, the chunk is fetched again", path, why);
+                Delete(entry.Id, path);
+                return false;
+            }
+
             long length = RandomAccess.GetLength(h);
             int n = -1;
             if (length == entry.PlainLength)
@@ -189,7 +208,7 @@ public sealed class DiskCache
         string tmp = path + TempMarker + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
-            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!, TrustedPath.PrivateDir);
             SafeFileHandle? direct = null;
             if (_direct && data.Length >= aligned && IsAligned(data))
             {
@@ -213,8 +232,8 @@ public sealed class DiskCache
             }
             else
             {
-                using var h = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, plainLength);
-                RandomAccess.Write(h, plain, 0);
+                using var f = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, PreallocationSize = plainLength, UnixCreateMode = TrustedPath.PrivateFile });
+                RandomAccess.Write(f.SafeFileHandle, plain, 0);
             }
 
             File.Move(tmp, path, overwrite: true);

@@ -41,6 +41,16 @@ public sealed unsafe class CachedChunk : IDisposable
 
     internal int Length { get; set; }
 
+    /// <summary>CRC32C of <see cref="Data"/>, as verified when the chunk was published.</summary>
+    internal uint Crc { get; set; }
+
+    /// <summary>
+    /// Whether these bytes are what <paramref name="row"/> asks for. The tier is keyed by chunk id
+    /// only, so a damaged row naming this chunk with another length or CRC32C would otherwise be
+    /// answered with these bytes (or, shorter than the row, spin a read loop): issue 11, items 2 and 4.
+    /// </summary>
+    public bool Matches(in ChunkEntry row) => row.Id == Id && row.PlainLength == Length && row.Crc32C == Crc;
+
     internal int RefCount;
 
     internal bool Published;
@@ -203,13 +213,15 @@ public sealed class MemoryTier : IDisposable
     }
 
     /// <summary>Makes a filled buffer findable; the caller keeps its reference.</summary>
-    public void Publish(CachedChunk c, ChunkId id, int offset, int length, bool cold)
+    public void Publish(CachedChunk c, in ChunkEntry row, int offset, bool cold)
     {
         lock (_lock)
         {
-            c.Id = id;
+            c.Id = row.Id;
             c.Offset = offset;
-            c.Length = length;
+            c.Length = row.PlainLength;
+            c.Crc = row.Crc32C;
+            var id = row.Id;
             if (_disposed || (_map.TryGetValue(id, out var existing) && existing != c))
             {
                 return; // published meanwhile by another path (or the tier is gone); this buffer is freed on release

@@ -128,12 +128,24 @@ public static class ChunkObject
         return HeaderSize;
     }
 
-    /// <summary>Throws unless <paramref name="plain"/> hashes to the chunk id.</summary>
+    /// <summary>
+    /// Throws unless <paramref name="plain"/> is what the whole row says: its length, its SHA-256 id
+    /// and its CRC32C. The id alone is not enough: a damaged row whose id names another chunk of the
+    /// same length would verify against that chunk's object, and the row's CRC32C is what tells
+    /// them apart (issue 11, item 2). Every path that hands out chunk bytes checks the whole row:
+    /// here for the store, <see cref="Cache.DiskCache.TryRead"/> for the disk cache, and
+    /// <see cref="Cache.CachedChunk.Matches"/> for the memory tier.
+    /// </summary>
     public static void Verify(ReadOnlySpan<byte> plain, in ChunkEntry entry)
     {
         if (plain.Length != entry.PlainLength || ChunkId.Of(plain) != entry.Id)
         {
             throw new ChunkCorruptException($"chunk {entry.Id}: content does not match its SHA-256 id");
+        }
+
+        if (Crc32C.Compute(plain) != entry.Crc32C)
+        {
+            throw new ChunkRowMismatchException($"chunk {entry.Id}: the chunk table row's CRC32C {entry.Crc32C:x8} does not match the chunk's content (the row is damaged: the metadata names the wrong chunk)");
         }
     }
 }

@@ -133,24 +133,55 @@ public sealed class ChunkReader : IDisposable
 
         public int Waiters;
 
+        /// <summary>Set (under the lock) when the result is published and every waiter counted in <see cref="Waiters"/> holds a reference.</summary>
+        public bool Completed;
+
+        /// <summary>When a READ first waited for it (Stopwatch ticks; 0: never): a demand fetch's deadline runs from there.</summary>
+        public long DemandSince;
+
         public TaskCompletionSource<CachedChunk> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    /// <summary>A lease on the chunk's verified bytes (dispose it when done). Completes synchronously on a memory hit.</summary>
+    /// <summary>
+    /// How long a chunk whose fetch just failed (or that a READ gave up waiting for) fails again at
+    /// once. The kernel answers a failed readahead by sending the same range again as a synchronous
+    /// READ; without this, one frozen store costs a reader two full fetch timeouts (issue 11, item 5).
+    /// </summary>
+    public static readonly TimeSpan FailureMemory = TimeSpan.FromMilliseconds(500);
+
+    private readonly Dictionary<ChunkId, (long Until, Exception Error)> _failed = [];
+
+    /// <summary>
+    /// A lease on the chunk's verified bytes (dispose it when done). Completes synchronously on a memory hit.
+    /// A <see cref="FetchPriority.Demand"/> caller gets an answer within <see cref="ChunkReaderOptions.FetchTimeout"/>
+    /// of this call, however long the queue in front of it: the bytes or an exception.
+    /// The bytes always match the whole row (id, length, CRC32C), whichever tier they come from.
+    /// </summary>
     public ValueTask<CachedChunk> GetAsync(in ChunkEntry entry, FetchPriority priority = FetchPriority.Demand)
     {
         if (_memory.TryGet(entry.Id, out var hit))
         {
-            return ValueTask.FromResult(hit);
+            return Checked(hit, entry);
         }
 
         Fetch f;
+        long now = Stopwatch.GetTimestamp();
         lock (_lock)
         {
             // A fetch may have finished (and left _inflight) since the miss above: look again.
             if (_memory.TryGet(entry.Id, out hit))
             {
-                return ValueTask.FromResult(hit);
+                return Checked(hit, entry);
+            }
+
+            if (_failed.TryGetValue(entry.Id, out var failed))
+            {
+                if (now < failed.Until)
+                {
+                    return ValueTask.FromException<CachedChunk>(failed.Error);
+                }
+
+                _failed.Remove(entry.Id);
             }
 
             if (!_inflight.TryGetValue(entry.Id, out f!))
@@ -165,11 +196,101 @@ public sealed class ChunkReader : IDisposable
                 _queue.Enqueue(f, ((int)priority, _seq++));
             }
 
+            if (priority == FetchPriority.Demand && f.DemandSince == 0)
+            {
+                f.DemandSince = now;
+            }
+
             f.Waiters++;
             Pump();
         }
 
-        return new ValueTask<CachedChunk>(f.Done.Task);
+        return new ValueTask<CachedChunk>(priority == FetchPriority.Demand ? WaitBoundedAsync(f, entry, now) : WaitAsync(f, entry));
+    }
+
+    private static ValueTask<CachedChunk> Checked(CachedChunk c, in ChunkEntry row)
+    {
+        if (c.Matches(row))
+        {
+            return ValueTask.FromResult(c);
+        }
+
+        c.Dispose();
+        return ValueTask.FromException<CachedChunk>(Mismatch(row, c));
+    }
+
+    private static ChunkRowMismatchException Mismatch(in ChunkEntry row, CachedChunk c) =>
+        new($"chunk {row.Id}: the chunk table row says {row.PlainLength} bytes with CRC32C {row.Crc32C:x8}, but the chunk with that id is {c.Data.Length} bytes with CRC32C {c.Crc:x8} (the row is damaged)");
+
+    private static async Task<CachedChunk> WaitAsync(Fetch f, ChunkEntry row)
+    {
+        var c = await f.Done.Task.ConfigureAwait(false);
+        return await Checked(c, row).ConfigureAwait(false);
+    }
+
+    /// <summary>A READ's wait: bounded from its arrival, whether its fetch is queued, running or retrying.</summary>
+    private async Task<CachedChunk> WaitBoundedAsync(Fetch f, ChunkEntry row, long arrival)
+    {
+        CachedChunk c;
+        try
+        {
+            c = await f.Done.Task.WaitAsync(_options.FetchTimeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            bool completed, abandoned = false;
+            var error = new LmfsException(
+                $"chunk {row.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout) of the READ asking for it",
+                "check that the object store is reachable; reads of cached chunks go on",
+                5);
+            lock (_lock)
+            {
+                completed = f.Completed;
+                if (!completed)
+                {
+                    f.Waiters--;
+                    if (f.Waiters == 0 && !f.Started && _inflight.TryGetValue(row.Id, out var cur) && cur == f)
+                    {
+                        f.Started = true; // nobody wants it any more: Pump skips it when it comes up
+                        _inflight.Remove(row.Id);
+                        abandoned = true;
+                    }
+
+                    RememberFailure(row.Id, error);
+                }
+            }
+
+            if (!completed)
+            {
+                if (abandoned)
+                {
+                    f.Done.TrySetException(error);
+                }
+
+                Interlocked.Increment(ref _errors);
+                _log.LogError("read: chunk {Chunk}: a READ waited {Seconds:0.0} s for it ({State}); answering EIO", row.Id, Stopwatch.GetElapsedTime(arrival).TotalSeconds, abandoned ? "still queued behind other fetches" : "its fetch is still running");
+                throw error;
+            }
+
+            c = await f.Done.Task.ConfigureAwait(false); // published just now, with a reference for this waiter
+        }
+
+        return await Checked(c, row).ConfigureAwait(false);
+    }
+
+    /// <summary>Caller holds _lock.</summary>
+    private void RememberFailure(ChunkId id, Exception error)
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (_failed.Count >= 4096)
+        {
+            foreach (var k in _failed.Where(kv => kv.Value.Until <= now).Select(kv => kv.Key).ToList())
+            {
+                _failed.Remove(k);
+            }
+        }
+
+        _failed[id] = (now + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
     }
 
     /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
@@ -293,8 +414,12 @@ public sealed class ChunkReader : IDisposable
         bool fromStore = false;
         try
         {
-            (chunk, fromStore) = await LoadAsync(f.Entry, f.Priority == FetchPriority.Demand ? _options.DemandParts : 1).ConfigureAwait(false);
-            _memory.Publish(chunk, f.Entry.Id, chunk.Offset, chunk.Length, cold: f.Priority == FetchPriority.Prefetch);
+            // A READ's fetch must be done within the fetch timeout of the READ's arrival, not of the
+            // moment a slot freed up; a background fetch gets the whole timeout from its start.
+            long since = f.DemandSince != 0 ? f.DemandSince : Stopwatch.GetTimestamp();
+            var budget = _options.FetchTimeout - Stopwatch.GetElapsedTime(since);
+            (chunk, fromStore) = await LoadAsync(f.Entry, f.Priority == FetchPriority.Demand ? _options.DemandParts : 1, budget).ConfigureAwait(false);
+            _memory.Publish(chunk, f.Entry, chunk.Offset, cold: f.Priority == FetchPriority.Prefetch);
         }
         catch (Exception ex)
         {
@@ -302,23 +427,38 @@ public sealed class ChunkReader : IDisposable
             Interlocked.Increment(ref _errors);
             lock (_lock)
             {
-                _inflight.Remove(f.Entry.Id);
+                if (_inflight.TryGetValue(f.Entry.Id, out var cur) && cur == f)
+                {
+                    _inflight.Remove(f.Entry.Id);
+                }
+
+                // A row mismatch belongs to the row, not to the chunk: other files' rows naming it read on.
+                if (!_shutdown.IsCancellationRequested && ex is not ChunkRowMismatchException)
+                {
+                    RememberFailure(f.Entry.Id, ex);
+                }
+
                 Finish(background);
             }
 
-            f.Done.SetException(ex);
+            f.Done.TrySetException(ex);
             return;
         }
 
         lock (_lock)
         {
-            _inflight.Remove(f.Entry.Id);
-            _memory.AddRefs(chunk, f.Waiters); // one reference per waiter
+            if (_inflight.TryGetValue(f.Entry.Id, out var cur) && cur == f)
+            {
+                _inflight.Remove(f.Entry.Id);
+            }
+
+            _memory.AddRefs(chunk, f.Waiters); // one reference per waiter still waiting
+            f.Completed = true;
             Interlocked.Increment(ref _pendingWrites);
             Finish(background);
         }
 
-        f.Done.SetResult(chunk);
+        f.Done.TrySetResult(chunk);
 
         // The fetch's own reference keeps the bytes while they go to the disk cache, then is released.
         try
@@ -346,7 +486,7 @@ public sealed class ChunkReader : IDisposable
         Pump();
     }
 
-    private async Task<(CachedChunk Chunk, bool FromStore)> LoadAsync(ChunkEntry e, int parts)
+    private async Task<(CachedChunk Chunk, bool FromStore)> LoadAsync(ChunkEntry e, int parts, TimeSpan budget)
     {
         var chunk = _memory.Rent();
         try
@@ -361,7 +501,7 @@ public sealed class ChunkReader : IDisposable
             }
 
             const int objectStart = CachedChunk.DataStart - ChunkObject.HeaderSize;
-            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..], parts).ConfigureAwait(false);
+            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..], parts, budget).ConfigureAwait(false);
             chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
             return (chunk, true);
@@ -373,11 +513,16 @@ public sealed class ChunkReader : IDisposable
         }
     }
 
-    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer, int parts)
+    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
     {
         var sw = Stopwatch.StartNew();
+        if (budget <= TimeSpan.Zero)
+        {
+            throw Timeout(e, sw.Elapsed, 0, null);
+        }
+
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_shutdown.Token);
-        deadline.CancelAfter(_options.FetchTimeout);
+        deadline.CancelAfter(budget);
         var backoff = TimeSpan.FromMilliseconds(100);
         int attempt = 0;
         while (true)
@@ -395,10 +540,20 @@ public sealed class ChunkReader : IDisposable
                 _log.LogError("read: chunk {Chunk} is missing from the object store", e.Id);
                 throw;
             }
+            catch (Exception ex) when (ex is StoreRefusedException or ChunkRowMismatchException)
+            {
+                // Retrying changes nothing (credentials refused, bucket gone, the row names another chunk).
+                _log.LogError("read: chunk {Chunk}: {Message}", e.Id, ex.Message);
+                throw;
+            }
             catch (ChunkCorruptException ex) when (attempt >= 3)
             {
                 _log.LogError("read: chunk {Chunk} failed its integrity check {Attempts} times: {Message}", e.Id, attempt, ex.Message);
                 throw;
+            }
+            catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
+            {
+                throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down"); // not a store failure: nothing to log
             }
             catch (OperationCanceledException) when (deadline.IsCancellationRequested)
             {
@@ -406,7 +561,7 @@ public sealed class ChunkReader : IDisposable
             }
             catch (Exception ex) when (ex is not ChunkCorruptException || attempt < 3)
             {
-                if (sw.Elapsed + backoff >= _options.FetchTimeout)
+                if (sw.Elapsed + backoff >= budget)
                 {
                     throw Timeout(e, sw.Elapsed, attempt, ex);
                 }
@@ -415,6 +570,10 @@ public sealed class ChunkReader : IDisposable
                 try
                 {
                     await Task.Delay(backoff, deadline.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
+                {
+                    throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down");
                 }
                 catch (OperationCanceledException)
                 {
@@ -429,6 +588,6 @@ public sealed class ChunkReader : IDisposable
     private LmfsException Timeout(ChunkEntry e, TimeSpan elapsed, int attempts, Exception? last)
     {
         _log.LogError("read: chunk {Chunk} could not be fetched in {Seconds:0.0} s ({Attempts} attempts): {Message}", e.Id, elapsed.TotalSeconds, attempts, last?.Message ?? "timed out");
-        return new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0} s: {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
+        return new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
     }
 }

@@ -16,6 +16,13 @@ public interface IObjectStore : IDisposable
     Task CheckAsync(CancellationToken ct = default);
 
     /// <summary>
+    /// Verifies that the store can be read with these credentials: what a mount needs, which may
+    /// have read access only (a read-only directory, a bucket policy with s3:GetObject alone).
+    /// Throws an <see cref="Util.LmfsException"/> (exit 5) saying what is wrong.
+    /// </summary>
+    Task CheckReadableAsync(CancellationToken ct = default) => CheckAsync(ct);
+
+    /// <summary>
     /// Reads up to <c>dest.Length</c> bytes starting at <paramref name="offset"/> (a ranged GET); returns the
     /// count, which is short only at the object's end. A missing object throws <see cref="Util.ObjectNotFoundException"/>.
     /// </summary>

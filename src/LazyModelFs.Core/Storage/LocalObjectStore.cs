@@ -22,6 +22,25 @@ public sealed class LocalObjectStore : IObjectStore
 
     public string Describe => "file://" + Root;
 
+    public Task CheckReadableAsync(CancellationToken ct = default)
+    {
+        try
+        {
+            using var e = Directory.EnumerateFileSystemEntries(Root).GetEnumerator();
+            _ = e.MoveNext();
+        }
+        catch (DirectoryNotFoundException)
+        {
+            throw new LmfsException($"object-store directory '{Root}' does not exist", "check the volume's storage directory (lmfs stat META_URL /)", 5);
+        }
+        catch (Exception ex) when (ex is UnauthorizedAccessException or IOException)
+        {
+            throw new LmfsException($"object-store directory '{Root}' cannot be read: {ex.Message}", "fix its permissions, or mount as a user who can read it", 5, ex);
+        }
+
+        return Task.CompletedTask;
+    }
+
     public Task CheckAsync(CancellationToken ct = default)
     {
         if (!Directory.Exists(Root))

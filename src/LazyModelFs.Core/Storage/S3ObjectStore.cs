@@ -86,6 +86,28 @@ public sealed class S3ObjectStore : IObjectStore
         }).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// A ranged GET of a key that does not exist, on the read path's own client: "no such key" proves
+    /// the endpoint answers, the bucket exists and the credentials are accepted. Without
+    /// s3:ListBucket, S3 answers a missing key with AccessDenied instead: that is not an error here
+    /// (the mount needs only s3:GetObject), while refused keys (InvalidAccessKeyId,
+    /// SignatureDoesNotMatch…) and a missing bucket are.
+    /// </summary>
+    public async Task CheckReadableAsync(CancellationToken ct = default)
+    {
+        var probe = new byte[1];
+        try
+        {
+            _ = await _get.GetAsync(FullKey(".lmfs-read-probe"), ".lmfs-read-probe", 0, probe, ct).ConfigureAwait(false);
+        }
+        catch (ObjectNotFoundException)
+        {
+        }
+        catch (StoreRefusedException ex) when (ex.Code == "AccessDenied")
+        {
+        }
+    }
+
     /// <summary>Ranged GET on the lean signed path (<see cref="S3RangedGet"/>), not the SDK: the read path's hot call.</summary>
     public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) => _get.GetAsync(FullKey(key), key, offset, dest, ct);
 

@@ -143,14 +143,25 @@ internal sealed class S3RangedGet : IDisposable
             case HttpStatusCode.NotFound:
                 string body = await resp.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
                 throw body.Contains("NoSuchBucket", StringComparison.Ordinal)
-                    ? new LmfsException($"bucket '{_s.Bucket}' does not exist at {_s.Endpoint ?? "S3"}", "create the bucket, or fix the storage URL", 5)
+                    ? new StoreRefusedException($"bucket '{_s.Bucket}' does not exist at {_s.Endpoint ?? "S3"}", "create the bucket, or fix the storage URL")
                     : new ObjectNotFoundException(name);
             case HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized:
-                throw new LmfsException($"{_s.Endpoint ?? "S3"} refused the credentials for get ({(int)resp.StatusCode})", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --access-key / --secret-key-file) to keys allowed on this bucket", 5);
+                // Permanent: retrying with the same credentials gets the same answer (issue 11, item 7).
+                // The S3 error code (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch…) tells the
+                // operator which; it holds no secret.
+                string code = ErrorCode(await resp.Content.ReadAsStringAsync(ct).ConfigureAwait(false));
+                throw new StoreRefusedException(
+                    $"{_s.Endpoint ?? "S3"} refused the request for '{name}' ({(int)resp.StatusCode}{(code.Length > 0 ? " " + code : "")})",
+                    code == "AccessDenied"
+                        ? "the credentials are valid but not allowed to read this bucket/prefix: grant s3:GetObject on it"
+                        : "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --access-key / --secret-key-file) to keys allowed on this bucket")
+                { Code = code };
             case HttpStatusCode.TooManyRequests or >= HttpStatusCode.InternalServerError:
-                throw new TransientException($"{_s.Endpoint ?? "S3"} answered {(int)resp.StatusCode} for get '{key}'");
+                throw new TransientException($"{_s.Endpoint ?? "S3"} answered {(int)resp.StatusCode} for get '{name}'");
+            case HttpStatusCode.RequestTimeout:
+                throw new TransientException($"{_s.Endpoint ?? "S3"} answered 408 for get '{name}'");
             default:
-                throw new LmfsException($"{_s.Endpoint ?? "S3"} answered {(int)resp.StatusCode} {resp.ReasonPhrase} for get '{key}'", "check the S3 service's logs", 5);
+                throw new StoreRefusedException($"{_s.Endpoint ?? "S3"} answered {(int)resp.StatusCode} {resp.ReasonPhrase} for get '{name}'", "check the storage URL and the S3 service's logs");
         }
 
         await using var stream = await resp.Content.ReadAsStreamAsync(ct).ConfigureAwait(false);
@@ -169,6 +180,14 @@ internal sealed class S3RangedGet : IDisposable
         return total;
     }
 
+    /// <summary>The &lt;Code&gt; of an S3 XML error body, or "" (the body is short; nothing in it is secret).</summary>
+    internal static string ErrorCode(string body)
+    {
+        int a = body.IndexOf("<Code>", StringComparison.Ordinal), b = a < 0 ? -1 : body.IndexOf("</Code>", a, StringComparison.Ordinal);
+        string code = a < 0 || b < 0 ? "" : body[(a + 6)..b];
+        return code.Length <= 64 && code.All(char.IsAsciiLetterOrDigit) ? code : "";
+    }
+
     private async Task SignAsync(HttpRequestMessage req, string path, string range)
     {
         ImmutableCredentials? c = null;
@@ -185,7 +204,7 @@ internal sealed class S3RangedGet : IDisposable
         if (c is null || string.IsNullOrEmpty(c.AccessKey))
         {
             // As the SDK does for every other call: no credentials is an error, not an anonymous request.
-            throw new LmfsException($"no S3 credentials found for {_s.Endpoint ?? "S3"} (tried the environment, the AWS profile and instance metadata)", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or --access-key / --secret-key-file", 5);
+            throw new StoreRefusedException($"no S3 credentials found for {_s.Endpoint ?? "S3"} (tried the environment, the AWS profile and instance metadata)", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or --access-key / --secret-key-file");
         }
 
         var headers = new SortedDictionary<string, string>(StringComparer.Ordinal)

@@ -20,7 +20,23 @@ public class LmfsException : Exception
 }
 
 /// <summary>Stored data failed an integrity check (chunk id, CRC32C, header). Never returned as data.</summary>
-public sealed class ChunkCorruptException(string message) : LmfsException(message, "the object or cache file is damaged; run `lmfs fsck` or re-import the file", 3);
+public sealed class ChunkCorruptException(string message) : LmfsException(message, "the stored object is damaged; restore it from a backup of the object store, or import the file's source again (docs/operations.md, failure modes)", 3);
+
+/// <summary>
+/// A chunk's bytes verified against its id, but the chunk-table row asking for them says another
+/// length or CRC32C: the row (the metadata) is wrong, not the data. Never retried: it will not get better.
+/// </summary>
+public sealed class ChunkRowMismatchException(string message) : LmfsException(message, "the file's chunk table is damaged or was edited; restore the metadata from a backup or import the file again", 3);
+
+/// <summary>
+/// The object store refused the request in a way that retrying will not change (credentials
+/// refused, bucket missing, request rejected): a READ fails at once instead of retrying to its deadline.
+/// </summary>
+public sealed class StoreRefusedException(string message, string hint, Exception? inner = null) : LmfsException(message, hint, 5, inner)
+{
+    /// <summary>The store's error code (S3: AccessDenied, InvalidAccessKeyId, NoSuchBucket…) when it gave one.</summary>
+    public string Code { get; init; } = "";
+}
 
 /// <summary>An object the metadata references is missing from the object store.</summary>
 public sealed class ObjectNotFoundException(string key) : LmfsException($"object '{key}' is missing from the object store", "the volume references data that is gone; check the bucket/prefix, or re-import the file", 3)
@@ -29,4 +45,4 @@ public sealed class ObjectNotFoundException(string key) : LmfsException($"object
 }
 
 /// <summary>Bytes of a metadata record could not be decoded (wrong magic, length or version).</summary>
-public sealed class MetaCorruptException(string message) : LmfsException(message, "the metadata record is damaged or written by a newer lmfs; run `lmfs fsck`", 3);
+public sealed class MetaCorruptException(string message) : LmfsException(message, "the metadata record is damaged or was written by a newer lmfs; restore the metadata from a backup, or upgrade lmfs", 3);

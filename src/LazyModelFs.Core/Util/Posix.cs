@@ -57,7 +57,7 @@ public static partial class Posix
     {
         const int ORdonly = 0, OWronly = 1, OCreat = 0x40, OExcl = 0x80, OCloexec = 0x80000;
         int flags = (write ? OWronly | OCreat | OExcl : ORdonly) | ODirect | OCloexec;
-        int fd = open(path, flags, 0x1A4); // 0644
+        int fd = open(path, flags, 0x180); // 0600: cache files are private (TrustedPath)
         if (fd >= 0)
         {
             return new SafeFileHandle(fd, ownsHandle: true);

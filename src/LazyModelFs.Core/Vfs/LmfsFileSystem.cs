@@ -53,6 +53,17 @@ public sealed record VfsOptions
 /// change (imports), so entries, directory attributes and negative lookups expire after
 /// <see cref="VfsOptions.EntryTimeout"/> and friends.
 ///
+/// A node id plus generation never names two different files to the kernel. Node ids are the
+/// engine's inode numbers, and an engine can hand a number out again after its metadata went back in
+/// time (failover to an async replica, a restore of an older RDB or SQLite file): the file that gets
+/// it is another file. Each node's generation is therefore derived from its record (its type and
+/// birth time, and for files and symlinks the whole immutable record), and every LOOKUP compares the
+/// record it reads with the one the daemon holds: a changed record replaces the daemon's state for
+/// that number (chunk table included), and the new generation makes the kernel drop its old inode
+/// and its pages (fs/fuse/inode.c, fuse_iget: a cached inode with another generation is made bad).
+/// OPEN re-reads the record beside the chunk table, so a name looked up before the change cannot
+/// open the other file's bytes (ESTALE). Issue 11, item 1.
+///
 /// READ maps the byte range to chunks; a range inside one chunk is answered straight from the
 /// chunk's buffer in the memory tier (no copy), a range across two is copied. Every READ also feeds
 /// the inode's <see cref="AccessPattern"/>, which may ask for readahead; the first open of a file
@@ -82,15 +93,26 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     }
 
     /// <summary>Kernel references per inode (lookup counts), for tests and diagnostics.</summary>
-    public long LookupCount(ulong ino) => _nodes.TryGetValue(ino, out var s) ? Interlocked.Read(ref s.Lookups) : 0;
+    public long LookupCount(ulong ino) => _nodes.TryGetValue(ino, out var s) ? Interlocked.Read(ref s.Lookups.Count) : 0;
 
     public int OpenFiles => _files.Count;
 
-    private sealed class NodeState(Node node, long chunkSize, long readaheadMax)
+    /// <summary>
+    /// The kernel's references to a node id. FORGET names only the id, so the count is per id and is
+    /// carried over when the id's state is replaced by another incarnation.
+    /// </summary>
+    private sealed class LookupCounter
+    {
+        public long Count;
+    }
+
+    private sealed class NodeState(Node node, long chunkSize, long readaheadMax, LookupCounter lookups)
     {
         public Node Node { get; } = node;
 
-        public long Lookups;
+        public uint Generation { get; } = GenerationOf(node);
+
+        public LookupCounter Lookups { get; } = lookups;
 
         public ChunkTable? Table;
 
@@ -135,11 +157,69 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private TimeSpan AttrTimeout(Node n) => n.Type == NodeType.Directory ? _options.DirectoryTimeout : FuseTime.Forever;
 
-    private FuseEntry EntryFor(Node n) => new(n.Ino, 0, Attr(n), _options.EntryTimeout, AttrTimeout(n));
+    private static FuseEntry EntryFor(NodeState st, VfsOptions o) =>
+        new(st.Node.Ino, st.Generation, Attr(st.Node), o.EntryTimeout, st.Node.Type == NodeType.Directory ? o.DirectoryTimeout : FuseTime.Forever);
+
+    /// <summary>
+    /// The generation the kernel gets with a node id: the same for the same file, another one for
+    /// another file that got the same number. The kernel keeps it in a 32-bit field and compares it as
+    /// an int (fs/fuse/inode.c, fuse_stale_inode), so only 32 bits are used. Directories' records never
+    /// change in this format, but only their type and birth time count, so a future attribute update
+    /// cannot make the kernel drop a directory someone is inside. The root is always 0, as the kernel
+    /// made it at mount.
+    /// </summary>
+    internal static uint GenerationOf(Node n)
+    {
+        if (n.Ino == Node.RootIno)
+        {
+            return 0;
+        }
+
+        Span<byte> hash = stackalloc byte[32];
+        if (n.Type == NodeType.Directory)
+        {
+            Span<byte> id = stackalloc byte[9];
+            id[0] = (byte)n.Type;
+            System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(id[1..], n.CtimeNs);
+            System.Security.Cryptography.SHA256.HashData(id, hash);
+        }
+        else
+        {
+            System.Security.Cryptography.SHA256.HashData(n.Encode(), hash);
+        }
+
+        return System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(hash) | 1; // never 0, which is the root's
+    }
+
+    private static bool SameFile(Node a, Node b) => a.Type == b.Type && GenerationOf(a) == GenerationOf(b) && (a.Type == NodeType.Directory || a.Encode().AsSpan().SequenceEqual(b.Encode()));
 
     private NodeState Track(Node n, string? name = null)
     {
-        var st = _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax));
+        NodeState st;
+        while (true)
+        {
+            st = _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax, new LookupCounter()));
+            if (ReferenceEquals(st.Node, n) || SameFile(st.Node, n))
+            {
+                break;
+            }
+
+            // Another file under a number the daemon knows (metadata went back in time and the number
+            // was handed out again): forget everything about the old one but the kernel's references.
+            var fresh = new NodeState(n, _chunkSize, _options.ReadaheadMax, st.Lookups);
+            if (_nodes.TryUpdate(n.Ino, fresh, st))
+            {
+                _log.LogWarning(
+                    "vfs: inode {Ino} now names another {Type} ('{Name}', generation {Gen}) than before; the metadata engine reused the number (was it restored or failed over?). The old file's state is dropped",
+                    n.Ino,
+                    n.Type.ToString().ToLowerInvariant(),
+                    name ?? "?",
+                    fresh.Generation);
+                st = fresh;
+                break;
+            }
+        }
+
         if (name is not null)
         {
             st.Name = name;
@@ -186,8 +266,8 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             var st = Track(node, s);
-            Interlocked.Increment(ref st.Lookups); // before the reply (fuse-protocol.md 8.1)
-            return EntryFor(node);
+            Interlocked.Increment(ref st.Lookups.Count); // before the reply (fuse-protocol.md 8.1)
+            return EntryFor(st, _options);
         }
         catch (Exception ex)
         {
@@ -200,9 +280,16 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     public void Forget(ulong nodeId, ulong nlookup)
     {
-        if (nodeId != Node.RootIno && _nodes.TryGetValue(nodeId, out var s) && Interlocked.Add(ref s.Lookups, -(long)nlookup) <= 0)
+        if (nodeId != Node.RootIno && _nodes.TryGetValue(nodeId, out var s) && Interlocked.Add(ref s.Lookups.Count, -(long)nlookup) <= 0)
         {
-            _nodes.TryRemove(new KeyValuePair<ulong, NodeState>(nodeId, s));
+            // Remove whichever incarnation holds this counter now (a LOOKUP may have replaced it meanwhile).
+            while (_nodes.TryGetValue(nodeId, out var cur) && cur.Lookups == s.Lookups && Interlocked.Read(ref s.Lookups.Count) <= 0)
+            {
+                if (_nodes.TryRemove(new KeyValuePair<ulong, NodeState>(nodeId, cur)))
+                {
+                    break;
+                }
+            }
         }
     }
 
@@ -310,8 +397,8 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 }
 
                 var st = Track(node, e.Name);
-                Interlocked.Increment(ref st.Lookups);
-                buffer.TryAddPlus(name, EntryFor(node), i + 1);
+                Interlocked.Increment(ref st.Lookups.Count);
+                buffer.TryAddPlus(name, EntryFor(st, _options), i + 1);
             }
 
             return Errno.OK;
@@ -355,7 +442,17 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             var st = Track(node);
             if (st.Table is null)
             {
-                var table = await _volume.Meta.GetChunkTableAsync(nodeId, _chunkSize).ConfigureAwait(false);
+                // The record is read again beside the table (in parallel: no extra round trip), so a
+                // table that belongs to another file under this number is never attached to this one.
+                var tableTask = _volume.Meta.GetChunkTableAsync(nodeId, _chunkSize);
+                var current = await _volume.Meta.GetNodeAsync(nodeId).ConfigureAwait(false);
+                var table = await tableTask.ConfigureAwait(false);
+                if (current is null || !SameFile(current, st.Node))
+                {
+                    _log.LogWarning("vfs: inode {Ino} ('{Name}') changed or vanished in the metadata since the kernel looked it up; open refused (ESTALE)", nodeId, st.Name ?? "?");
+                    return Errno.ESTALE;
+                }
+
                 if (table is null || table.PlainSize != (long)node.Size)
                 {
                     _log.LogError("vfs: inode {Ino} has {What}; refusing to open it", nodeId, table is null ? "no chunk table" : $"a chunk table of {table.PlainSize} bytes for size {node.Size}");
@@ -411,13 +508,19 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         {
             int within = (int)(offset - ((long)first * _chunkSize));
             var vt = _reader.GetAsync(table[first], FetchPriority.Demand);
-            if (vt.IsCompletedSuccessfully)
+            if (!vt.IsCompletedSuccessfully)
             {
-                var c = vt.Result;
-                return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(within, len), c)); // zero copy; released after the reply
+                return ReadOneAsync(vt, within, len, st, first);
             }
 
-            return ReadOneAsync(vt, within, len, st, first);
+            var c = vt.Result;
+            if (within + len > c.Data.Length)
+            {
+                c.Dispose();
+                return ValueTask.FromResult(ReadFailed(ShortChunk(st, first, c.Data.Length, within + len), st, first));
+            }
+
+            return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(within, len), c)); // zero copy; released after the reply
         }
 
         return ReadSpanningAsync(table, offset, buffer[..len], st);
@@ -425,16 +528,30 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, NodeState st, int index)
     {
+        CachedChunk? c = null;
         try
         {
-            var c = await vt.ConfigureAwait(false);
+            c = await vt.ConfigureAwait(false);
+            if (within + len > c.Data.Length)
+            {
+                throw ShortChunk(st, index, c.Data.Length, within + len);
+            }
+
             return FuseReadResult.FromMemory(c.Data.Slice(within, len), c);
         }
         catch (Exception ex)
         {
+            c?.Dispose();
             return ReadFailed(ex, st, index);
         }
     }
+
+    /// <summary>
+    /// Never reached while the reader checks every chunk against its row and tables are checked at
+    /// decode and open; kept so that a chunk shorter than the range is an error, never a loop or a short reply.
+    /// </summary>
+    private static Util.ChunkRowMismatchException ShortChunk(NodeState st, int index, int have, int need) =>
+        new($"inode {st.Node.Ino}: chunk {index} has {have} bytes where the chunk table needs {need}");
 
     private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, NodeState st)
     {
@@ -457,6 +574,11 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             using (c)
             {
                 int n = Math.Min(dest.Length - done, c.Data.Length - within);
+                if (n <= 0 || (n < dest.Length - done && within + n != _chunkSize))
+                {
+                    return ReadFailed(ShortChunk(st, index, c.Data.Length, Math.Min(_chunkSize, within + dest.Length - done)), st, index);
+                }
+
                 c.Data.Span.Slice(within, n).CopyTo(dest.Span[done..]);
                 done += n;
             }

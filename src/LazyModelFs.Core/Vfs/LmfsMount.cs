@@ -124,6 +124,19 @@ public sealed class LmfsMount : IDisposable
         }
     }
 
+    /// <summary>The mount point checks <see cref="Start"/> makes (changing nothing), for a caller that wants bad input refused (exit 2) before it reaches out to the network.</summary>
+    public static void CheckMountPoint(string mountPoint)
+    {
+        try
+        {
+            FuseMount.PrepareMountPoint(Path.GetFullPath(mountPoint), NullLogger.Instance, checkOnly: true);
+        }
+        catch (FuseMountException e)
+        {
+            throw new LmfsException(e.Message, e.Hint, 2, e);
+        }
+    }
+
     private static bool SameFilesystem(string a, string b)
     {
         try

@@ -109,7 +109,7 @@ public class FormatTests
         Assert.Equal(ChunkCodec.Zstd, codec);
         Assert.True(len < text.Length / 10, $"compressed to {len}");
         var back = new byte[text.Length];
-        ChunkObject.Decode(obj.AsSpan(0, len), new ChunkEntry(ChunkId.Of(text), text.Length, len, codec, 0), back);
+        ChunkObject.Decode(obj.AsSpan(0, len), new ChunkEntry(ChunkId.Of(text), text.Length, len, codec, Crc32C.Compute(text)), back);
         Assert.Equal(text, back);
 
         byte[] random = new byte[65536];
@@ -125,7 +125,7 @@ public class FormatTests
         new Random(2).NextBytes(plain);
         var obj = new byte[ChunkObject.MaxObjectSize(plain.Length, ChunkCodec.None)];
         var (codec, len) = ChunkObject.Encode(plain, obj, ChunkCodec.None);
-        var entry = new ChunkEntry(ChunkId.Of(plain), plain.Length, len, codec, 0);
+        var entry = new ChunkEntry(ChunkId.Of(plain), plain.Length, len, codec, Crc32C.Compute(plain));
         var dest = new byte[plain.Length];
 
         var flipped = obj[..len];

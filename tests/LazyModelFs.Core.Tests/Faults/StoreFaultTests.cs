@@ -70,8 +70,10 @@ public sealed class StoreFaultTests : IDisposable
         var ex = await Assert.ThrowsAsync<LmfsException>(() => hung.GetAsync(table[1]).AsTask().WaitAsync(NoHang));
         Assert.Contains("could not be fetched within 1 s", ex.Message, StringComparison.Ordinal);
 
-        // The server answers again: the same chunk now reads (nothing bad was remembered).
+        // The server answers again: once the failure is no longer remembered (it is, briefly, so the
+        // kernel's immediate retry of a failed readahead fails at once), the same chunk reads.
         store.OnGet = null;
+        await Task.Delay(ChunkReader.FailureMemory + TimeSpan.FromMilliseconds(100));
         using var again = await hung.GetAsync(table[1]).AsTask().WaitAsync(NoHang);
         Assert.True(again.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk)));
     }

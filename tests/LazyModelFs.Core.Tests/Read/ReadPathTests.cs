@@ -170,11 +170,11 @@ public sealed class ReadPathTests : IDisposable
         using var mem = new MemoryTier(4L * (Chunk + 4096), Chunk);
         Assert.Equal(4, mem.Capacity);
         var held = mem.Rent();
-        mem.Publish(held, ChunkId.Of("held"u8), 16, 10, cold: false);
+        mem.Publish(held, new ChunkEntry(ChunkId.Of("held"u8), 10, 26, ChunkCodec.None, 0), 16, cold: false);
         for (int i = 0; i < 10; i++)
         {
             var c = mem.Rent();
-            mem.Publish(c, ChunkId.Of(Encoding.ASCII.GetBytes($"c{i}")), 16, 10, cold: false);
+            mem.Publish(c, new ChunkEntry(ChunkId.Of(Encoding.ASCII.GetBytes($"c{i}")), 10, 26, ChunkCodec.None, 0), 16, cold: false);
             c.Dispose();
         }
 
