@@ -657,6 +657,11 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                     using var c = await _reader.GetAsync(table[idx], FetchPriority.Readahead).ConfigureAwait(false);
                     int within = (int)(pos - ((long)idx * _chunkSize));
                     int take = (int)Math.Min(c.Data.Length - within, 8 + headerLen - pos);
+                    if (take <= 0)
+                    {
+                        throw new Util.ChunkRowMismatchException($"inode {st.Node.Ino}: chunk {idx} is shorter than the safetensors header needs");
+                    }
+
                     c.Data.Span.Slice(within, take).CopyTo(json.AsSpan((int)(pos - 8)));
                     pos += take;
                 }
