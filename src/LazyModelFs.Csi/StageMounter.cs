@@ -77,6 +77,12 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
         if (p.ExitCode != 0)
         {
             string first = err.Split('\n').FirstOrDefault(l => l.StartsWith("error: ", StringComparison.Ordinal))?[7..] ?? err;
+            // Name the volume attribute the flag came from: the message reaches the pod's events.
+            if (ContextOptions.FirstOrDefault(o => first.StartsWith(o.Value + " ", StringComparison.Ordinal)) is { Key: { } key })
+            {
+                first = $"volume attribute {key}: {first}";
+            }
+
             throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {first}");
         }
     }
