@@ -201,7 +201,7 @@ internal static class BenchCommand
     private static async Task<BenchReport> WithMountAsync(ParseResult p, string metaUrl, MountOptionsBinder opts, Func<string, Task<BenchReport>> body, CancellationToken ct)
     {
         opts.Read(p); // validate the mount options before anything starts
-        string work = Path.Combine(Path.GetTempPath(), $"lmfs-bench-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+        string work = Directory.CreateTempSubdirectory("lmfs-bench-").FullName; // mkdtemp(3): a new directory of ours, mode 0700
         string mnt = Path.Combine(work, "mnt");
         string log = Path.Combine(work, "mount.log");
         Directory.CreateDirectory(mnt);
