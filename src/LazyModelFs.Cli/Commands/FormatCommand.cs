@@ -28,7 +28,7 @@ internal static class FormatCommand
         {
             var opts = creds.Read(p, new StorageOptions { Endpoint = p.GetValue(endpoint), Region = p.GetValue(region), PathStyle = p.GetValue(pathStyle) });
             var s = await Volume.FormatAsync(p.GetValue(meta)!, p.GetValue(storage)!, opts, (int)p.GetValue(chunkSize).Bytes, p.GetValue(compression)!, p.GetValue(name)!, ct).ConfigureAwait(false);
-            Console.WriteLine($"formatted volume '{s.Name}' ({s.Uuid})");
+            Console.WriteLine($"formatted volume '{TerminalText.Safe(s.Name)}' ({s.Uuid})");
             Console.WriteLine($"  metadata:    {Redact.Url(p.GetValue(meta)!)}");
             Console.WriteLine($"  storage:     {s.Storage}");
             Console.WriteLine($"  chunk size:  {Sizes.Format(s.ChunkSize)}, compression: {s.Compression}");

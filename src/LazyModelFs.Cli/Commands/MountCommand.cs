@@ -34,13 +34,7 @@ internal static class MountCommand
                 return await StartBackgroundAsync(target, p.GetValue(logFile), ct).ConfigureAwait(false);
             }
 
-            using var loggers = LoggerFactory.Create(b => b
-                .AddSimpleConsole(o =>
-                {
-                    o.SingleLine = true;
-                    o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
-                })
-                .SetMinimumLevel(p.GetValue(debug) ? LogLevel.Debug : LogLevel.Information));
+            using var loggers = Logs.Create(p.GetValue(debug) ? LogLevel.Debug : LogLevel.Information);
             var log = loggers.CreateLogger("lmfs");
             string metaUrl = p.GetValue(meta)!;
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
