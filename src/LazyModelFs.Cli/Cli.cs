@@ -7,7 +7,9 @@ namespace LazyModelFs.Cli;
 /// <summary>
 /// The `lmfs` command line. Commands are thin: they parse, call the core, and print. Every failure
 /// goes through <see cref="Guard"/>: one "error:" line saying what was wrong, one "hint:" line saying
-/// what to do, a non-zero exit code, and a stack trace only with --verbose.
+/// what to do, a non-zero exit code, and a stack trace only with --verbose. Messages name paths from
+/// volumes and imported trees, so they are printed through <see cref="TerminalText.Safe"/>: a name's
+/// control characters arrive as \033, never as themselves.
 /// </summary>
 public static class Cli
 {
@@ -47,7 +49,7 @@ public static class Cli
         {
             foreach (var e in parse.Errors)
             {
-                await Console.Error.WriteLineAsync("error: " + e.Message).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(e.Message)).ConfigureAwait(false);
             }
 
             await Console.Error.WriteLineAsync($"hint: see `lmfs {string.Join(' ', CommandPath(parse))} --help`").ConfigureAwait(false);
@@ -79,15 +81,15 @@ public static class Cli
         }
         catch (LmfsException ex)
         {
-            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(ex.Message)).ConfigureAwait(false);
             if (ex.Hint is not null)
             {
-                await Console.Error.WriteLineAsync("hint: " + ex.Hint).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync("hint: " + TerminalText.Safe(ex.Hint)).ConfigureAwait(false);
             }
 
             if (verbose && ex.InnerException is not null)
             {
-                await Console.Error.WriteLineAsync(ex.InnerException.ToString()).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(TerminalText.Safe(ex.InnerException.ToString(), keepNewlines: true)).ConfigureAwait(false);
             }
 
             return ex.ExitCode;
@@ -103,19 +105,19 @@ public static class Cli
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(ex.Message)).ConfigureAwait(false);
             await Console.Error.WriteLineAsync("hint: check the path and its permissions").ConfigureAwait(false);
             if (verbose)
             {
-                await Console.Error.WriteLineAsync(ex.ToString()).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(TerminalText.Safe(ex.ToString(), keepNewlines: true)).ConfigureAwait(false);
             }
 
             return 1;
         }
         catch (Exception ex)
         {
-            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {ex.Message}").ConfigureAwait(false);
-            await Console.Error.WriteLineAsync(verbose ? ex.ToString() : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {TerminalText.Safe(ex.Message)}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync(verbose ? TerminalText.Safe(ex.ToString(), keepNewlines: true) : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
             return 1;
         }
     }

@@ -316,7 +316,7 @@ public sealed class CsiServices
     {
         try
         {
-            return JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(RecordPath(staging)));
+            return PrivateFiles.ReadTrusted(RecordPath(staging)) is { } text ? JsonSerializer.Deserialize<StageRecord>(text) : null;
         }
         catch (Exception ex) when (ex is IOException or JsonException or UnauthorizedAccessException)
         {
@@ -326,8 +326,8 @@ public sealed class CsiServices
 
     private void SaveRecord(StageRecord r)
     {
-        Directory.CreateDirectory(_o.StateDir);
-        File.WriteAllText(RecordPath(r.StagingPath), JsonSerializer.Serialize(r));
+        PrivateFiles.EnsureDirectory(_o.StateDir); // records name paths the plugin unmounts: nobody else may write them
+        PrivateFiles.WriteAtomic(RecordPath(r.StagingPath), JsonSerializer.Serialize(r));
     }
 
     private void DeleteRecord(string staging)
@@ -351,7 +351,7 @@ public sealed class CsiServices
         {
             try
             {
-                if (JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(f)) is { } r)
+                if (PrivateFiles.ReadTrusted(f) is { } text && JsonSerializer.Deserialize<StageRecord>(text) is { } r)
                 {
                     bool live = IsLiveLmfsMount(r.StagingPath);
                     found.Add((r, live));
@@ -365,7 +365,7 @@ public sealed class CsiServices
                     }
                 }
             }
-            catch (Exception ex) when (ex is IOException or JsonException)
+            catch (Exception ex) when (ex is IOException or JsonException or UnsafePathException)
             {
                 _log.LogWarning("csi: cannot read {File}: {Message}", f, ex.Message);
             }

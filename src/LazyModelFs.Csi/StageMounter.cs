@@ -11,7 +11,7 @@ namespace LazyModelFs.Csi;
 /// Starts and stops the `lmfs mount` daemons behind staged volumes. A daemon is started as
 /// `lmfs mount META STAGING --background`: it runs in its own session (setsid), not as a child the
 /// plugin must keep, so it outlives a restart of the plugin process; a restarted plugin finds it in
-/// the mount table and the mount's record (/run/lmfs/mounts). Secrets reach the daemon through its
+/// the mount table and the mount's record (/run/lmfs/mounts, root's private runtime directory). Secrets reach the daemon through its
 /// environment, never its command line (which every user can read in ps) or a log.
 /// </summary>
 public sealed class StageMounter(CsiOptions options, ILogger log)
@@ -77,6 +77,12 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
         if (p.ExitCode != 0)
         {
             string first = err.Split('\n').FirstOrDefault(l => l.StartsWith("error: ", StringComparison.Ordinal))?[7..] ?? err;
+            // Name the volume attribute the flag came from: the message reaches the pod's events.
+            if (ContextOptions.FirstOrDefault(o => first.StartsWith(o.Value + " ", StringComparison.Ordinal)) is { Key: { } key })
+            {
+                first = $"volume attribute {key}: {first}";
+            }
+
             throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {first}");
         }
     }

@@ -37,6 +37,38 @@ public static class LmfsRunner
 
     public static RunResult Run(params string[] args) => Run((IEnumerable<string>)args);
 
+    /// <summary>
+    /// Runs lmfs under a wrapper command that ends by exec'ing its arguments: another user
+    /// (<see cref="AsUser"/>), a private mount namespace (unshare), or both.
+    /// </summary>
+    public static RunResult RunWrapped(IEnumerable<string> wrapper, IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null)
+    {
+        var w = wrapper.ToList();
+        var psi = Prepare(args, env);
+        var inner = psi.ArgumentList.ToList();
+        psi.FileName = w[0];
+        psi.ArgumentList.Clear();
+        foreach (var a in w.Skip(1).Append("dotnet").Concat(inner))
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Close();
+        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(2)))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{string.Join(' ', w)} lmfs {string.Join(' ', args)} did not finish in time");
+        }
+
+        return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    /// <summary>A wrapper for <see cref="RunWrapped"/>: the command runs as uid and gid <paramref name="uid"/>, no supplementary groups (setpriv, util-linux).</summary>
+    public static string[] AsUser(int uid) => ["setpriv", $"--reuid={uid}", $"--regid={uid}", "--clear-groups"];
+
     /// <summary>Like <see cref="Run(IEnumerable{string}, IDictionary{string, string}?, TimeSpan?, byte[]?)"/>, keeping stdout as bytes (for `lmfs cat`).</summary>
     public static BytesResult RunBytes(IEnumerable<string> args, IDictionary<string, string?>? env = null)
     {

@@ -16,24 +16,24 @@ internal static class BenchCommand
         var target = new Argument<string>("FILE|META_URL") { Description = "A file under a mount point (lmfs, or another filesystem to compare), or a metadata URL to mount for the run" };
         var path = new Argument<string?>("PATH") { Description = "With a metadata URL: the file's path in the volume", Arity = ArgumentArity.ZeroOrOne };
         var safetensors = new Option<string?>("--safetensors") { Description = "Also time a safetensors load (mmap, every tensor copied out) of this file: a path under the mount, or in the volume" };
-        var readers = new Option<int>("--readers") { Description = "Readers of the N-reader sequential figure", DefaultValueFactory = _ => 4 };
-        var randomReads = new Option<int>("--random-reads") { Description = "Random reads per phase", DefaultValueFactory = _ => 200 };
-        var readSize = new Option<string>("--read-size") { Description = "Size of each random read", DefaultValueFactory = _ => "1M" };
-        var streams = new Option<int>("--get-streams") { Description = "Streams of the parallel-GET ceiling", DefaultValueFactory = _ => 16 };
+        var readers = Numeric.Int("--readers", "Readers of the N-reader sequential figure", 4, 1, 256);
+        var randomReads = Numeric.Int("--random-reads", "Random reads per phase", 200, 1, 1_000_000);
+        var readSize = Numeric.Size("--read-size", "Size of each random read", "1M", 1, 64L << 20);
+        var streams = Numeric.Int("--get-streams", "Streams of the parallel-GET ceiling", 16, 1, 256);
         var phases = new Option<string>("--phases") { Description = "Phases to run, comma-separated: cold,warm,hot", DefaultValueFactory = _ => "cold,warm,hot" };
         var noCeilings = new Option<bool>("--no-ceilings") { Description = "Skip the object-store and local-disk ceilings (e.g. for a peer measured beside an lmfs run)" };
         var localDir = new Option<string?>("--local-dir") { Description = "Directory on the cache disk for the local-disk ceiling file (default: the mount's cache dir, else /var/tmp)" };
         var system = new Option<string?>("--system") { Description = "Name of the system measured, for reports (default: lmfs, or the filesystem type)" };
         var coldCmd = new Option<string?>("--cold-cmd") { Description = "Other filesystems: shell command that empties their cache (e.g. unmount, clear the cache dir, mount again)" };
         var warmCmd = new Option<string?>("--warm-cmd") { Description = "Other filesystems: shell command that keeps their disk cache but drops memory (e.g. unmount and mount again)" };
-        var serverPid = new Option<int?>("--server-pid") { Description = "Pid of the object-store server, to report its CPU per GB" };
+        var serverPid = Numeric.OptionalInt("--server-pid", "Pid of the object-store server, to report its CPU per GB", 1, 4_194_304);
         var aws = new Option<string?>("--aws-baseline") { Description = "The safetensors file as a plain object (s3://BUCKET/KEY): time `aws s3 cp` of it, then a load from local disk" };
         var awsEndpoint = new Option<string?>("--aws-endpoint") { Description = "Endpoint for --aws-baseline (default: the volume's S3 endpoint)" };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON (progress still goes to stderr)" };
         var jsonFile = new Option<string?>("--json-file") { Description = "Also write the JSON report to this file" };
         var html = new Option<string?>("--html") { Description = "Write a self-contained HTML report (SVG chart of phases vs ceilings) to this file" };
-        var runs = new Option<int>("--runs") { Description = "Repeat each measurement this many times (median of the sequential runs; latencies pooled)", DefaultValueFactory = _ => 1 };
-        var seed = new Option<int>("--seed") { Description = "Seed of the random offsets and shuffled tensor order", DefaultValueFactory = _ => 1 };
+        var runs = Numeric.Int("--runs", "Repeat each measurement this many times (median of the sequential runs; latencies pooled)", 1, 1, 100);
+        var seed = Numeric.Int("--seed", "Seed of the random offsets and shuffled tensor order", 1, int.MinValue, int.MaxValue);
         var mountOpts = new MountOptionsBinder();
         var creds = new Common.Credentials();
         var cmd = new Command("bench", "Measure cold, warm and hot reads through a mount against the ceilings of the same machine:\n" +
@@ -57,15 +57,15 @@ internal static class BenchCommand
             var o = new BenchOptions
             {
                 File = "",
-                Readers = Positive(p.GetValue(readers), "--readers", 256),
-                RandomReads = Positive(p.GetValue(randomReads), "--random-reads", 1_000_000),
-                ReadSize = (int)Math.Clamp(Sizes.Parse(p.GetValue(readSize)!, "--read-size"), 1, 64L << 20),
-                GetStreams = Positive(p.GetValue(streams), "--get-streams", 256),
+                Readers = p.GetValue(readers),
+                RandomReads = p.GetValue(randomReads),
+                ReadSize = (int)p.GetValue(readSize).Bytes,
+                GetStreams = p.GetValue(streams),
                 Phases = ParsePhases(p.GetValue(phases)!),
                 ServerPid = p.GetValue(serverPid),
                 AwsBaseline = p.GetValue(aws),
                 Seed = p.GetValue(seed),
-                Runs = Positive(p.GetValue(runs), "--runs", 100),
+                Runs = p.GetValue(runs),
             };
             string t = p.GetValue(target)!;
             BenchReport report;
@@ -176,9 +176,6 @@ internal static class BenchCommand
 
     private static void Progress(string line) => Console.Error.WriteLine("bench: " + line);
 
-    private static int Positive(int v, string name, int max) =>
-        v >= 1 && v <= max ? v : throw new LmfsException($"{name} {v} is out of range", $"use 1 to {max}", 2);
-
     private static CacheState[] ParsePhases(string s)
     {
         var list = new List<CacheState>();
@@ -204,7 +201,7 @@ internal static class BenchCommand
     private static async Task<BenchReport> WithMountAsync(ParseResult p, string metaUrl, MountOptionsBinder opts, Func<string, Task<BenchReport>> body, CancellationToken ct)
     {
         opts.Read(p); // validate the mount options before anything starts
-        string work = Path.Combine(Path.GetTempPath(), $"lmfs-bench-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+        string work = Directory.CreateTempSubdirectory("lmfs-bench-").FullName; // mkdtemp(3): a new directory of ours, mode 0700
         string mnt = Path.Combine(work, "mnt");
         string log = Path.Combine(work, "mount.log");
         Directory.CreateDirectory(mnt);

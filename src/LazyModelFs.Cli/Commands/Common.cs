@@ -12,6 +12,26 @@ internal static class Common
         Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
     };
 
+    /// <summary>How names from the volume are printed (GNU ls's option and style names).</summary>
+    public static Option<string?> QuotingStyle()
+    {
+        var o = new Option<string?>("--quoting-style")
+        {
+            Description = "How to print names: shell-escape (quoted, unsafe characters as $'\\033'; the default on a terminal) or literal (as they are; the default otherwise)",
+            HelpName = "shell-escape|literal",
+        };
+        o.AcceptOnlyFromAmong("shell-escape", "literal");
+        return o;
+    }
+
+    /// <summary>
+    /// The printer of names chosen by --quoting-style: like GNU ls, escaped on a terminal, where a name
+    /// could otherwise send escape sequences to it (TerminalText), and as they are when stdout is a
+    /// file or a pipe, so scripts get exact names.
+    /// </summary>
+    public static Func<string, string> Names(ParseResult p, Option<string?> style) =>
+        (p.GetValue(style) ?? (Console.IsOutputRedirected ? "literal" : "shell-escape")) == "literal" ? n => n : TerminalText.Name;
+
     /// <summary>Opens the metadata engine of a formatted volume (no object store needed) and its namespace.</summary>
     public static async Task<(Meta.IMetaStore Meta, Meta.Namespace Namespace)> OpenNamespaceAsync(string url, CancellationToken ct)
     {

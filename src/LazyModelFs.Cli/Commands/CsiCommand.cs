@@ -44,13 +44,7 @@ internal static class CsiCommand
                 LmfsCommand = SelfExec.Arguments([]).Prepend(Environment.ProcessPath!).ToList(),
             };
             Directory.CreateDirectory(options.LogDir);
-            using var loggers = LoggerFactory.Create(b => b
-                .AddSimpleConsole(o =>
-                {
-                    o.SingleLine = true;
-                    o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
-                })
-                .SetMinimumLevel(p.GetValue(Cli.Verbose) ? LogLevel.Debug : LogLevel.Information));
+            using var loggers = Logs.Create(p.GetValue(Cli.Verbose) ? LogLevel.Debug : LogLevel.Information);
             await CsiPlugin.RunAsync(options, loggers, ct).ConfigureAwait(false);
             return 0;
         }));

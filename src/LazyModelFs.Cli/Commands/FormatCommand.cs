@@ -10,7 +10,7 @@ internal static class FormatCommand
     {
         var meta = Common.MetaUrl();
         var storage = new Option<string>("--storage", "-s") { Description = "Object store: file:///DIR or s3://BUCKET/PREFIX", Required = true };
-        var chunkSize = new Option<string>("--chunk-size") { Description = "Chunk size, a power of two from 1M to 64M", DefaultValueFactory = _ => "4M" };
+        var chunkSize = Numeric.Size("--chunk-size", "Chunk size, a power of two", "4M", Volume.MinChunkSize, Volume.MaxChunkSize);
         var compression = new Option<string>("--compression") { Description = "Chunk codec", DefaultValueFactory = _ => "none" };
         compression.AcceptOnlyFromAmong("none", "zstd");
         var name = new Option<string>("--name") { Description = "A name for the volume, shown by lmfs stat", DefaultValueFactory = _ => "lmfs" };
@@ -27,14 +27,8 @@ internal static class FormatCommand
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var opts = creds.Read(p, new StorageOptions { Endpoint = p.GetValue(endpoint), Region = p.GetValue(region), PathStyle = p.GetValue(pathStyle) });
-            long size = Sizes.Parse(p.GetValue(chunkSize)!, "--chunk-size");
-            if (size > int.MaxValue)
-            {
-                throw new LmfsException("--chunk-size is too large", "use at most 64M", 2);
-            }
-
-            var s = await Volume.FormatAsync(p.GetValue(meta)!, p.GetValue(storage)!, opts, (int)size, p.GetValue(compression)!, p.GetValue(name)!, ct).ConfigureAwait(false);
-            Console.WriteLine($"formatted volume '{s.Name}' ({s.Uuid})");
+            var s = await Volume.FormatAsync(p.GetValue(meta)!, p.GetValue(storage)!, opts, (int)p.GetValue(chunkSize).Bytes, p.GetValue(compression)!, p.GetValue(name)!, ct).ConfigureAwait(false);
+            Console.WriteLine($"formatted volume '{TerminalText.Safe(s.Name)}' ({s.Uuid})");
             Console.WriteLine($"  metadata:    {Redact.Url(p.GetValue(meta)!)}");
             Console.WriteLine($"  storage:     {s.Storage}");
             Console.WriteLine($"  chunk size:  {Sizes.Format(s.ChunkSize)}, compression: {s.Compression}");

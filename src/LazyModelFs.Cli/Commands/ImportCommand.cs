@@ -13,7 +13,7 @@ internal static class ImportCommand
         var meta = Common.MetaUrl();
         var paths = new Argument<string[]>("SRC... DEST") { Description = "Local files or directories, then the destination path in the volume", Arity = new ArgumentArity(2, 100_000) };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace destination files that exist with other content" };
-        var concurrency = new Option<int>("--concurrency", "-j") { Description = "Chunks hashed and uploaded at once", DefaultValueFactory = _ => 16 };
+        var concurrency = Numeric.Int("--concurrency", "Chunks hashed and uploaded at once", 16, 1, 256, "-j");
         var noProgress = new Option<bool>("--no-progress") { Description = "Print plain progress lines even on a terminal" };
         var creds = new Common.Credentials();
 
@@ -26,11 +26,6 @@ internal static class ImportCommand
         {
             var all = p.GetValue(paths)!;
             int jobs = p.GetValue(concurrency);
-            if (jobs is < 1 or > 256)
-            {
-                throw new LmfsException($"--concurrency {jobs} is out of range", "use 1 to 256", 2);
-            }
-
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
             var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Concurrency = jobs });
             var run = importer.RunAsync(all[..^1], all[^1], ct);

@@ -11,7 +11,8 @@ internal static class ListCommand
         var meta = Common.MetaUrl();
         var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
         var longFormat = new Option<bool>("--long", "-l") { Description = "Show mode, owner, size and modification time" };
-        var cmd = new Command("ls", "List a directory of a volume.\n\nExample:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat };
+        var quoting = Common.QuotingStyle();
+        var cmd = new Command("ls", "List a directory of a volume. On a terminal, names with spaces, shell metacharacters or control\ncharacters are quoted as GNU ls quotes them ('my file', 'a'$'\\033''b'); into a pipe or file they are printed as they are.\n\nExample:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat, quoting };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var (meta0, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
@@ -19,9 +20,10 @@ internal static class ListCommand
             string at = p.GetValue(path)!;
             var node = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw Missing(at);
             bool l = p.GetValue(longFormat);
+            var show = Common.Names(p, quoting);
             if (node.Type != NodeType.Directory)
             {
-                Console.WriteLine(l ? Line(node, Path.GetFileName(at.TrimEnd('/'))) : Path.GetFileName(at.TrimEnd('/')));
+                Console.WriteLine(l ? Line(node, Path.GetFileName(at.TrimEnd('/')), show) : show(Path.GetFileName(at.TrimEnd('/'))));
                 return 0;
             }
 
@@ -29,14 +31,14 @@ internal static class ListCommand
             {
                 if (!l)
                 {
-                    Console.WriteLine(e.Type == NodeType.Directory ? e.Name + "/" : e.Name);
+                    Console.WriteLine(e.Type == NodeType.Directory ? show(e.Name) + "/" : show(e.Name));
                     continue;
                 }
 
                 var child = await meta0.GetNodeAsync(e.Ino, ct).ConfigureAwait(false);
                 if (child is not null)
                 {
-                    Console.WriteLine(Line(child, e.Name));
+                    Console.WriteLine(Line(child, e.Name, show));
                 }
             }
 
@@ -63,6 +65,6 @@ internal static class ListCommand
 
     internal static string Time(long ns) => DateTime.UnixEpoch.AddTicks(ns / 100).ToString("yyyy-MM-dd HH:mm:ss", System.Globalization.CultureInfo.InvariantCulture);
 
-    private static string Line(Node n, string name) =>
-        $"{ModeString(n)} {n.Uid,5} {n.Gid,5} {n.Size,14} {Time(n.MtimeNs)} {name}{(n.Type == NodeType.Symlink ? " -> " + n.SymlinkTarget : n.Type == NodeType.Directory ? "/" : "")}";
+    private static string Line(Node n, string name, Func<string, string> show) =>
+        $"{ModeString(n)} {n.Uid,5} {n.Gid,5} {n.Size,14} {Time(n.MtimeNs)} {show(name)}{(n.Type == NodeType.Symlink ? " -> " + show(n.SymlinkTarget ?? "") : n.Type == NodeType.Directory ? "/" : "")}";
 }

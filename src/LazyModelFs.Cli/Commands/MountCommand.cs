@@ -14,7 +14,7 @@ internal static class MountCommand
         var meta = Common.MetaUrl();
         var mountPoint = new Argument<string>("MOUNTPOINT") { Description = "An existing empty directory" };
         var background = new Option<bool>("--background", "-d") { Description = "Return once the mount is serving; the daemon keeps running and logs to --log-file" };
-        var logFile = new Option<string?>("--log-file") { Description = "Log file of a --background mount (default /var/log/lmfs/mount-<dir>.log)" };
+        var logFile = new Option<string?>("--log-file") { Description = "Log file of a --background mount (default /var/log/lmfs/mount-<dir>.log for root, else in the private runtime directory)" };
         var debug = new Option<bool>("--debug") { Description = "Log every FUSE request and reply" };
         var opts = new MountOptionsBinder();
         var creds = new Common.Credentials();
@@ -29,6 +29,7 @@ internal static class MountCommand
             string target = Path.GetFullPath(p.GetValue(mountPoint)!);
             var mountOptions = opts.Read(p); // validate before anything starts
             LmfsMount.CheckMountPoint(target);
+            _ = MountState.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
             if (p.GetValue(background))
             {
                 // Refuse here, with the documented exit code, what the daemon would refuse: metadata
@@ -41,13 +42,7 @@ internal static class MountCommand
                 return await StartBackgroundAsync(target, p.GetValue(logFile), ct).ConfigureAwait(false);
             }
 
-            using var loggers = LoggerFactory.Create(b => b
-                .AddSimpleConsole(o =>
-                {
-                    o.SingleLine = true;
-                    o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
-                })
-                .SetMinimumLevel(p.GetValue(debug) ? LogLevel.Debug : LogLevel.Information));
+            using var loggers = Logs.Create(p.GetValue(debug) ? LogLevel.Debug : LogLevel.Information);
             var log = loggers.CreateLogger("lmfs");
             string metaUrl = p.GetValue(meta)!;
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
@@ -84,8 +79,8 @@ internal static class MountCommand
     /// </summary>
     private static async Task<int> StartBackgroundAsync(string target, string? logFile, CancellationToken ct)
     {
-        logFile ??= MountState.LogFileFor("/var/log/lmfs", target);
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(logFile))!);
+        logFile ??= MountState.LogFileFor(MountState.DefaultLogDirectory, target);
+        PrivateFiles.PrepareLogFile(logFile); // the daemon's shell appends to it by name: no link, nobody else's file
         long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
         int? previousPid = MountState.Load(target)?.Pid;
 

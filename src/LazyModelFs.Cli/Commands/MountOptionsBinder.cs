@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
-using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 
 namespace LazyModelFs.Cli.Commands;
@@ -10,29 +8,30 @@ internal sealed class MountOptionsBinder
 {
     public Option<string> CacheDir { get; } = new("--cache-dir") { Description = "Local chunk cache directory (NVMe); shared safely by several mounts", DefaultValueFactory = _ => "/var/cache/lmfs" };
 
-    public Option<string> CacheSize { get; } = new("--cache-size") { Description = "Disk cache limit, capped by --free-space-ratio (0 disables the disk cache)", DefaultValueFactory = _ => "100G" };
+    // Ranges: Numeric (the shared parser); listed in docs/operations.md, "Accepted ranges".
+    public Option<ByteSize> CacheSize { get; } = Numeric.Size("--cache-size", "Disk cache limit, capped by --free-space-ratio (0 disables the disk cache)", "100G", 0, 1L << 50);
 
-    public Option<double> FreeSpaceRatio { get; } = new("--free-space-ratio") { Description = "Fraction of the cache disk always left free", DefaultValueFactory = _ => 0.1 };
+    public Option<double> FreeSpaceRatio { get; } = Numeric.Number("--free-space-ratio", "Fraction of the cache disk always left free", 0.1, 0, 0.99);
 
-    public Option<string> BufferSize { get; } = new("--buffer-size") { Description = "Memory tier for chunks, fetches in flight included", DefaultValueFactory = _ => "512M" };
+    public Option<ByteSize> BufferSize { get; } = Numeric.Size("--buffer-size", "Memory tier for chunks, fetches in flight included; at least 4 chunks", "512M", 4L << 20, 1L << 40);
 
-    public Option<int> MaxFetches { get; } = new("--max-fetches") { Description = "Concurrent object GETs", DefaultValueFactory = _ => 16 };
+    public Option<int> MaxFetches { get; } = Numeric.Int("--max-fetches", "Concurrent object GETs", 16, 1, 256);
 
-    public Option<int> DemandParts { get; } = new("--demand-parts") { Description = "Ranged GETs a chunk is split into when a read waits for it (1: whole objects only)", DefaultValueFactory = _ => 4 };
+    public Option<int> DemandParts { get; } = Numeric.Int("--demand-parts", "Ranged GETs a chunk is split into when a read waits for it (1: whole objects only)", 4, 1, 64);
 
-    public Option<string> Readahead { get; } = new("--readahead") { Description = "Largest readahead window of a sequential reader", DefaultValueFactory = _ => "128M" };
+    public Option<ByteSize> Readahead { get; } = Numeric.Size("--readahead", "Largest readahead window of a sequential reader", "128M", 1L << 20, 64L << 30);
 
     public Option<string> Prefetch { get; } = new("--prefetch") { Description = "none | sequential | whole-file | safetensors (header, then tensors in file order, for *.safetensors; sequential for the rest)", DefaultValueFactory = _ => "safetensors" };
 
     public Option<bool> AllowOther { get; } = new("--allow-other") { Description = "Let users other than the mounting one use the mount" };
 
-    public Option<int> ReadaheadKb { get; } = new("--readahead-kb") { Description = "Kernel readahead for the mount (read_ahead_kb; root only)", DefaultValueFactory = _ => 16384 };
+    public Option<int> ReadaheadKb { get; } = Numeric.Int("--readahead-kb", "Kernel readahead for the mount (read_ahead_kb; root only)", 16384, 0, 1 << 20);
 
-    public Option<double> FetchTimeout { get; } = new("--fetch-timeout") { Description = "Seconds a chunk may take, retries included, before the read fails with EIO", DefaultValueFactory = _ => 60 };
+    public Option<double> FetchTimeout { get; } = Numeric.Number("--fetch-timeout", "Seconds a chunk may take, retries included, before the read fails with EIO", 60, 0.1, 86400, "seconds");
 
-    public Option<double> EntryTimeout { get; } = new("--entry-timeout") { Description = "Seconds the kernel caches names, directory attributes and absent names", DefaultValueFactory = _ => 1 };
+    public Option<double> EntryTimeout { get; } = Numeric.Number("--entry-timeout", "Seconds the kernel caches names, directory attributes and absent names", 1, 0, 31_536_000, "seconds");
 
-    public Option<int?> Threads { get; } = new("--threads") { Description = "FUSE reader threads (default 2 x cores)" };
+    public Option<int?> Threads { get; } = Numeric.OptionalInt("--threads", "FUSE reader threads; default 2 x cores", 1, 1024);
 
     public void AddTo(Command c)
     {
@@ -60,49 +59,26 @@ internal sealed class MountOptionsBinder
         }
     }
 
+    /// <summary>The options as the mount takes them; their ranges were checked when the command line was parsed.</summary>
     public MountOptions Read(ParseResult p)
     {
-        double ratio = p.GetValue(FreeSpaceRatio);
-        if (ratio is < 0 or >= 1)
-        {
-            throw new LmfsException($"--free-space-ratio {ratio.ToString(CultureInfo.InvariantCulture)} is out of range", "use a fraction from 0 to 0.99", 2);
-        }
-
-        int fetches = p.GetValue(MaxFetches);
-        if (fetches is < 1 or > 256)
-        {
-            throw new LmfsException($"--max-fetches {fetches} is out of range", "use 1 to 256", 2);
-        }
-
-        int parts = p.GetValue(DemandParts);
-        if (parts is < 1 or > 64)
-        {
-            throw new LmfsException($"--demand-parts {parts} is out of range", "use 1 to 64", 2);
-        }
-
-        double fetchTimeout = p.GetValue(FetchTimeout), entryTimeout = p.GetValue(EntryTimeout);
-        if (fetchTimeout <= 0 || entryTimeout < 0)
-        {
-            throw new LmfsException("--fetch-timeout must be positive and --entry-timeout not negative", "give seconds, e.g. --fetch-timeout 60", 2);
-        }
-
-        var entry = TimeSpan.FromSeconds(entryTimeout);
+        var entry = TimeSpan.FromSeconds(p.GetValue(EntryTimeout));
         return new MountOptions
         {
             CacheDir = p.GetValue(CacheDir)!,
-            CacheSize = Sizes.Parse(p.GetValue(CacheSize)!, "--cache-size"),
-            FreeSpaceRatio = ratio,
-            BufferSize = Sizes.Parse(p.GetValue(BufferSize)!, "--buffer-size"),
-            MaxFetches = fetches,
-            DemandParts = parts,
-            FetchTimeout = TimeSpan.FromSeconds(fetchTimeout),
+            CacheSize = p.GetValue(CacheSize).Bytes,
+            FreeSpaceRatio = p.GetValue(FreeSpaceRatio),
+            BufferSize = p.GetValue(BufferSize).Bytes,
+            MaxFetches = p.GetValue(MaxFetches),
+            DemandParts = p.GetValue(DemandParts),
+            FetchTimeout = TimeSpan.FromSeconds(p.GetValue(FetchTimeout)),
             AllowOther = p.GetValue(AllowOther),
             ReadaheadKb = p.GetValue(ReadaheadKb),
             Threads = p.GetValue(Threads),
             Vfs = new VfsOptions
             {
                 Prefetch = p.GetValue(Prefetch) switch { "none" => PrefetchMode.None, "sequential" => PrefetchMode.Sequential, "whole-file" => PrefetchMode.WholeFile, _ => PrefetchMode.Safetensors },
-                ReadaheadMax = Sizes.Parse(p.GetValue(Readahead)!, "--readahead"),
+                ReadaheadMax = p.GetValue(Readahead).Bytes,
                 EntryTimeout = entry,
                 NegativeTimeout = entry,
                 DirectoryTimeout = entry,

@@ -12,7 +12,8 @@ internal static class StatCommand
         var meta = Common.MetaUrl();
         var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
         var chunks = new Option<bool>("--chunks") { Description = "List every chunk of a file" };
-        var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\n\nExample:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks") { meta, path, chunks };
+        var quoting = Common.QuotingStyle();
+        var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\nNames are quoted on a terminal as lmfs ls quotes them.\n\nExample:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks") { meta, path, chunks, quoting };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var (m, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
@@ -20,7 +21,8 @@ internal static class StatCommand
             var settings = ns.Settings;
             string at = p.GetValue(path)!;
             var n = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw ListCommand.Missing(at);
-            Console.WriteLine($"path:     {Namespace.Join(Namespace.SplitPath(at))}");
+            var show = Common.Names(p, quoting);
+            Console.WriteLine($"path:     {show(Namespace.Join(Namespace.SplitPath(at)))}");
             Console.WriteLine($"inode:    {n.Ino}");
             Console.WriteLine($"type:     {n.Type.ToString().ToLowerInvariant()}");
             Console.WriteLine($"mode:     {ListCommand.ModeString(n)} (0{Convert.ToString(n.Mode, 8)})");
@@ -30,13 +32,13 @@ internal static class StatCommand
             Console.WriteLine($"changed:  {ListCommand.Time(n.CtimeNs)} UTC");
             if (n.Type == NodeType.Symlink)
             {
-                Console.WriteLine($"target:   {n.SymlinkTarget}");
+                Console.WriteLine($"target:   {show(n.SymlinkTarget ?? "")}");
             }
 
             if (n.Ino == Node.RootIno)
             {
                 var u = await m.GetUsageAsync(ct).ConfigureAwait(false);
-                Console.WriteLine($"volume:   '{settings.Name}' {settings.Uuid}, format version {settings.FormatVersion}, created {settings.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
+                Console.WriteLine($"volume:   {show(settings.Name)} {settings.Uuid}, format version {settings.FormatVersion}, created {settings.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
                 Console.WriteLine($"storage:  {settings.Storage}");
                 Console.WriteLine($"chunks:   {Sizes.Format(settings.ChunkSize)}, compression {settings.Compression}");
                 Console.WriteLine($"usage:    {u.Bytes} bytes ({Sizes.Format(u.Bytes)}) in {u.Inodes} inodes");

@@ -18,7 +18,7 @@ internal static class WarmupCommand
         var paths = new Argument<string[]>("PATH") { Description = "Files or directories (volume paths, or paths under the mount point)", Arity = ArgumentArity.OneOrMore };
         var check = new Option<bool>("--check") { Description = "Only report how much is cached" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Cache directory to fill (default: the mount's, or /var/cache/lmfs)" };
-        var jobs = new Option<int>("--concurrency", "-j") { Description = "Concurrent object GETs", DefaultValueFactory = _ => 16 };
+        var jobs = Numeric.Int("--concurrency", "Concurrent object GETs", 16, 1, 256, "-j");
         var creds = new Common.Credentials();
         var cmd = new Command("warmup", "Fill the local chunk cache ahead of time, so the next load reads only local disk.\n\nExamples:\n  lmfs warmup /models /models/llama-3-8b\n  lmfs warmup sqlite:///var/lib/lmfs/meta.db /models/llama-3-8b --cache-dir /nvme/lmfs\n  lmfs warmup /models /models/llama-3-8b --check") { target, paths, check, cacheDir, jobs };
         creds.AddTo(cmd);

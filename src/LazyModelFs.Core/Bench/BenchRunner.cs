@@ -356,9 +356,9 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
 
     private async Task<BaselineResult> AwsBaselineAsync(string mountedPath, CancellationToken ct)
     {
-        string dir = o.LocalDir ?? Path.GetTempPath();
-        Directory.CreateDirectory(dir);
-        string dest = Path.Combine(dir, $".lmfs-bench-aws-{Environment.ProcessId}-{Path.GetFileName(mountedPath)}");
+        // A new directory of ours for the download: a fixed name in a shared directory (/var/tmp) could be a planted link.
+        string dir = PrivateFiles.CreateUniqueDirectory(o.LocalDir ?? Path.GetTempPath(), ".lmfs-bench-aws-");
+        string dest = Path.Combine(dir, Path.GetFileName(mountedPath));
         var psi = new ProcessStartInfo("aws") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         var args = new List<string>();
         if (o.AwsEndpoint is not null)
@@ -407,7 +407,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         {
             try
             {
-                System.IO.File.Delete(dest);
+                Directory.Delete(dir, recursive: true);
             }
             catch (IOException)
             {

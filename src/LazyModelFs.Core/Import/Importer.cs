@@ -218,7 +218,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
         var fs = followLink ? StatFollow(source) : Posix.LStat(source);
         if ((fs.Mode & 0xF000) != 0x8000)
         {
-            Console.Error.WriteLine($"warning: skipping '{source}': not a regular file, directory or symlink");
+            Console.Error.WriteLine($"warning: skipping '{TerminalText.Safe(source)}': not a regular file, directory or symlink");
             return;
         }
 

@@ -106,6 +106,82 @@ public static partial class Posix
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags, int mode);
 
+    /// <summary>The effective user id (whose files this process creates).</summary>
+    public static uint EUid => geteuid();
+
+    public const uint SIfmt = 0xF000, SIfdir = 0x4000, SIfreg = 0x8000, SIflnk = 0xA000, SIsvtx = 0x200;
+
+    /// <summary>O_NOFOLLOW: open(2) fails with ELOOP when the final component is a symbolic link (its value differs by architecture).</summary>
+    public static int ONoFollow => RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x8000 : 0x20000;
+
+    public const int ORdonly = 0, OWronly = 1, OCreat = 0x40, OExcl = 0x80, OAppend = 0x400, ONonblock = 0x800, OCloexec = 0x80000;
+
+    /// <summary>open(2) as it is, for the flags .NET cannot ask for (O_NOFOLLOW, O_NONBLOCK). Throws IOException with the errno in HResult.</summary>
+    public static SafeFileHandle Open(string path, int flags, int mode = 0)
+    {
+        int fd = open(path, flags, mode);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot open '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>fstat(2) through statx(2) on an open descriptor: the facts of the file actually opened, whatever its name points to now.</summary>
+    public static unsafe PosixStat FStat(SafeFileHandle h)
+    {
+        const int AtEmptyPath = 0x1000;
+        byte* buf = stackalloc byte[256];
+        // SAFETY: buf is 256 bytes, the size of struct statx; the kernel writes no more.
+        if (statx((int)h.DangerousGetHandle(), "", AtEmptyPath, StatxBasicStats, buf) != 0)
+        {
+            throw new IOException($"cannot stat an open file: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+
+        return new PosixStat(*(ushort*)(buf + 28), *(uint*)(buf + 20), *(uint*)(buf + 24), *(long*)(buf + 40), (*(long*)(buf + 112) * 1_000_000_000L) + *(uint*)(buf + 120), *(ulong*)(buf + 32));
+    }
+
+    /// <summary>mkdir(2): 0 when made, else the errno (EEXIST = 17 when something is there already).</summary>
+    public static int MkDir(string path, uint mode) => mkdir(path, mode) == 0 ? 0 : Marshal.GetLastPInvokeError();
+
+    /// <summary>rename(2): replaces <paramref name="to"/> itself (a symbolic link there is replaced, not followed).</summary>
+    public static void Rename(string from, string to)
+    {
+        if (rename(from, to) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot rename '{from}' to '{to}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+    }
+
+    /// <summary>realpath(3): the path with every symbolic link, '.' and '..' resolved; the path must exist.</summary>
+    public static unsafe string RealPath(string path)
+    {
+        byte* buf = stackalloc byte[4097];
+        // SAFETY: realpath writes at most PATH_MAX (4096) bytes and a NUL into a caller's buffer.
+        if (realpath(path, buf) == null)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot resolve '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+
+        return Marshal.PtrToStringUTF8((nint)buf)!;
+    }
+
+    [LibraryImport("libc")]
+    private static partial uint geteuid();
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int mkdir(string path, uint mode);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int rename(string from, string to);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial byte* realpath(string path, byte* resolved);
+
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
 

@@ -100,7 +100,7 @@ public sealed class LmfsMount : IDisposable
         var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
         var fuseOptions = new FuseMountOptions
         {
-            FsName = "lmfs:" + volume.Settings.Name,
+            FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
             AllowOther = o.AllowOther,
             ReadaheadKb = o.ReadaheadKb,
             Threads = o.Threads ?? new FuseMountOptions().Threads,

@@ -152,6 +152,44 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
     }
 
     [Fact]
+    public void Numbers_out_of_range_are_refused_naming_the_option_and_range_before_anything_starts()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "1M"));
+        Ok(LmfsRunner.Run("import", Meta, Source("a.bin", 5000), "/a.bin"));
+        string mp = _dir["mp"];
+        Directory.CreateDirectory(mp);
+        string[] mount = ["mount", Meta, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]];
+        try
+        {
+            // Each of these mounted (and then failed every cold read), or died with "unexpected OverflowException".
+            Fails(LmfsRunner.Run([.. mount, "--fetch-timeout", "10000000"]), 2, "--fetch-timeout 10000000 is out of range: use 0.1 to 86400 seconds");
+            Fails(LmfsRunner.Run([.. mount, "--entry-timeout", "1e12"]), 2, "--entry-timeout 1e12 is out of range: use 0 to 31536000 seconds");
+            Fails(LmfsRunner.Run([.. mount, "--fetch-timeout", "Infinity"]), 2, "--fetch-timeout 'Infinity' is not a number");
+            Fails(LmfsRunner.Run([.. mount, "--free-space-ratio", "NaN"]), 2, "--free-space-ratio 'NaN' is not a number: use 0 to 0.99");
+            Fails(LmfsRunner.Run([.. mount, "--threads", "0"]), 2, "--threads 0 is out of range: use 1 to 1024");
+            Fails(LmfsRunner.Run([.. mount, "--readahead-kb", "-5"]), 2, "--readahead-kb -5 is out of range");
+            Fails(LmfsRunner.Run([.. mount, "--cache-size", "99999999999T"]), 2, "--cache-size '99999999999T' is too large: use 0 to 1024T");
+            Fails(LmfsRunner.Run([.. mount, "--max-fetches", "99999999999"]), 2, "--max-fetches 99999999999 is out of range: use 1 to 256");
+            Assert.Null(Fuse.FuseMount.MountTypeAt(mp));
+            Assert.False(File.Exists(_dir["mount.log"]), "a refused option must stop the mount before a daemon starts");
+
+            // The same parser serves every command.
+            Fails(LmfsRunner.Run("warmup", Meta, "/a.bin", "-j", "0", "--cache-dir", _dir["cache"]), 2, "-j 0 is out of range: use 1 to 256");
+            Fails(LmfsRunner.Run("import", Meta, _dir["a.bin"], "/b.bin", "-j", "1000"), 2, "-j 1000 is out of range: use 1 to 256");
+            Fails(LmfsRunner.Run("bench", _dir["a.bin"], "--read-size", "100T"), 2, "--read-size 100T is out of range: use 1 to 64M");
+            Fails(LmfsRunner.Run("format", $"sqlite://{_dir["other.db"]}", "--storage", Objects, "--chunk-size", "128M"), 2, "--chunk-size 128M is out of range: use 1M to 64M");
+            Assert.False(Directory.Exists(_dir["cache"]));
+        }
+        finally
+        {
+            if (Fuse.FuseMount.MountTypeAt(mp) is not null)
+            {
+                LmfsRunner.Run("umount", mp);
+            }
+        }
+    }
+
+    [Fact]
     public void Every_command_has_help_with_an_example_and_usage_errors_exit_2()
     {
         foreach (var cmd in new[] { "format", "import", "ls", "stat", "cat", "rm" })

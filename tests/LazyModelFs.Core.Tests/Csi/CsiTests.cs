@@ -147,6 +147,27 @@ public sealed class CsiTests : IDisposable
     }
 
     [Fact]
+    public async Task Out_of_range_mount_attributes_are_invalid_argument_naming_the_attribute()
+    {
+        string meta = $"sqlite://{_dir["meta.db"]}";
+        Assert.Equal(0, LmfsRunner.Run("format", meta, "--storage", $"file://{_dir["objects"]}").ExitCode);
+        string staging = Kubelet("plugins/lmfs/pv1/globalmount");
+        foreach (var (key, value, message) in new[]
+        {
+            ("entryTimeout", "1e12", "volume attribute entryTimeout: --entry-timeout 1e12 is out of range: use 0 to 31536000 seconds"),
+            ("fetchTimeout", "10000000", "volume attribute fetchTimeout: --fetch-timeout 10000000 is out of range: use 0.1 to 86400 seconds"),
+            ("maxFetches", "0", "volume attribute maxFetches: --max-fetches 0 is out of range: use 1 to 256"),
+            ("cacheSize", "lots", "volume attribute cacheSize: --cache-size 'lots' is not a size"),
+        })
+        {
+            var stage = StageRequest(meta, staging);
+            stage.VolumeContext[key] = value;
+            Code(StatusCode.InvalidArgument, await Stage(stage), message);
+            Assert.Null(Fuse.FuseMount.MountTypeAt(staging));
+        }
+    }
+
+    [Fact]
     public async Task Paths_that_escape_their_parent_are_refused()
     {
         string meta = $"sqlite://{_dir["meta.db"]}";
