@@ -7,7 +7,8 @@ namespace LazyModelFs.Cli;
 /// <summary>
 /// The `lmfs` command line. Commands are thin: they parse, call the core, and print. Every failure
 /// goes through <see cref="Guard"/>: one "error:" line saying what was wrong, one "hint:" line saying
-/// what to do, a non-zero exit code, and a stack trace only with --verbose.
+/// what to do, a non-zero exit code, and a stack trace only with --verbose; URLs in any of it are
+/// shown without their credentials.
 /// </summary>
 public static class Cli
 {
@@ -79,7 +80,7 @@ public static class Cli
         }
         catch (LmfsException ex)
         {
-            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + Redact.Text(ex.Message)).ConfigureAwait(false);
             if (ex.Hint is not null)
             {
                 await Console.Error.WriteLineAsync("hint: " + ex.Hint).ConfigureAwait(false);
@@ -87,7 +88,7 @@ public static class Cli
 
             if (verbose && ex.InnerException is not null)
             {
-                await Console.Error.WriteLineAsync(ex.InnerException.ToString()).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(Redact.Text(ex.InnerException.ToString())).ConfigureAwait(false);
             }
 
             return ex.ExitCode;
@@ -103,19 +104,19 @@ public static class Cli
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync("error: " + ex.Message).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + Redact.Text(ex.Message)).ConfigureAwait(false);
             await Console.Error.WriteLineAsync("hint: check the path and its permissions").ConfigureAwait(false);
             if (verbose)
             {
-                await Console.Error.WriteLineAsync(ex.ToString()).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(Redact.Text(ex.ToString())).ConfigureAwait(false);
             }
 
             return 1;
         }
         catch (Exception ex)
         {
-            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {ex.Message}").ConfigureAwait(false);
-            await Console.Error.WriteLineAsync(verbose ? ex.ToString() : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {Redact.Text(ex.Message)}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync(verbose ? Redact.Text(ex.ToString()) : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
             return 1;
         }
     }
