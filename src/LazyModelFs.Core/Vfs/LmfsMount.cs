@@ -36,6 +36,9 @@ public sealed record MountOptions
 
     public int? Threads { get; init; }
 
+    /// <summary>Mount over a directory that is not empty (refused otherwise: the mount would hide what it holds).</summary>
+    public bool NonEmpty { get; init; }
+
     /// <summary>Where to listen for control commands (<see cref="MountControl"/>); null: no control socket.</summary>
     public string? ControlSocket { get; init; }
 }
@@ -104,6 +107,7 @@ public sealed class LmfsMount : IDisposable
             AllowOther = o.AllowOther,
             ReadaheadKb = o.ReadaheadKb,
             Threads = o.Threads ?? new FuseMountOptions().Threads,
+            AllowNonEmpty = o.NonEmpty,
         };
         try
         {
