@@ -7,9 +7,10 @@ namespace LazyModelFs.Cli;
 /// <summary>
 /// The `lmfs` command line. Commands are thin: they parse, call the core, and print. Every failure
 /// goes through <see cref="Guard"/>: one "error:" line saying what was wrong, one "hint:" line saying
-/// what to do, a non-zero exit code, and a stack trace only with --verbose. Messages name paths from
-/// volumes and imported trees, so they are printed through <see cref="TerminalText.Safe"/>: a name's
-/// control characters arrive as \033, never as themselves.
+/// what to do, a non-zero exit code, and a stack trace only with --verbose. URLs in any of it are
+/// shown without their credentials (<see cref="Redact.Text"/>), and messages name paths from volumes
+/// and imported trees, so they are printed through <see cref="TerminalText.Safe"/>: a name's control
+/// characters arrive as \033, never as themselves.
 /// </summary>
 public static class Cli
 {
@@ -49,7 +50,7 @@ public static class Cli
         {
             foreach (var e in parse.Errors)
             {
-                await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(e.Message)).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(e.Message))).ConfigureAwait(false);
             }
 
             await Console.Error.WriteLineAsync($"hint: see `lmfs {string.Join(' ', CommandPath(parse))} --help`").ConfigureAwait(false);
@@ -81,7 +82,7 @@ public static class Cli
         }
         catch (LmfsException ex)
         {
-            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(ex.Message)).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(ex.Message))).ConfigureAwait(false);
             if (ex.Hint is not null)
             {
                 await Console.Error.WriteLineAsync("hint: " + TerminalText.Safe(ex.Hint)).ConfigureAwait(false);
@@ -89,7 +90,7 @@ public static class Cli
 
             if (verbose && ex.InnerException is not null)
             {
-                await Console.Error.WriteLineAsync(TerminalText.Safe(ex.InnerException.ToString(), keepNewlines: true)).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(TerminalText.Safe(Redact.Text(ex.InnerException.ToString()), keepNewlines: true)).ConfigureAwait(false);
             }
 
             return ex.ExitCode;
@@ -105,19 +106,19 @@ public static class Cli
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(ex.Message)).ConfigureAwait(false);
+            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(ex.Message))).ConfigureAwait(false);
             await Console.Error.WriteLineAsync("hint: check the path and its permissions").ConfigureAwait(false);
             if (verbose)
             {
-                await Console.Error.WriteLineAsync(TerminalText.Safe(ex.ToString(), keepNewlines: true)).ConfigureAwait(false);
+                await Console.Error.WriteLineAsync(TerminalText.Safe(Redact.Text(ex.ToString()), keepNewlines: true)).ConfigureAwait(false);
             }
 
             return 1;
         }
         catch (Exception ex)
         {
-            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {TerminalText.Safe(ex.Message)}").ConfigureAwait(false);
-            await Console.Error.WriteLineAsync(verbose ? TerminalText.Safe(ex.ToString(), keepNewlines: true) : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {TerminalText.Safe(Redact.Text(ex.Message))}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync(verbose ? TerminalText.Safe(Redact.Text(ex.ToString()), keepNewlines: true) : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
             return 1;
         }
     }

@@ -19,6 +19,9 @@ public sealed record CsiOptions
     /// <summary>Logs of the mount daemons.</summary>
     public string LogDir { get; init; } = "/var/log/lmfs";
 
+    /// <summary>How often the plugin checks that the daemons of staged volumes live, and mounts a dead one again; zero: never (NodeStageVolume and NodePublishVolume still do).</summary>
+    public TimeSpan HealInterval { get; init; } = TimeSpan.FromSeconds(10);
+
     /// <summary>How to run lmfs for a mount daemon: the executable and any leading arguments.</summary>
     public required IReadOnlyList<string> LmfsCommand { get; init; }
 

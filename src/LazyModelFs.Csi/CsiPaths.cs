@@ -10,7 +10,7 @@ namespace LazyModelFs.Csi;
 /// </summary>
 public static class CsiPaths
 {
-    /// <summary>Checks a staging or target path; returns it normalized (no trailing slash).</summary>
+    /// <summary>Checks a staging or target path; returns it normalized (no trailing slash), under the kubelet directory's resolved path.</summary>
     public static string Check(string? path, string field, string root)
     {
         if (string.IsNullOrEmpty(path))
@@ -31,10 +31,19 @@ public static class CsiPaths
 
         string normalized = "/" + string.Join('/', parts);
         string r = root.TrimEnd('/');
-        if (!normalized.StartsWith(r + "/", StringComparison.Ordinal))
+        // The kubelet directory itself may be a link (/var/lib/kubelet -> /data/kubelet); the kernel's
+        // mount table names the resolved path, so paths are returned under it, and compared in it.
+        string real = Fuse.FuseMount.ResolveMountPoint(r).TrimEnd('/');
+        if (normalized.StartsWith(r + "/", StringComparison.Ordinal))
+        {
+            normalized = real + normalized[r.Length..];
+        }
+        else if (!normalized.StartsWith(real + "/", StringComparison.Ordinal))
         {
             throw RpcException.InvalidArgument($"{field} '{path}' is outside the kubelet directory {root}");
         }
+
+        r = real;
 
         // Every component below the root that exists must be a real directory (or the final entry), never a link.
         string at = r;

@@ -18,7 +18,7 @@ public static class CsiPlugin
         log.LogInformation("csi: {Driver} serving node {Node} on {Socket}", CsiOptions.DriverName, options.NodeId, options.SocketPath);
         try
         {
-            await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);
+            await (options.HealInterval > TimeSpan.Zero ? services.WatchAsync(options.HealInterval, ct) : Task.Delay(Timeout.Infinite, ct)).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {

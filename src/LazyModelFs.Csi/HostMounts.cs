@@ -8,7 +8,7 @@ namespace LazyModelFs.Csi;
 /// </summary>
 public static partial class HostMounts
 {
-    private const nuint MsRdonly = 1, MsNosuid = 2, MsNodev = 4, MsRemount = 32, MsBind = 4096;
+    private const nuint MsRdonly = 1, MsNosuid = 2, MsNodev = 4, MsRemount = 32, MsBind = 4096, MsPrivate = 1 << 18;
     private const int MntDetach = 2;
 
     /// <summary>Bind-mounts <paramref name="source"/> on <paramref name="target"/>; read-only needs a second, remounting call (mount(8) does the same).</summary>
@@ -24,6 +24,18 @@ public static partial class HostMounts
             string why = Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError());
             _ = umount2(target, MntDetach);
             throw new IOException($"making the bind mount at {target} read-only failed: {why}");
+        }
+    }
+
+    /// <summary>
+    /// Makes the mount on top at <paramref name="target"/> private: it stops sending and receiving
+    /// mount events, so binds of it form peer groups of their own (CsiServices says why).
+    /// </summary>
+    public static void MakePrivate(string target)
+    {
+        if (mount(null, target, null, MsPrivate, null) != 0)
+        {
+            throw new IOException($"making the mount at {target} private failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
     }
 

@@ -38,7 +38,9 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
 
     public async Task MountAsync(string metaUrl, string staging, IReadOnlyDictionary<string, string> context, IReadOnlyDictionary<string, string> secrets, CancellationToken ct)
     {
-        var args = new List<string> { "mount", metaUrl, staging, "--background", "--allow-other" };
+        // CsiServices refuses a metaUrl with credentials; stripped again here, because this argv is
+        // readable by every user for as long as the daemon runs.
+        var args = new List<string> { "mount", Redact.StripCredentials(metaUrl), staging, "--background", "--allow-other" };
         bool cacheGiven = false;
         foreach (var (k, v) in context)
         {
@@ -83,7 +85,7 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
                 first = $"volume attribute {key}: {first}";
             }
 
-            throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {first}");
+            throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {Redact.Text(first)}");
         }
     }
 

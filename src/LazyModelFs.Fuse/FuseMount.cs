@@ -19,28 +19,105 @@ public sealed record MountEntry(string Device, string Root, string MountPoint, s
 public static class FuseMount
 {
     /// <summary>
-    /// Checks the mount point before mounting: it must be an existing directory with nothing mounted
-    /// on it. A dead FUSE mount there (its daemon was killed: stat gives ENOTCONN, "Transport endpoint
-    /// is not connected") is detached first, and the log says so.
+    /// The path as the kernel's mount table names it: absolute, "." and ".." applied, every symbolic
+    /// link resolved, as realpath(3) does. Every comparison of a mount point with /proc/self/mountinfo
+    /// (mount, umount, readiness, mount records, bench, CSI) must use this form: the kernel records
+    /// the resolved path, so a path through a link never matches (issue 11, item 11).
+    ///
+    /// Unlike realpath it does not fail where a component cannot be read: a dead FUSE mount (ENOTCONN),
+    /// a directory without search permission, or a path that does not exist yet. Resolution stops
+    /// there and the rest is kept as written. Resolving a mount point itself never reaches its
+    /// filesystem: readlink of a mount's root is answered by the VFS (EINVAL), so a hung or dead
+    /// daemon cannot block it.
     /// </summary>
-    /// <param name="checkOnly">Only check (a launcher refusing bad input before it starts the daemon): a dead mount is left for the daemon to detach and report.</param>
-    public static void PrepareMountPoint(string target, ILogger log, bool checkOnly = false)
+    public static string ResolveMountPoint(string path)
     {
-        // A dead FUSE mount may still stat fine (the root's attributes are cached), but STATFS always
-        // reaches the connection: ENOTCONN there means the daemon is gone.
-        var (err, _, _, mode) = Native.Stat(target);
-        if (err == Errno.ENOTCONN || (MountTypeAt(target) is { } t && t.StartsWith("fuse", StringComparison.Ordinal) && Native.Statfs(target) == Errno.ENOTCONN))
+        // Not Path.GetFullPath: it applies ".." before links are resolved, the kernel after.
+        string absolute = path.StartsWith('/') ? path : Environment.CurrentDirectory + "/" + path;
+        var pending = new Stack<string>(absolute.Split('/', StringSplitOptions.RemoveEmptyEntries).Reverse());
+        string resolved = "";
+        int links = 0;
+        while (pending.Count > 0)
         {
-            if (checkOnly)
+            string c = pending.Pop();
+            if (c == ".")
             {
-                return;
+                continue;
             }
 
-            log.LogWarning("fuse: {Target} is a dead FUSE mount (transport endpoint is not connected); unmounting it first", target);
-            Detach(target, log);
-            (err, _, _, mode) = Native.Stat(target);
+            if (c == "..")
+            {
+                resolved = resolved[..Math.Max(0, resolved.LastIndexOf('/'))];
+                continue;
+            }
+
+            string candidate = resolved + "/" + c;
+            var (err, link) = Native.Readlink(candidate);
+            if (err == Errno.OK && link is { Length: > 0 } && ++links <= 40)
+            {
+                if (link.StartsWith('/'))
+                {
+                    resolved = "";
+                }
+
+                foreach (var part in link.Split('/', StringSplitOptions.RemoveEmptyEntries).Reverse())
+                {
+                    pending.Push(part);
+                }
+
+                continue;
+            }
+
+            resolved = candidate;
+            if (err != Errno.EINVAL)
+            {
+                // Cannot look further (ENOENT, ENOTCONN, EACCES, ELOOP): keep the rest as written.
+                while (pending.Count > 0)
+                {
+                    string rest = pending.Pop();
+                    resolved = rest switch
+                    {
+                        "." => resolved,
+                        ".." => resolved[..Math.Max(0, resolved.LastIndexOf('/'))],
+                        _ => resolved + "/" + rest,
+                    };
+                }
+            }
         }
 
+        return resolved.Length == 0 ? "/" : resolved;
+    }
+
+    /// <summary>
+    /// Checks the mount point before mounting (see <see cref="CheckMountPoint"/>). A dead FUSE mount
+    /// there (its daemon was killed: "Transport endpoint is not connected") is detached first, and
+    /// the log says so. <paramref name="target"/> must be resolved (<see cref="ResolveMountPoint"/>).
+    /// </summary>
+    public static void PrepareMountPoint(string target, ILogger log, bool allowNonEmpty = false)
+    {
+        if (IsDeadFuseMount(target))
+        {
+            log.LogWarning("fuse: {Target} is a dead FUSE mount (transport endpoint is not connected); unmounting it first", target);
+            Detach(target, log);
+        }
+
+        CheckMountPoint(target, allowNonEmpty);
+    }
+
+    /// <summary>
+    /// What <see cref="PrepareMountPoint"/> checks, changing nothing: the mount point must be an
+    /// existing directory with nothing mounted on it (a second mount would hide the first, and its
+    /// daemon would keep running unseen), and empty unless <paramref name="allowNonEmpty"/> (a mount
+    /// hides what the directory holds). A dead FUSE mount passes: mounting detaches it.
+    /// </summary>
+    public static void CheckMountPoint(string target, bool allowNonEmpty = false)
+    {
+        if (IsDeadFuseMount(target))
+        {
+            return;
+        }
+
+        var (err, _, _, mode) = Native.Stat(target);
         if (err == Errno.ENOENT)
         {
             throw new FuseMountException($"mount point '{target}' does not exist", $"create it first: mkdir -p {target}");
@@ -59,6 +136,33 @@ public static class FuseMount
         if (MountTypeAt(target) is { } type)
         {
             throw new FuseMountException($"'{target}' already has a {type} filesystem mounted on it", $"unmount it first (lmfs umount {target}), or choose another directory");
+        }
+
+        if (!allowNonEmpty && HasEntries(target))
+        {
+            throw new FuseMountException($"mount point '{target}' is not empty: the mount would hide what it holds", "mount on an empty directory, or pass --nonempty to mount over it anyway");
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="path"/> is a FUSE mount whose connection is gone (the daemon died or
+    /// the connection was aborted): stat or statfs answer ENOTCONN. A daemon that is merely slow or
+    /// whose backend fails (EIO) is not dead. A dead FUSE mount may still stat fine (the root's
+    /// attributes are cached), but STATFS always reaches the connection.
+    /// </summary>
+    public static bool IsDeadFuseMount(string path) =>
+        Native.Stat(path).Error == Errno.ENOTCONN
+        || (MountTypeAt(path) is { } t && t.StartsWith("fuse", StringComparison.Ordinal) && Native.Statfs(path) == Errno.ENOTCONN);
+
+    private static bool HasEntries(string dir)
+    {
+        try
+        {
+            return Directory.EnumerateFileSystemEntries(dir).Any();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return false; // unreadable: mounting needs no read permission, and nothing of it is then visible anyway
         }
     }
 

@@ -24,6 +24,9 @@ public sealed record FuseMountOptions
     /// <summary>After mounting as root, set /sys/class/bdi/0:MINOR/read_ahead_kb (null: leave the kernel's 128).</summary>
     public int? ReadaheadKb { get; init; } = 16384;
 
+    /// <summary>Mount over a directory that is not empty (what it holds is hidden while mounted); refused otherwise.</summary>
+    public bool AllowNonEmpty { get; init; }
+
     /// <summary>Force fusermount3 even as root (tests; normally chosen when not root).</summary>
     public bool UseFusermount { get; init; }
 

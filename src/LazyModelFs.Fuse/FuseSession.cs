@@ -60,8 +60,8 @@ public sealed class FuseSession : IDisposable
     {
         options ??= new FuseMountOptions();
         var log = logger ?? NullLogger.Instance;
-        string target = Path.GetFullPath(mountPoint);
-        FuseMount.PrepareMountPoint(target, log);
+        string target = FuseMount.ResolveMountPoint(mountPoint);
+        FuseMount.PrepareMountPoint(target, log, options.AllowNonEmpty);
 
         bool useFusermount = options.UseFusermount || !IsRoot;
         var protocol = options.Protocol with { Passthrough = options.Protocol.Passthrough && !useFusermount };
@@ -110,10 +110,20 @@ public sealed class FuseSession : IDisposable
         }
 
         // Unmounting by path after the connection died could hit another filesystem mounted there
-        // since (fuser #658): only unmount while our connection is alive and our mount is still there.
+        // since (fuser #658): only unmount while our connection is alive and our mount is still
+        // there (not detached from outside), and only when the mount on top at the path is ours (its
+        // device is 0:our minor); one mounted over ours is left alone, and the grace period below then
+        // ends our session by aborting the connection.
         if (_fds.Count > 0 && FuseMount.IsConnectionAlive(_fds[0]) && !Detached())
         {
-            FuseMount.Unmount(MountPoint, UsedFusermount, _log);
+            if (DeviceMinor != 0 && FuseMount.MountAt(MountPoint) is { } top && top.Device != $"0:{DeviceMinor}")
+            {
+                _log.LogWarning("fuse: another filesystem ({Type}) is mounted over {MountPoint}; leaving it alone", top.FsType, MountPoint);
+            }
+            else
+            {
+                FuseMount.Unmount(MountPoint, UsedFusermount, _log);
+            }
         }
 
         if (_running > 0 && !_ended.Task.Wait(_options.UnmountGrace))

@@ -172,6 +172,109 @@ public sealed class MountLifecycleTests
     }
 
     [MountFact]
+    public void A_mount_through_a_symlink_is_recorded_under_the_resolved_path_and_not_mounted_over()
+    {
+        string real = Directory.CreateTempSubdirectory("lmfs-real-").FullName;
+        string link = real + "-link";
+        File.CreateSymbolicLink(link, real);
+        try
+        {
+            using (var m = new MemMount(new MemoryFileSystem(), path: link))
+            {
+                Assert.Equal(real, m.Session.MountPoint); // the kernel's name for it
+                Assert.Equal("fuse.lazymodelfs", FuseMount.MountTypeAt(real));
+                var ex = Assert.Throws<FuseMountException>(() => new MemMount(new MemoryFileSystem(), path: link));
+                Assert.Contains("already has a fuse.lazymodelfs filesystem", ex.Message, StringComparison.Ordinal);
+                Assert.Single(FuseMount.MountTable(), e => e.MountPoint == real); // no second daemon stacked
+            }
+
+            Assert.Null(FuseMount.MountTypeAt(real));
+        }
+        finally
+        {
+            File.Delete(link);
+            if (Directory.Exists(real))
+            {
+                Directory.Delete(real);
+            }
+        }
+    }
+
+    [MountFact]
+    public void A_non_empty_directory_is_mounted_over_only_when_allowed()
+    {
+        string dir = Directory.CreateTempSubdirectory("lmfs-full-").FullName;
+        File.WriteAllText(Path.Combine(dir, "keep.txt"), "mine");
+        try
+        {
+            var ex = Assert.Throws<FuseMountException>(() => new MemMount(new MemoryFileSystem(), path: dir));
+            Assert.Contains("is not empty", ex.Message, StringComparison.Ordinal);
+            Assert.Contains("--nonempty", ex.Hint, StringComparison.Ordinal);
+            Assert.Null(FuseMount.MountTypeAt(dir));
+
+            var fs = new MemoryFileSystem();
+            fs.AddFile("/served.txt", "volume"u8.ToArray());
+            var m = new MemMount(fs, new FuseMountOptions { AllowNonEmpty = true }, path: dir);
+            Assert.Equal("volume", File.ReadAllText(Path.Combine(dir, "served.txt")));
+            Assert.False(File.Exists(Path.Combine(dir, "keep.txt"))); // hidden while mounted
+            m.Session.Unmount();
+            m.Session.Dispose();
+            Assert.Equal("mine", File.ReadAllText(Path.Combine(dir, "keep.txt")));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [MountFact]
+    public void Unmounting_a_session_leaves_a_filesystem_mounted_over_it_alone()
+    {
+        var m = new MemMount(new MemoryFileSystem(), new FuseMountOptions { UnmountGrace = TimeSpan.FromSeconds(1) });
+        Proc.Run("mount", "-t", "tmpfs", "lmfs-test-over", m.Path);
+        try
+        {
+            m.Session.Unmount(); // by path it would detach the tmpfs on top (fuser #658's sibling)
+            Assert.Equal("tmpfs", FuseMount.MountTypeAt(m.Path));
+            Assert.True(m.Session.Completion.Wait(TimeSpan.FromSeconds(30)), "the session did not end (its connection should have been aborted)");
+            Assert.Contains(m.Log.Lines, l => l.Contains("mounted over", StringComparison.Ordinal));
+        }
+        finally
+        {
+            Proc.Run("umount", m.Path); // the tmpfs
+            Proc.Run("umount", "-l", m.Path); // our aborted mount under it
+            m.Dispose();
+        }
+    }
+
+    [Fact]
+    public void Mount_points_resolve_like_realpath_and_keep_what_cannot_be_looked_up()
+    {
+        string root = Directory.CreateTempSubdirectory("lmfs-resolve-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(root, "a/b"));
+            File.CreateSymbolicLink(Path.Combine(root, "abs"), Path.Combine(root, "a"));
+            File.CreateSymbolicLink(Path.Combine(root, "a/rel"), "../a/b");
+            File.CreateSymbolicLink(Path.Combine(root, "chain"), "abs/rel");
+            File.CreateSymbolicLink(Path.Combine(root, "loop"), "loop");
+            string real = Proc.Run("realpath", root).Trim();
+            foreach (var p in new[] { "abs", "abs/", "a/rel", "chain", "chain/..", "abs/./b", "a/b" })
+            {
+                Assert.Equal(Proc.Run("realpath", Path.Combine(root, p)).Trim(), FuseMount.ResolveMountPoint(Path.Combine(root, p)));
+            }
+
+            Assert.Equal(real + "/a/b/not/yet", FuseMount.ResolveMountPoint(Path.Combine(root, "chain/not/yet")));
+            Assert.Equal(real + "/loop/x", FuseMount.ResolveMountPoint(Path.Combine(root, "loop/x"))); // ELOOP: kept as written
+            Assert.Equal("/", FuseMount.ResolveMountPoint("/"));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    [MountFact]
     public void Sigterm_unmounts_a_daemon_cleanly()
     {
         string dir = Directory.CreateTempSubdirectory("lmfs-term-").FullName;

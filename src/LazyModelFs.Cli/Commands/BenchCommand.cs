@@ -86,9 +86,10 @@ internal static class BenchCommand
                     throw new LmfsException("PATH is only for a metadata URL; for a mounted file give just the file", "e.g. lmfs bench /models/bench/random.bin", 2);
                 }
 
-                string file = Path.GetFullPath(t);
+                // Resolved, so the mount it lies on is found in the kernel's table even through a link.
+                string file = FuseMount.ResolveMountPoint(t);
                 var (mp, fsType) = MountInfo.Find(file);
-                var opts = o with { File = file, Safetensors = p.GetValue(safetensors) is { } s ? Path.GetFullPath(s) : null };
+                var opts = o with { File = file, Safetensors = p.GetValue(safetensors) is { } s ? FuseMount.ResolveMountPoint(s) : null };
                 report = fsType == "fuse.lazymodelfs"
                     ? await RunOnMountAsync(p, opts, mp, ct).ConfigureAwait(false)
                     : await RunOnOtherAsync(p, opts, mp, fsType, ct).ConfigureAwait(false);
@@ -202,10 +203,11 @@ internal static class BenchCommand
     {
         opts.Read(p); // validate the mount options before anything starts
         string work = Directory.CreateTempSubdirectory("lmfs-bench-").FullName; // mkdtemp(3): a new directory of ours, mode 0700
-        string mnt = Path.Combine(work, "mnt");
         string log = Path.Combine(work, "mount.log");
-        Directory.CreateDirectory(mnt);
-        var args = new List<string> { "mount", metaUrl, mnt };
+        Directory.CreateDirectory(Path.Combine(work, "mnt"));
+        string mnt = FuseMount.ResolveMountPoint(Path.Combine(work, "mnt")); // TMPDIR may lead through a link
+        var (url, password) = Redact.SplitPassword(metaUrl); // the password goes through the environment, never argv
+        var args = new List<string> { "mount", url, mnt };
         bool cacheGiven = p.GetResult(opts.CacheDir) is { Implicit: false };
         if (!cacheGiven)
         {
@@ -214,6 +216,11 @@ internal static class BenchCommand
 
         args.AddRange(opts.PassThrough(p));
         var psi = SelfExec.Start(args);
+        if (password is not null)
+        {
+            psi.Environment["LMFS_REDIS_PASSWORD"] = password;
+        }
+
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
         using var child = Process.Start(psi) ?? throw new LmfsException("cannot start lmfs mount for the bench", "check the lmfs installation");

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Diagnostics;
 using LazyModelFs.Fuse;
 using LazyModelFs.Util;
@@ -9,42 +10,51 @@ namespace LazyModelFs.Cli.Commands;
 
 internal static class MountCommand
 {
+    private const string FsType = "fuse.lazymodelfs";
+
     public static Command Build()
     {
         var meta = Common.MetaUrl();
-        var mountPoint = new Argument<string>("MOUNTPOINT") { Description = "An existing empty directory" };
+        var mountPoint = new Argument<string>("MOUNTPOINT") { Description = "An existing empty directory (a symbolic link to one is resolved)" };
         var background = new Option<bool>("--background", "-d") { Description = "Return once the mount is serving; the daemon keeps running and logs to --log-file" };
         var logFile = new Option<string?>("--log-file") { Description = "Log file of a --background mount (default /var/log/lmfs/mount-<dir>.log for root, else in the private runtime directory)" };
         var debug = new Option<bool>("--debug") { Description = "Log every FUSE request and reply" };
+        var nonEmpty = new Option<bool>("--nonempty") { Description = "Mount even if MOUNTPOINT is not empty (what it holds is hidden while the volume is mounted)" };
         var opts = new MountOptionsBinder();
         var creds = new Common.Credentials();
         var cmd = new Command("mount", "Mount a volume read-only. Reads fetch only the chunks they touch, with readahead and\nsafetensors-aware prefetch, and keep them in the local cache; a second start reads local disk.\nRuns in the foreground until unmounted (lmfs umount, Ctrl-C, SIGTERM) unless --background.\n\nExamples:\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models\n  lmfs mount redis://10.0.0.5:6379/1 /models --background --cache-dir /nvme/lmfs --allow-other")
         {
-            meta, mountPoint, background, logFile, debug,
+            meta, mountPoint, background, logFile, debug, nonEmpty,
         };
         opts.AddTo(cmd);
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
-            string target = Path.GetFullPath(p.GetValue(mountPoint)!);
-            var mountOptions = opts.Read(p); // validate before anything starts
-            LmfsMount.CheckMountPoint(target);
+            // The kernel's mount table names the resolved path: every check and record below uses it.
+            string target = FuseMount.ResolveMountPoint(p.GetValue(mountPoint)!);
+            var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty) }; // validate before anything starts
+            string metaUrl = p.GetValue(meta)!;
+            LmfsMount.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
             _ = MountState.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
             if (p.GetValue(background))
             {
                 // Refuse here, with the documented exit code, what the daemon would refuse: metadata
                 // unreachable (4), the store unreadable (5).
-                using (var v = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false))
+                using (var v = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false))
                 {
                     await v.Store.CheckReadableAsync(ct).ConfigureAwait(false);
                 }
 
-                return await StartBackgroundAsync(target, p.GetValue(logFile), ct).ConfigureAwait(false);
+                return await StartBackgroundAsync(p, meta, mountPoint, background, target, p.GetValue(logFile), ct).ConfigureAwait(false);
+            }
+
+            if (Redact.HasCredentials(metaUrl))
+            {
+                await Console.Error.WriteLineAsync("warning: the password in the metadata URL is visible to every user (ps, /proc/PID/cmdline) while this mount runs; give it in LMFS_REDIS_PASSWORD instead (--background does that for its daemon)").ConfigureAwait(false);
             }
 
             using var loggers = Logs.Create(p.GetValue(debug) ? LogLevel.Debug : LogLevel.Information);
             var log = loggers.CreateLogger("lmfs");
-            string metaUrl = p.GetValue(meta)!;
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
 
             // A store that refuses us (wrong keys, no bucket, unreadable directory) fails the mount now,
@@ -66,7 +76,14 @@ internal static class MountCommand
             // Ctrl-C / SIGTERM cancel the token: unmount (lazily; open files finish, then the session ends).
             using var reg = ct.Register(() => ThreadPool.QueueUserWorkItem(_ => mount.Session.Unmount()));
             await mount.Session.Completion.ConfigureAwait(false);
-            MountState.Remove(target);
+
+            // A daemon that started at this path after ours died (a remount, the CSI plugin healing a
+            // staged volume) owns the record and control socket now: leave them.
+            if (MountState.Load(target) is not { } record || record.Pid == Environment.ProcessId)
+            {
+                MountState.Remove(target);
+            }
+
             log.LogInformation("unmounted {Target}", target);
             return 0;
         }));
@@ -75,16 +92,35 @@ internal static class MountCommand
 
     /// <summary>
     /// Starts the same command without --background in a new session (setsid), its output appended
-    /// to the log file, and returns once the mount answers — or fails with the daemon's error.
+    /// to the log file, and returns once the mount answers — or fails with the daemon's error. The
+    /// daemon gets the resolved mount point and the metadata URL without its password, which goes
+    /// through its environment instead: a command line is readable by every user (/proc/PID/cmdline)
+    /// for as long as the daemon runs.
     /// </summary>
-    private static async Task<int> StartBackgroundAsync(string target, string? logFile, CancellationToken ct)
+    private static async Task<int> StartBackgroundAsync(ParseResult p, Argument<string> meta, Argument<string> mountPoint, Option<bool> background, string target, string? logFile, CancellationToken ct)
     {
         logFile ??= MountState.LogFileFor(MountState.DefaultLogDirectory, target);
         PrivateFiles.PrepareLogFile(logFile); // the daemon's shell appends to it by name: no link, nobody else's file
         long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
         int? previousPid = MountState.Load(target)?.Pid;
 
-        var args = SelfExec.Arguments(Environment.GetCommandLineArgs().Skip(1).Where(a => a is not ("--background" or "-d")));
+        var (url, password) = Redact.SplitPassword(p.GetValue(meta)!);
+        var metaToken = p.GetResult(meta)?.Tokens is [var m0, ..] ? m0 : null;
+        var mountToken = p.GetResult(mountPoint)?.Tokens is [var t0, ..] ? t0 : null;
+        var skip = new HashSet<Token>(ReferenceEqualityComparer.Instance);
+        if (p.GetResult(background) is { } b)
+        {
+            if (b.IdentifierToken is { } id)
+            {
+                skip.Add(id);
+            }
+
+            skip.UnionWith(b.Tokens);
+        }
+
+        var childArgs = p.Tokens.Where(t => !skip.Contains(t))
+            .Select(t => ReferenceEquals(t, metaToken) ? url : ReferenceEquals(t, mountToken) ? target : t.Value);
+        var args = SelfExec.Arguments(childArgs);
         string exe = Environment.ProcessPath!;
 
         var psi = new ProcessStartInfo("setsid") { UseShellExecute = false };
@@ -94,9 +130,14 @@ internal static class MountCommand
         }
 
         psi.Environment["LMFS_LOG"] = Path.GetFullPath(logFile);
-        using (var p = Process.Start(psi) ?? throw new LmfsException("cannot start the background mount", "check that setsid (util-linux) is installed"))
+        if (password is not null)
         {
-            await p.WaitForExitAsync(ct).ConfigureAwait(false);
+            psi.Environment["LMFS_REDIS_PASSWORD"] = password; // the URL's password wins, as it would in the URL
+        }
+
+        using (var child = Process.Start(psi) ?? throw new LmfsException("cannot start the background mount", "check that setsid (util-linux) is installed"))
+        {
+            await child.WaitForExitAsync(ct).ConfigureAwait(false);
         }
 
         // Done when the mount at the target is served by the new daemon: a dead mount left there by a
@@ -104,7 +145,7 @@ internal static class MountCommand
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {
-            if (FuseMount.MountTypeAt(target) == "fuse.lazymodelfs" && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && FuseMount.IsLive(target))
+            if (FuseMount.MountTypeAt(target) == FsType && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && FuseMount.IsLive(target))
             {
                 Console.WriteLine($"mounted {target} in the background; log: {logFile}");
                 return 0;
@@ -144,22 +185,31 @@ internal static class UmountCommand
     public static Command Build()
     {
         var mountPoint = new Argument<string>("MOUNTPOINT");
-        var cmd = new Command("umount", "Unmount an lmfs mount, live or dead (a killed daemon leaves a mount that says\n'Transport endpoint is not connected'). Lazy: open files finish first.\n\nExample:\n  lmfs umount /models") { mountPoint };
+        var force = new Option<bool>("--force") { Description = "Detach whatever is mounted at MOUNTPOINT, even if it is not an lmfs mount" };
+        var cmd = new Command("umount", "Unmount an lmfs mount, live or dead (a killed daemon leaves a mount that says\n'Transport endpoint is not connected'). Lazy: open files finish first. Other filesystems are\nleft alone unless --force.\n\nExample:\n  lmfs umount /models") { mountPoint, force };
         cmd.SetAction((p, ct) => Cli.Guard(p, () =>
         {
-            string target = Path.GetFullPath(p.GetValue(mountPoint)!);
+            string given = p.GetValue(mountPoint)!;
+            string target = FuseMount.ResolveMountPoint(given);
+            string shown = target == Path.GetFullPath(given) ? target : $"{target} (where {given} leads)";
             var type = FuseMount.MountTypeAt(target);
             if (type is null)
             {
-                throw new LmfsException($"nothing is mounted at {target}", "check the path (see /proc/mounts)", 2);
+                throw new LmfsException($"nothing is mounted at {shown}", "check the path (see /proc/mounts)", 2);
             }
 
-            if (!type.StartsWith("fuse", StringComparison.Ordinal))
+            if (type != "fuse.lazymodelfs" && !p.GetValue(force))
             {
-                throw new LmfsException($"{target} is a {type} mount, not an lmfs mount", "use umount(8) for other filesystems", 2);
+                throw new LmfsException($"{shown} is a {type} mount, not an lmfs mount; leaving it alone", type.StartsWith("fuse", StringComparison.Ordinal) ? $"use fusermount3 -u {target}, or lmfs umount --force {target}" : "use umount(8) for other filesystems", 2);
             }
 
+            var before = FuseMount.MountAt(target);
             FuseMount.UnmountPath(target, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            if (FuseMount.MountAt(target) is { } after && after.Device == before?.Device)
+            {
+                throw new LmfsException($"could not unmount {shown}", Environment.IsPrivilegedProcess ? "see dmesg" : "only root or the user who mounted it can unmount it", 1);
+            }
+
             MountState.Remove(target);
             Console.WriteLine($"unmounted {target}");
             return Task.FromResult(0);

@@ -30,7 +30,7 @@ internal static class WarmupCommand
             var volumePaths = p.GetValue(paths)!.ToList();
             if (!t.Contains("://", StringComparison.Ordinal))
             {
-                string mp = Path.GetFullPath(t);
+                string mp = FuseMount.ResolveMountPoint(t); // the mount table and the mount records hold resolved paths
                 if (FuseMount.MountTypeAt(mp) != "fuse.lazymodelfs")
                 {
                     throw new LmfsException($"'{t}' is neither a metadata URL nor an lmfs mount point", "give sqlite:///… or redis://…, or the directory lmfs is mounted on", 2);
@@ -39,7 +39,11 @@ internal static class WarmupCommand
                 var state = MountState.Load(mp) ?? throw new LmfsException($"no record of the mount at {mp} (it was started by another user or an older lmfs)", "give the metadata URL and --cache-dir instead", 2);
                 metaUrl = state.MetaUrl;
                 dir ??= state.CacheDir;
-                volumePaths = volumePaths.Select(x => Path.IsPathRooted(x) && Path.GetFullPath(x).StartsWith(mp, StringComparison.Ordinal) ? "/" + Path.GetRelativePath(mp, Path.GetFullPath(x)) : x).ToList();
+                // Paths under the mount point, as given (perhaps through a link) or resolved, become volume paths.
+                string givenMp = Path.GetFullPath(t);
+                static string? Under(string full, string root) =>
+                    full == root ? "/" : full.StartsWith(root.TrimEnd('/') + "/", StringComparison.Ordinal) ? full[root.TrimEnd('/').Length..] : null;
+                volumePaths = volumePaths.Select(x => Path.IsPathRooted(x) ? Under(Path.GetFullPath(x), givenMp) ?? Under(Path.GetFullPath(x), mp) ?? x : x).ToList();
             }
 
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);

@@ -80,7 +80,7 @@ public static class MountInfo
     /// <summary>The mount point and filesystem type holding <paramref name="path"/> (the longest mount point that prefixes it; the last listed on a tie).</summary>
     public static (string MountPoint, string FsType) Find(string path)
     {
-        string full = Path.GetFullPath(path);
+        string full = Fuse.FuseMount.ResolveMountPoint(path); // the table holds resolved paths
         (string, string) best = ("/", "");
         foreach (var m in Fuse.FuseMount.MountTable())
         {

@@ -389,7 +389,7 @@ public sealed partial class ProcessMeter(int pid)
     /// </summary>
     public static int? FindByArgument(string mountPoint)
     {
-        string want = Path.GetFullPath(mountPoint).TrimEnd('/');
+        string want = Fuse.FuseMount.ResolveMountPoint(mountPoint);
         var found = new List<int>();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
         {
@@ -401,7 +401,8 @@ public sealed partial class ProcessMeter(int pid)
             try
             {
                 var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
-                if (args.Skip(1).Any(a => a.Length > 0 && a.TrimEnd('/') == want))
+                // A server names its mount point as it was given, perhaps through a link.
+                if (args.Skip(1).Any(a => a.StartsWith('/') && (a.TrimEnd('/') == want || Fuse.FuseMount.ResolveMountPoint(a) == want)))
                 {
                     found.Add(pid);
                 }

@@ -39,13 +39,13 @@ public static class MetaStores
                 // sqlite:///abs/path → host "" and path "/abs/path"; sqlite://rel/path is refused as ambiguous.
                 if (!string.IsNullOrEmpty(uri.Host))
                 {
-                    throw new LmfsException($"'{url}' names host '{uri.Host}'; an SQLite URL takes a path", "write three slashes: sqlite:///var/lib/lmfs/meta.db", 2);
+                    throw new LmfsException($"'{Redact.Url(url)}' names host '{uri.Host}'; an SQLite URL takes a path", "write three slashes: sqlite:///var/lib/lmfs/meta.db", 2);
                 }
 
                 string path = Uri.UnescapeDataString(uri.AbsolutePath);
                 if (path.Length <= 1 || path.EndsWith('/'))
                 {
-                    throw new LmfsException($"'{url}' has no database file name", "write sqlite:///var/lib/lmfs/meta.db", 2);
+                    throw new LmfsException($"'{Redact.Url(url)}' has no database file name", "write sqlite:///var/lib/lmfs/meta.db", 2);
                 }
 
                 return new KvMetaStore(SqliteKv.Open(path, create));

@@ -43,7 +43,7 @@ public static class ObjectStores
             case "file":
                 if (!string.IsNullOrEmpty(uri.Host))
                 {
-                    throw new LmfsException($"'{url}' names host '{uri.Host}'; a file URL takes a path", "write three slashes: file:///var/lib/lmfs/objects", 2);
+                    throw new LmfsException($"'{Redact.Url(url)}' names host '{uri.Host}'; a file URL takes a path", "write three slashes: file:///var/lib/lmfs/objects", 2);
                 }
 
                 string path = Uri.UnescapeDataString(uri.AbsolutePath);
@@ -97,14 +97,14 @@ public static class ObjectStores
         string bucket = uri.Host;
         if (bucket.Length is < 3 or > 63)
         {
-            throw new LmfsException($"'{raw}' has no valid bucket name", "write s3://BUCKET/PREFIX", 2);
+            throw new LmfsException($"'{Redact.Url(raw)}' has no valid bucket name", "write s3://BUCKET/PREFIX", 2);
         }
 
         var query = ParseQuery(uri.Query);
         string? endpoint = o.Endpoint ?? query.GetValueOrDefault("endpoint");
         if (endpoint is not null && (!Uri.TryCreate(endpoint, UriKind.Absolute, out var ep) || (ep.Scheme != "http" && ep.Scheme != "https")))
         {
-            throw new LmfsException($"endpoint '{endpoint}' is not an http(s) URL", "write e.g. --endpoint http://127.0.0.1:9000", 2);
+            throw new LmfsException($"endpoint '{Redact.Url(endpoint)}' is not an http(s) URL", "write e.g. --endpoint http://127.0.0.1:9000", 2);
         }
 
         bool pathStyle = o.PathStyle ?? (query.TryGetValue("path-style", out var ps) ? ps is "true" or "1" : endpoint is not null);

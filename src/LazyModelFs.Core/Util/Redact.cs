@@ -1,29 +1,123 @@
 namespace LazyModelFs.Util;
 
-/// <summary>Removes secrets from URLs before they reach a log, an error message or stored settings.</summary>
+/// <summary>
+/// Removes secrets from URLs before they reach a log, an error message, stored settings or a
+/// command line.
+///
+/// Where the user-info of a URL ends is not always decidable: users write passwords with a raw
+/// '/', '?', '#' or '@' in them (`redis://:pa/ss@host`, which RFC 3986 forbids and System.Uri then
+/// refuses — the error message must still not show it). A parse that stops at the first '/' (the
+/// RFC's end of the authority) would print such a password in full; any rule that stops before the
+/// last '@' leaks the rest of a password holding both '@' and '/'. So the user-info is taken to end
+/// at the last '@' after "scheme://", whatever the scheme, unless the authority is empty
+/// (`sqlite:///…`, `file:///…`, which cannot carry credentials). An '@' in a path or query is then
+/// hidden along with what precedes it: shown too little, never too much. Percent-encoding needs
+/// no decoding here: everything of the user-info goes, encoded or not.
+/// </summary>
 public static class Redact
 {
     /// <summary>Replaces the user-info part (<c>user:password@</c>) of a URL with <c>***@</c>.</summary>
     public static string Url(string url)
     {
-        int scheme = url.IndexOf("://", StringComparison.Ordinal);
-        if (scheme < 0)
-        {
-            return url;
-        }
-
-        int start = scheme + 3;
-        int slash = url.IndexOf('/', start);
-        int end = slash < 0 ? url.Length : slash;
-        int at = url.LastIndexOf('@', end - 1, end - start);
+        var (start, at) = UserInfo(url);
         return at < 0 ? url : string.Concat(url.AsSpan(0, start), "***", url.AsSpan(at));
     }
 
-    /// <summary>The URL without its user-info part at all (for files on disk; the password then comes from the environment).</summary>
+    /// <summary>The URL without its user-info part at all (for files on disk and command lines; the password then comes from the environment).</summary>
     public static string StripCredentials(string url)
     {
-        string r = Url(url);
-        int i = r.IndexOf("***@", StringComparison.Ordinal);
-        return i < 0 ? r : r.Remove(i, 4);
+        var (start, at) = UserInfo(url);
+        return at < 0 ? url : string.Concat(url.AsSpan(0, start), url.AsSpan(at + 1));
+    }
+
+    /// <summary>Whether the URL carries a user-info part (a password, or a user name that lmfs would take as one).</summary>
+    public static bool HasCredentials(string url) => UserInfo(url).At >= 0;
+
+    /// <summary>
+    /// The URL without its user-info, and the password it held (percent-decoded; after the first ':'
+    /// of the user-info, or all of it when there is no ':', as the Redis engine reads it); null when none.
+    /// </summary>
+    public static (string Url, string? Password) SplitPassword(string url)
+    {
+        var (start, at) = UserInfo(url);
+        if (at < 0)
+        {
+            return (url, null);
+        }
+
+        string ui = url[start..at];
+        int colon = ui.IndexOf(':', StringComparison.Ordinal);
+        string pw = colon >= 0 ? ui[(colon + 1)..] : ui;
+        try
+        {
+            pw = Uri.UnescapeDataString(pw);
+        }
+        catch (UriFormatException)
+        {
+            // left as written
+        }
+
+        return (StripCredentials(url), pw);
+    }
+
+    /// <summary>
+    /// Free text (an exception message from a library, a child's error output) with every URL in it
+    /// redacted. A URL is taken to run from its scheme to the next white space or quote.
+    /// </summary>
+    public static string Text(string text)
+    {
+        if (!text.Contains("://", StringComparison.Ordinal))
+        {
+            return text;
+        }
+
+        var sb = new System.Text.StringBuilder(text.Length);
+        int i = 0;
+        while (i < text.Length)
+        {
+            int sep = text.IndexOf("://", i, StringComparison.Ordinal);
+            if (sep < 0)
+            {
+                sb.Append(text, i, text.Length - i);
+                break;
+            }
+
+            int begin = sep;
+            while (begin > i && (char.IsAsciiLetterOrDigit(text[begin - 1]) || text[begin - 1] is '+' or '.' or '-'))
+            {
+                begin--;
+            }
+
+            int end = sep + 3;
+            while (end < text.Length && !char.IsWhiteSpace(text[end]) && text[end] is not ('\'' or '"' or '`' or '<' or '>'))
+            {
+                end++;
+            }
+
+            sb.Append(text, i, begin - i);
+            sb.Append(Url(text[begin..end]));
+            i = end;
+        }
+
+        return sb.ToString();
+    }
+
+    /// <summary>Where the user-info starts (after "://") and the index of the '@' that ends it; At = -1 when there is none.</summary>
+    private static (int Start, int At) UserInfo(string url)
+    {
+        int scheme = url.IndexOf("://", StringComparison.Ordinal);
+        if (scheme <= 0)
+        {
+            return (0, -1);
+        }
+
+        int start = scheme + 3;
+        if (start >= url.Length || url[start] == '/')
+        {
+            return (start, -1); // empty authority: scheme:///path
+        }
+
+        int at = url.LastIndexOf('@');
+        return (start, at >= start ? at : -1);
     }
 }

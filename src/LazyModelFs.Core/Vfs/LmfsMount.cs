@@ -36,6 +36,9 @@ public sealed record MountOptions
 
     public int? Threads { get; init; }
 
+    /// <summary>Mount over a directory that is not empty (refused otherwise: the mount would hide what it holds).</summary>
+    public bool NonEmpty { get; init; }
+
     /// <summary>Where to listen for control commands (<see cref="MountControl"/>); null: no control socket.</summary>
     public string? ControlSocket { get; init; }
 }
@@ -104,6 +107,7 @@ public sealed class LmfsMount : IDisposable
             AllowOther = o.AllowOther,
             ReadaheadKb = o.ReadaheadKb,
             Threads = o.Threads ?? new FuseMountOptions().Threads,
+            AllowNonEmpty = o.NonEmpty,
         };
         try
         {
@@ -124,12 +128,12 @@ public sealed class LmfsMount : IDisposable
         }
     }
 
-    /// <summary>The mount point checks <see cref="Start"/> makes (changing nothing), for a caller that wants bad input refused (exit 2) before it reaches out to the network.</summary>
-    public static void CheckMountPoint(string mountPoint)
+    /// <summary>The mount point checks <see cref="Start"/> makes (changing nothing), for a caller that wants bad input refused (exit 2) before it reaches out to the network. <paramref name="resolved"/> comes from <see cref="FuseMount.ResolveMountPoint"/>.</summary>
+    public static void CheckMountPoint(string resolved, bool allowNonEmpty)
     {
         try
         {
-            FuseMount.PrepareMountPoint(Path.GetFullPath(mountPoint), NullLogger.Instance, checkOnly: true);
+            FuseMount.CheckMountPoint(resolved, allowNonEmpty);
         }
         catch (FuseMountException e)
         {

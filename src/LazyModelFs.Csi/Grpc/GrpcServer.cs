@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using Google.Protobuf;
+using LazyModelFs.Util;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -112,9 +113,14 @@ public sealed class GrpcServer : IAsyncDisposable
         }
         catch (Exception ex)
         {
-            _log.LogError(ex, "csi: {Method} failed unexpectedly", method);
+            _log.LogError("csi: {Method} failed unexpectedly: {Error}", method, Redact.Text(ex.ToString()));
             (code, message) = (StatusCode.Internal, ex.Message);
         }
+
+        // The last line of defence: the message goes to the kubelet, which copies it into pod events
+        // that every user of the namespace can read, and to this log. Handlers redact what they
+        // know; a URL inside a library's message is redacted here.
+        message = Redact.Text(message);
 
         ctx.Response.AppendTrailer("grpc-status", ((int)code).ToString(System.Globalization.CultureInfo.InvariantCulture));
         if (message.Length > 0)

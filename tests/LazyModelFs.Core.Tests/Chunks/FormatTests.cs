@@ -175,9 +175,30 @@ public class FormatTests
 
     [Theory]
     [InlineData("redis://:s3cret@host:6379/1", "redis://***@host:6379/1")]
-    [InlineData("redis://user:pw@h/0?volume=a@b", "redis://***@h/0?volume=a@b")]
-    [InlineData("sqlite:///var/lib/meta.db", "sqlite:///var/lib/meta.db")]
+    [InlineData("redis://:pa/ss@host:6379/1", "redis://***@host:6379/1")] // a raw '/' in the password (issue 11, item 12)
+    [InlineData("redis://:a@b/c?d#e@h1:1,h2:2/3", "redis://***@h1:1,h2:2/3")] // '@', '/', '?', '#' in it
+    [InlineData("rediss://u:p%2Fw%40x@host/0?volume=v", "rediss://***@host/0?volume=v")]
+    [InlineData("s3://KEY:SECRET@bucket/prefix", "s3://***@bucket/prefix")]
+    [InlineData("redis://user:pw@h/0?volume=a@b", "redis://***@b")] // an '@' after the authority hides more, never less
+    [InlineData("redis://h:6379/0?volume=a", "redis://h:6379/0?volume=a")]
+    [InlineData("sqlite:///var/lib/a@b/meta.db", "sqlite:///var/lib/a@b/meta.db")] // no authority, no credentials
+    [InlineData("not a url", "not a url")]
     public void Redact_removes_credentials_from_urls(string url, string expected) => Assert.Equal(expected, Redact.Url(url));
+
+    [Fact]
+    public void Credentials_are_split_off_stripped_and_redacted_in_free_text()
+    {
+        Assert.Equal(("redis://h:1/0?volume=v", "pa/ss@x"), Redact.SplitPassword("redis://:pa%2Fss%40x@h:1/0?volume=v"));
+        Assert.Equal(("redis://h/0", "pa/ss"), Redact.SplitPassword("redis://user:pa/ss@h/0"));
+        Assert.Equal(("redis://h/0", "only"), Redact.SplitPassword("redis://only@h/0")); // no ':': all of it is the password, as the engine reads it
+        Assert.Equal(("sqlite:///a.db", null), Redact.SplitPassword("sqlite:///a.db"));
+        Assert.Equal("redis://h/0", Redact.StripCredentials("redis://:pa/ss@h/0"));
+        Assert.True(Redact.HasCredentials("redis://x@h"));
+        Assert.False(Redact.HasCredentials("redis://h/0"));
+        Assert.Equal(
+            "cannot open 'redis://***@h/0' (from redis://***@h:2/1): refused",
+            Redact.Text("cannot open 'redis://:pa/ss@h/0' (from redis://u:p@h:2/1): refused"));
+    }
 
     [Theory]
     [InlineData("4M", 4L << 20)]

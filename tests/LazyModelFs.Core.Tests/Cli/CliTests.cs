@@ -119,6 +119,17 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
         var r = Fails(LmfsRunner.Run("ls", $"redis://:sup3r-secret@127.0.0.1:{Ports.Free()}/0"), 4, "cannot connect to Redis");
         Assert.DoesNotContain("sup3r-secret", r.Stdout + r.Stderr, StringComparison.Ordinal);
         Assert.Contains("***@127.0.0.1", r.Stderr, StringComparison.Ordinal);
+
+        // Passwords that are not valid in a URL (a raw '/', '?', '@') and URLs that cannot carry one:
+        // the error names the URL, never the password.
+        foreach (var url in new[] { $"redis://:sup3r/secret@127.0.0.1:{Ports.Free()}/0", $"redis://:sup3r@x?y@127.0.0.1:{Ports.Free()}/0", "sqlite://user:sup3r@host/meta.db" })
+        {
+            var bad = LmfsRunner.Run("ls", url);
+            Assert.NotEqual(0, bad.ExitCode);
+            Assert.StartsWith("error: ", bad.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("sup3r", bad.Stdout + bad.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("secret", bad.Stdout + bad.Stderr, StringComparison.Ordinal);
+        }
     }
 
     [Fact]

@@ -76,7 +76,9 @@ public sealed class CsiPluginProcess : IDisposable
     private readonly Process _p;
     private readonly System.Text.StringBuilder _log = new();
 
-    public CsiPluginProcess(string root)
+    /// <param name="kubeletDir">--kubelet-dir (default ROOT/kubelet).</param>
+    /// <param name="extra">More arguments of `lmfs csi` (e.g. --heal-interval 1).</param>
+    public CsiPluginProcess(string root, string? kubeletDir = null, params string[] extra)
     {
         Root = root;
         Socket = Path.Combine(root, "plugin", "csi.sock");
@@ -88,9 +90,9 @@ public sealed class CsiPluginProcess : IDisposable
         foreach (var a in new[]
         {
             LmfsRunner.Dll, "csi", "--endpoint", "unix://" + Socket, "--node-id", "node-1",
-            "--kubelet-dir", Path.Combine(root, "kubelet"), "--cache-dir", Path.Combine(root, "cache"),
+            "--kubelet-dir", kubeletDir ?? Path.Combine(root, "kubelet"), "--cache-dir", Path.Combine(root, "cache"),
             "--state-dir", Path.Combine(root, "state"), "--log-dir", Path.Combine(root, "log"),
-        })
+        }.Concat(extra))
         {
             psi.ArgumentList.Add(a);
         }

@@ -14,8 +14,8 @@ namespace LazyModelFs.Tests.Csi;
 public sealed class CsiTests : IDisposable
 {
     private readonly TempDir _dir = new("lmfs-csi");
-    private readonly CsiPluginProcess _plugin;
-    private readonly CsiClient _client;
+    private CsiPluginProcess _plugin;
+    private CsiClient _client;
 
     public CsiTests()
     {
@@ -26,6 +26,70 @@ public sealed class CsiTests : IDisposable
     }
 
     private string Kubelet(string rel) => Path.Combine(_dir.Path, "kubelet", rel);
+
+    /// <summary>Replaces the plugin with one started with other arguments (its staged volumes keep serving).</summary>
+    private void Restart(string? kubeletDir = null, params string[] extra)
+    {
+        _client.Dispose();
+        _plugin.Dispose();
+        _plugin = new CsiPluginProcess(_dir.Path, kubeletDir, extra);
+        _client = new CsiClient(_plugin.Socket);
+    }
+
+    /// <summary>A formatted volume holding m/model.bin and m/sub/config.json.</summary>
+    private (string Meta, byte[] Model) FormattedVolume(string? meta = null, Dictionary<string, string?>? env = null)
+    {
+        Directory.CreateDirectory(_dir["src/models/m/sub"]);
+        var model = TestData.Random((3 << 20) + 777, 9);
+        File.WriteAllBytes(_dir["src/models/m/model.bin"], model);
+        File.WriteAllText(_dir["src/models/m/sub/config.json"], "{\"hidden\": 64}");
+        meta ??= $"sqlite://{_dir["meta.db"]}";
+        Assert.Equal(0, LmfsRunner.Run(["format", meta, "--storage", $"file://{_dir["objects"]}", "--chunk-size", "1M"], env).ExitCode);
+        Assert.Equal(0, LmfsRunner.Run(["import", meta, _dir["src/models/m"], "/", "--no-progress"], env).ExitCode);
+        return (meta, model);
+    }
+
+    /// <summary>SIGKILL to the daemon of a staged volume, as the OOM killer sends it.</summary>
+    private static void KillDaemon(string staging)
+    {
+        int pid = Vfs.MountState.Load(staging)!.Pid;
+        Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
+        Assert.True(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{pid}"), 30_000), $"daemon {pid} did not exit");
+    }
+
+    private static bool Reads(string file, byte[] want)
+    {
+        try
+        {
+            return File.ReadAllBytes(file).AsSpan().SequenceEqual(want);
+        }
+        catch (IOException)
+        {
+            return false; // "Transport endpoint is not connected"
+        }
+    }
+
+    private static readonly byte[] Config = "{\"hidden\": 64}"u8.ToArray();
+
+    /// <summary>Detaches every mount under the test's directory (lmfs mounts, binds, the emulated node's), innermost first.</summary>
+    private void UnmountAll()
+    {
+        string root = Fuse.FuseMount.ResolveMountPoint(_dir.Path);
+        for (int round = 0; round < 20; round++)
+        {
+            var mine = Fuse.FuseMount.MountTable().Select(m => m.MountPoint).Where(p => p.StartsWith(root + "/", StringComparison.Ordinal)).Reverse().ToList();
+            if (mine.Count == 0)
+            {
+                return;
+            }
+
+            foreach (var m in mine)
+            {
+                using var u = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("umount") { ArgumentList = { "-l", m }, RedirectStandardError = true })!;
+                u.WaitForExit();
+            }
+        }
+    }
 
     private static VolumeCapability ReadOnlyMany => new()
     {
@@ -260,10 +324,212 @@ public sealed class CsiTests : IDisposable
         }
         finally
         {
-            foreach (var m in File.ReadAllLines("/proc/mounts").Select(l => l.Split(' ')[1]).Where(p => p.StartsWith(_dir.Path, StringComparison.Ordinal)).Reverse())
+            UnmountAll();
+        }
+    }
+
+    [Fact]
+    public async Task A_meta_url_with_credentials_is_refused_and_never_repeated()
+    {
+        string staging = Kubelet("plugins/lmfs/pv9/globalmount");
+        foreach (var url in new[] { "redis://:hunter2/x@127.0.0.1:1/0", $"redis://:hunter2%2Fx@127.0.0.1:{Ports.Free()}/0" })
+        {
+            var r = await Stage(StageRequest(url, staging));
+            Code(StatusCode.InvalidArgument, r, "carries credentials");
+            Assert.Contains("LMFS_REDIS_PASSWORD", r.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain("hunter2", r.Message + _plugin.Log, StringComparison.Ordinal);
+        }
+
+        Assert.Null(Fuse.FuseMount.MountTypeAt(staging));
+    }
+
+    [MountFact]
+    public async Task A_staged_volume_whose_daemon_died_is_staged_again_and_its_targets_bound_again()
+    {
+        Restart(null, "--heal-interval", "0"); // only the CO's calls, no watch
+        var (meta, model) = FormattedVolume();
+        string staging = Kubelet("plugins/kubernetes.io/csi/csi.lazymodelfs.io/r1/globalmount");
+        Directory.CreateDirectory(staging);
+        var targets = new[] { "uid1", "uid2", "uid3" }.Select(u => Directory.CreateDirectory(Kubelet("pods/" + u)).FullName + "/mount").ToArray();
+        try
+        {
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging)));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[0])));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[1], subPath: "m/sub")));
+
+            KillDaemon(staging);
+            Assert.False(Reads(Path.Combine(targets[0], "m/model.bin"), model));
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging))); // was INTERNAL "… globalmount already exists", forever
+            Assert.True(Reads(Path.Combine(staging, "m/model.bin"), model));
+            Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model), _plugin.Log); // bound again, on top of the dead bind
+            Assert.True(Reads(Path.Combine(targets[1], "config.json"), Config), _plugin.Log);
+            Assert.Contains("mounting the volume again", _plugin.Log, StringComparison.Ordinal);
+
+            // The kubelet only publishes a staged volume: a new pod after the daemon died must work too.
+            KillDaemon(staging);
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[2]))); // was FAILED_PRECONDITION
+            Assert.True(Reads(Path.Combine(targets[2], "m/model.bin"), model));
+            Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
+            int daemon = Vfs.MountState.Load(staging)!.Pid;
+
+            foreach (var t in targets)
             {
-                LmfsRunner.Run("umount", m);
+                Code(StatusCode.OK, await Unpublish("vol-1", t)); // every layer goes: the dead binds and the new one
+                Assert.Null(Fuse.FuseMount.MountTypeAt(t));
+                Assert.False(Directory.Exists(t));
             }
+
+            Code(StatusCode.OK, await Unstage("vol-1", staging));
+            Assert.Null(Fuse.FuseMount.MountTypeAt(staging));
+            Assert.True(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{daemon}"), 10_000), "the mount daemon did not exit");
+        }
+        finally
+        {
+            UnmountAll();
+        }
+    }
+
+    [MountFact]
+    public async Task The_plugin_mounts_a_dead_daemon_again_by_itself_and_host_to_container_pods_see_it()
+    {
+        // As on a node: the kubelet directory is a shared mount (the plugin's Bidirectional propagation needs it).
+        string kubelet = _dir["kubelet"];
+        Proc.Run("mount", "--bind", kubelet, kubelet);
+        Proc.Run("mount", "--make-shared", kubelet);
+        try
+        {
+            Restart(null, "--heal-interval", "1");
+            var (meta, model) = FormattedVolume();
+            string staging = Kubelet("plugins/kubernetes.io/csi/csi.lazymodelfs.io/h1/globalmount");
+            Directory.CreateDirectory(staging);
+            string t1 = Directory.CreateDirectory(Kubelet("pods/uid1")).FullName + "/mount";
+            string t2 = Directory.CreateDirectory(Kubelet("pods/uid2")).FullName + "/mount";
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging)));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, t1)));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, t2, subPath: "m/sub")));
+
+            // Two containers' views of pod 1's volume, as the runtime makes them: mountPropagation
+            // HostToContainer (rslave) and the default None (rprivate).
+            string hostToContainer = Directory.CreateDirectory(_dir["ctr-h2c"]).FullName, none = Directory.CreateDirectory(_dir["ctr-none"]).FullName;
+            Proc.Run("mount", "--rbind", t1, hostToContainer);
+            Proc.Run("mount", "--make-rslave", hostToContainer);
+            Proc.Run("mount", "--rbind", t1, none);
+            Proc.Run("mount", "--make-rprivate", none);
+            string hostToContainerSub = Directory.CreateDirectory(_dir["ctr-h2c-sub"]).FullName; // pod 2: a subPath
+            Proc.Run("mount", "--rbind", t2, hostToContainerSub);
+            Proc.Run("mount", "--make-rslave", hostToContainerSub);
+            Assert.True(Reads(Path.Combine(none, "m/model.bin"), model));
+
+            KillDaemon(staging);
+            Assert.True(SpinWait.SpinUntil(() => Reads(Path.Combine(t1, "m/model.bin"), model), 60_000), "the plugin did not mount the volume again:\n" + _plugin.Log);
+            Assert.True(Reads(Path.Combine(hostToContainer, "m/model.bin"), model), _plugin.Log);
+            Assert.True(SpinWait.SpinUntil(() => Reads(Path.Combine(t2, "config.json"), Config), 10_000), _plugin.Log);
+            Assert.True(Reads(Path.Combine(hostToContainerSub, "config.json"), Config), _plugin.Log);
+            Assert.False(Reads(Path.Combine(none, "m/model.bin"), model)); // without propagation a pod keeps the dead mount: it must be restarted
+
+            // One pod leaving takes nothing from the staged volume or the other pods (no unmount propagates back).
+            Code(StatusCode.OK, await Unpublish("vol-1", t1));
+            Assert.True(Reads(Path.Combine(staging, "m/model.bin"), model));
+            Assert.True(Reads(Path.Combine(t2, "config.json"), Config));
+
+            // A restarted plugin finds the records and heals from them (this volume needs no secrets).
+            Restart(null, "--heal-interval", "1");
+            KillDaemon(staging);
+            Assert.True(SpinWait.SpinUntil(() => Reads(Path.Combine(t2, "config.json"), Config), 60_000), "the restarted plugin did not mount the volume again:\n" + _plugin.Log);
+
+            Code(StatusCode.OK, await Unpublish("vol-1", t2));
+            Code(StatusCode.OK, await Unstage("vol-1", staging));
+            Assert.Null(Fuse.FuseMount.MountTypeAt(staging));
+        }
+        finally
+        {
+            UnmountAll();
+        }
+    }
+
+    [MountFact]
+    public async Task A_volume_that_needs_secrets_is_mounted_again_while_the_plugin_knows_them_and_refused_clearly_after_a_restart()
+    {
+        const string Password = "Rk9-secret/pw";
+        using var redis = new RedisServer(Password);
+        var (meta, model) = FormattedVolume($"redis://127.0.0.1:{redis.Port}/0?volume=sec", new() { ["LMFS_REDIS_PASSWORD"] = Password });
+        Restart(null, "--heal-interval", "0");
+        string staging = Kubelet("plugins/kubernetes.io/csi/csi.lazymodelfs.io/s1/globalmount");
+        Directory.CreateDirectory(staging);
+        var targets = new[] { "uid1", "uid2", "uid3" }.Select(u => Directory.CreateDirectory(Kubelet("pods/" + u)).FullName + "/mount").ToArray();
+        var stage = StageRequest(meta, staging);
+        stage.Secrets["LMFS_REDIS_PASSWORD"] = Password;
+        var logs = new System.Text.StringBuilder();
+        try
+        {
+            Code(StatusCode.OK, await Stage(stage));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[0])));
+            Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
+
+            KillDaemon(staging);
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[1]))); // mounted again with the secret it kept in memory
+            Assert.True(Reads(Path.Combine(targets[1], "m/model.bin"), model));
+            Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
+            int pid = Vfs.MountState.Load(staging)!.Pid;
+            Assert.DoesNotContain(Password, File.ReadAllText($"/proc/{pid}/cmdline"), StringComparison.Ordinal);
+
+            logs.Append(_plugin.Log);
+            Restart(null, "--heal-interval", "0"); // the secret is gone with the process
+            KillDaemon(staging);
+            var refused = await Publish(PublishRequest(staging, targets[2]));
+            Code(StatusCode.FailedPrecondition, refused, "node-stage secrets are not known");
+            Assert.Contains("delete the pods", refused.Message, StringComparison.Ordinal);
+
+            Code(StatusCode.OK, await Stage(stage)); // what the kubelet does once the pods are gone: stage again, with the secret
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[2])));
+            Assert.True(Reads(Path.Combine(targets[2], "m/model.bin"), model));
+            Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
+            foreach (var t in targets)
+            {
+                Code(StatusCode.OK, await Unpublish("vol-1", t));
+            }
+
+            Code(StatusCode.OK, await Unstage("vol-1", staging));
+            logs.Append(_plugin.Log);
+            foreach (var f in Directory.EnumerateFiles(_dir["log"]).Concat(Directory.EnumerateFiles(_dir["state"], "*.json", SearchOption.AllDirectories)))
+            {
+                logs.Append(File.ReadAllText(f));
+            }
+
+            Assert.DoesNotContain(Password, logs.ToString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            UnmountAll();
+        }
+    }
+
+    [MountFact]
+    public async Task A_kubelet_directory_behind_a_symlink_is_staged_once_published_and_unstaged()
+    {
+        string link = _dir["kubelet-link"];
+        File.CreateSymbolicLink(link, _dir["kubelet"]);
+        Restart(link, "--heal-interval", "0");
+        var (meta, _) = FormattedVolume();
+        string staging = Path.Combine(link, "plugins/x/globalmount");
+        Directory.CreateDirectory(staging);
+        Directory.CreateDirectory(Path.Combine(link, "pods/uid1"));
+        string target = Path.Combine(link, "pods/uid1/mount");
+        try
+        {
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging)));
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging))); // idempotent: no second daemon
+            Assert.Single(Fuse.FuseMount.MountTable(), e => e.MountPoint == Kubelet("plugins/x/globalmount"));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, target, subPath: "m/sub")));
+            Assert.True(Reads(Path.Combine(target, "config.json"), Config));
+            Code(StatusCode.OK, await Unpublish("vol-1", target));
+            Assert.Null(Fuse.FuseMount.MountTypeAt(Kubelet("pods/uid1/mount")));
+            Code(StatusCode.OK, await Unstage("vol-1", staging));
+            Assert.Null(Fuse.FuseMount.MountTypeAt(Kubelet("plugins/x/globalmount")));
+        }
+        finally
+        {
+            UnmountAll();
         }
     }
 

@@ -310,6 +310,145 @@ public sealed class ProcessFaultTests : IDisposable
         }
     }
 
+    [MountFact]
+    public void A_mount_through_a_symlink_comes_up_is_not_stacked_and_unmounts_through_the_link()
+    {
+        var data = Volume();
+        string real = Directory.CreateTempSubdirectory("lmfs-preal-").FullName;
+        string link = real + "-link";
+        File.CreateSymbolicLink(link, real);
+        try
+        {
+            Ok(MountBackground(link)); // readiness compares the kernel's (resolved) path
+            Assert.Equal(data, File.ReadAllBytes(Path.Combine(link, "d/m.bin")));
+            Assert.Equal(real, MountState.Load(real)!.MountPoint);
+
+            // A retrying supervisor: a second mount, through the link or not, is refused with exit 2.
+            var again = MountBackground(link);
+            Assert.True(again.ExitCode == 2, again.ToString());
+            Assert.Contains("already has a fuse.lazymodelfs filesystem", again.Stderr, StringComparison.Ordinal);
+            Assert.Equal(2, LmfsRunner.Run("mount", Meta, real, "--cache-dir", _dir["cache"]).ExitCode);
+            Assert.Single(FuseMount.MountTable(), e => e.MountPoint == real);
+
+            var check = LmfsRunner.Run("warmup", link, Path.Combine(link, "d/m.bin"), "--check");
+            Assert.True(check.ExitCode == 0, check.ToString());
+            Assert.Contains("cached:", check.Stdout, StringComparison.Ordinal);
+
+            var u = LmfsRunner.Run("umount", link);
+            Assert.True(u.ExitCode == 0, u.ToString());
+            Assert.Null(FuseMount.MountTypeAt(real));
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", real);
+            File.Delete(link);
+            Directory.Delete(real);
+        }
+    }
+
+    [MountFact]
+    public void Umount_leaves_other_filesystems_alone_unless_forced()
+    {
+        string dir = Directory.CreateTempSubdirectory("lmfs-other-").FullName;
+        var session = FuseSession.Mount(dir, new LazyModelFs.MemFs.MemoryFileSystem(), new FuseMountOptions { Subtype = "memfs", FsName = "memfs" });
+        try
+        {
+            var r = LmfsRunner.Run("umount", dir);
+            Assert.True(r.ExitCode == 2, r.ToString());
+            Assert.Contains("is a fuse.memfs mount, not an lmfs mount", r.Stderr, StringComparison.Ordinal);
+            Assert.Equal("fuse.memfs", FuseMount.MountTypeAt(dir));
+
+            Ok(LmfsRunner.Run("umount", "--force", dir));
+            Assert.Null(FuseMount.MountTypeAt(dir));
+            Assert.True(session.Completion.Wait(TimeSpan.FromSeconds(30)));
+        }
+        finally
+        {
+            session.Dispose();
+            Directory.Delete(dir);
+        }
+
+        string tmpfs = Directory.CreateTempSubdirectory("lmfs-tmpfs-").FullName;
+        Proc.Run("mount", "-t", "tmpfs", "lmfs-test", tmpfs);
+        try
+        {
+            var r = LmfsRunner.Run("umount", tmpfs);
+            Assert.True(r.ExitCode == 2, r.ToString());
+            Assert.Equal("tmpfs", FuseMount.MountTypeAt(tmpfs));
+        }
+        finally
+        {
+            Proc.Run("umount", tmpfs);
+            Directory.Delete(tmpfs);
+        }
+    }
+
+    [MountFact]
+    public void A_non_empty_mount_point_is_refused_unless_nonempty()
+    {
+        var data = Volume();
+        string mp = Directory.CreateTempSubdirectory("lmfs-pfull-").FullName;
+        File.WriteAllText(Path.Combine(mp, "keep.txt"), "mine");
+        try
+        {
+            foreach (var r in new[] { MountBackground(mp), LmfsRunner.Run("mount", Meta, mp, "--cache-dir", _dir["cache"]) })
+            {
+                Assert.True(r.ExitCode == 2, r.ToString());
+                Assert.Contains("is not empty", r.Stderr, StringComparison.Ordinal);
+                Assert.Contains("--nonempty", r.Stderr, StringComparison.Ordinal);
+            }
+
+            Assert.Null(FuseMount.MountTypeAt(mp));
+            Ok(LmfsRunner.Run("mount", Meta, mp, "--background", "--nonempty", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]));
+            Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
+            Assert.False(File.Exists(Path.Combine(mp, "keep.txt")));
+            Ok(LmfsRunner.Run("umount", mp));
+            Assert.True(SpinWait.SpinUntil(() => FuseMount.MountTypeAt(mp) is null, 10_000));
+            Assert.Equal("mine", File.ReadAllText(Path.Combine(mp, "keep.txt")));
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+            Directory.Delete(mp, recursive: true);
+        }
+    }
+
+    [MountFact]
+    public void A_redis_password_in_the_url_stays_off_command_lines_records_and_logs()
+    {
+        const string Password = "Zq7/secret@x";
+        using var redis = new RedisServer(Password);
+        string url = $"redis://:{Uri.EscapeDataString(Password)}@127.0.0.1:{redis.Port}/0?volume=sec";
+        var data = TestData.Random((2 << 20) + 5, 4);
+        Directory.CreateDirectory(_dir["src"]);
+        File.WriteAllBytes(_dir["src/s.bin"], data);
+        Ok(LmfsRunner.Run("format", url, "--storage", $"file://{_dir["objects"]}", "--chunk-size", "1M"));
+        Ok(LmfsRunner.Run("import", url, _dir["src/s.bin"], "/d/", "--no-progress"));
+        string mp = Directory.CreateTempSubdirectory("lmfs-psec-").FullName;
+        try
+        {
+            var mounted = LmfsRunner.Run("mount", url, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]);
+            Ok(mounted);
+            Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/s.bin"))); // the password reached the daemon
+            var record = MountState.Load(mp)!;
+            // Any user can read a command line; the daemon's must not hold the password, encoded or not.
+            var cmdline = As(65534, "cat", $"/proc/{record.Pid}/cmdline");
+            Assert.Equal(0, cmdline.Code);
+            Assert.Contains("mount", cmdline.Output, StringComparison.Ordinal);
+            Assert.NotEqual(0, As(65534, "cat", $"/proc/{record.Pid}/environ").Code); // where it went instead: owner-only
+            foreach (var text in new[] { cmdline.Output, record.MetaUrl, File.ReadAllText(_dir["mount.log"]), mounted.Stdout + mounted.Stderr })
+            {
+                Assert.DoesNotContain("Zq7", text, StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+            SpinWait.SpinUntil(() => FuseMount.MountTypeAt(mp) is null, 10_000);
+            Directory.Delete(mp);
+        }
+    }
+
     /// <summary>Runs a command as another uid/gid (setpriv, util-linux), from a separate process.</summary>
     private static (int Code, string Output) As(int uid, string file, params string[] args)
     {
