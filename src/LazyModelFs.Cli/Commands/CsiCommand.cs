@@ -15,7 +15,7 @@ internal static class CsiCommand
         var cacheDir = new Option<string>("--cache-dir") { Description = "The node's chunk cache, shared by every volume staged here (volumeAttributes cacheDir overrides)", DefaultValueFactory = _ => "/var/cache/lmfs" };
         var stateDir = new Option<string>("--state-dir") { Description = "Where the plugin records staged volumes (no secrets), to find them after a restart", DefaultValueFactory = _ => "/var/lib/lmfs-csi" };
         var logDir = new Option<string>("--log-dir") { Description = "Logs of the mount daemons", DefaultValueFactory = _ => "/var/log/lmfs" };
-        var healInterval = new Option<double>("--heal-interval") { Description = "Seconds between checks that staged volumes' mount daemons live; a dead one is mounted again and pods' targets bound again (0: only at stage and publish)", DefaultValueFactory = _ => 10 };
+        var healInterval = Numeric.Number("--heal-interval", "Seconds between checks that staged volumes' mount daemons live; a dead one is mounted again and pods' targets bound again (0: only at stage and publish)", 10, 0, 3600, "seconds");
         var cmd = new Command("csi", "Run the Container Storage Interface node plugin (Identity and Node services; volumes are\nprovisioned statically, so there is no Controller service). NodeStageVolume mounts a volume once per\nnode with an `lmfs mount` daemon that outlives the plugin process; NodePublishVolume bind-mounts it\n(or a sub-path) into each pod, read-only. Deployment: deploy/kubernetes/ and docs/operations.md.\n\nExample:\n  lmfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)")
         {
             endpoint, nodeId, kubeletDir, cacheDir, stateDir, logDir, healInterval,
@@ -35,11 +35,6 @@ internal static class CsiCommand
             }
 
             double heal = p.GetValue(healInterval);
-            if (!(heal >= 0 && heal <= 3600))
-            {
-                throw new LmfsException($"--heal-interval {heal} is out of range", "give 0 (off) to 3600 seconds", 2);
-            }
-
             var options = new CsiOptions
             {
                 Endpoint = ep,
