@@ -17,7 +17,7 @@ internal static class ImportCommand
         var noProgress = new Option<bool>("--no-progress") { Description = "Print plain progress lines even on a terminal" };
         var creds = new Common.Credentials();
 
-        var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors")
+        var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nA symlink named as a source is followed (like cp -H). Inside a directory, a symlink that stays\ninside it is kept; one that leaves it (the Hugging Face cache's snapshots/REV/x -> ../../blobs/SHA)\nis imported as the file it points to. An entry that cannot be imported (a name that is not UTF-8,\nan unreadable file) is reported, the rest is imported, and the exit code is 2.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors\n  lmfs import sqlite:///var/lib/lmfs/meta.db ~/.cache/huggingface/hub/models--org--name/snapshots/REV/ /models/name")
         {
             meta, paths, overwrite, concurrency, noProgress,
         };
@@ -38,7 +38,15 @@ internal static class ImportCommand
             Console.WriteLine($"imported {summary.Files} file(s) ({Sizes.Format(summary.Bytes)}), {summary.Directories} director{(summary.Directories == 1 ? "y" : "ies")}, {summary.Symlinks} symlink(s); {summary.UnchangedFiles} unchanged file(s) skipped");
             Console.WriteLine($"chunks: {summary.Chunks} total, {summary.DedupChunks} deduplicated, {summary.Chunks - summary.DedupChunks} uploaded ({Sizes.Format(summary.UploadedBytes)} stored)");
             Console.WriteLine($"throughput: {Sizes.Format(summary.BytesPerSecond)}/s in {summary.Elapsed.TotalSeconds:0.0} s");
-            return 0;
+            foreach (var problem in summary.Problems)
+            {
+                await Console.Error.WriteLineAsync($"{(problem.IsError ? "error: not imported" : "warning: skipped")}: '{problem.Source}': {problem.Reason}").ConfigureAwait(false);
+            }
+
+            return summary.Errors == 0 ? 0 : throw new LmfsException(
+                $"{summary.Errors} source entr{(summary.Errors == 1 ? "y was" : "ies were")} not imported (listed above); everything else was",
+                "fix or rename them (names must be UTF-8, e.g. convmv -f latin1 -t utf8 -r) and run the same import again: what is imported already is skipped",
+                2);
         }));
         return cmd;
     }

@@ -28,14 +28,7 @@ public static partial class Posix
             throw new IOException($"cannot stat '{path}': {Marshal.GetPInvokeErrorMessage(errno)}");
         }
 
-        return new PosixStat(
-            *(ushort*)(buf + 28),
-            *(uint*)(buf + 20),
-            *(uint*)(buf + 24),
-            *(long*)(buf + 40),
-            (*(long*)(buf + 112) * 1_000_000_000L) + *(uint*)(buf + 120),
-            *(ulong*)(buf + 32),
-            ((ulong)*(uint*)(buf + 136) << 32) | *(uint*)(buf + 140));
+        return FromStatx(buf);
     }
 
     /// <summary>Drops the file's clean pages from the page cache (posix_fadvise POSIX_FADV_DONTNEED); false when refused.</summary>
