@@ -349,6 +349,37 @@ public sealed class MemoryImportTests : ImportContract
     }
 
     [Fact]
+    public async Task A_file_swapped_in_under_a_planned_path_is_refused_and_a_file_changed_in_place_too()
+    {
+        var store = new FaultyObjectStore(new MemoryObjectStore());
+        using var v = await OpenTwinAsync(store);
+        string a = WriteSource("swap/a.bin", 1000, 13), b = WriteSource("swap/b.bin", 2000, 14);
+
+        // After the plan, before b is opened: another file with b's size and mtime is renamed over b.
+        string other = WriteSource("swap/other.bin", 2000, 15);
+        Proc.Run("touch", "-r", b, other);
+        store.OnPut = n =>
+        {
+            if (n == 1)
+            {
+                File.Move(other, b, overwrite: true);
+            }
+        };
+        var ex = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions { Concurrency = 1 }).RunAsync([a, b], "/d/"));
+        Assert.Contains($"source '{b}' changed while it was imported", ex.Message, StringComparison.Ordinal);
+        Assert.Null(await v.Namespace.ResolveAsync("/d/b.bin"));
+        Assert.NotNull(await v.Namespace.ResolveAsync("/d/a.bin"));
+
+        // A followed symlink whose target is rewritten while it is read.
+        string big = WriteSource("swap/big.bin", (2 * ChunkSize) + 1, 16);
+        File.CreateSymbolicLink(Dir["swap/link.bin"], "big.bin");
+        store.OnPut = n => File.AppendAllText(big, "more");
+        ex = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions { Concurrency = 1 }).RunAsync([Dir["swap/link.bin"]], "/d/"));
+        Assert.Contains("changed while it was imported", ex.Message, StringComparison.Ordinal);
+        Assert.Null(await v.Namespace.ResolveAsync("/d/link.bin"));
+    }
+
+    [Fact]
     public async Task Wrong_bytes_from_the_store_are_an_error_never_data()
     {
         var faulty = new FaultyObjectStore(new MemoryObjectStore());
