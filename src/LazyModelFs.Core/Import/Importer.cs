@@ -166,7 +166,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
         bool destIsDir = destNode?.Type == NodeType.Directory || dest.EndsWith('/') || sources.Count > 1;
         if (sources.Count > 1 && destNode is not null && destNode.Type != NodeType.Directory)
         {
-            throw new LmfsException($"destination '{Namespace.Join(destParts)}' is not a directory, but several sources were given", "name a directory as the destination", 2);
+            throw new LmfsException($"destination '{Posix.ShowName(Namespace.Join(destParts))}' is not a directory, but several sources were given", "name a directory as the destination", 2);
         }
 
         var plan = new Plan([], [], [], []);
@@ -371,7 +371,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             d.Existed = n is not null;
             if (n is not null && n.Type != NodeType.Directory)
             {
-                conflicts.Add($"{d.Path} exists and is not a directory");
+                conflicts.Add($"{Posix.ShowName(d.Path)} exists and is not a directory");
             }
         }
 
@@ -385,7 +385,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
             if (n.Type == NodeType.Directory)
             {
-                conflicts.Add($"{f.Path} is a directory in the volume");
+                conflicts.Add($"{Posix.ShowName(f.Path)} is a directory in the volume");
                 continue;
             }
 
@@ -401,7 +401,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
             if (!options.Overwrite)
             {
-                conflicts.Add($"{f.Path} exists with other content");
+                conflicts.Add($"{Posix.ShowName(f.Path)} exists with other content");
             }
         }
 
@@ -419,7 +419,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             }
             else if (n.Type == NodeType.Directory || !options.Overwrite)
             {
-                conflicts.Add($"{l.Path} exists");
+                conflicts.Add($"{Posix.ShowName(l.Path)} exists");
             }
         }
 
@@ -628,12 +628,12 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
         if (r == MetaResult.Exists)
         {
-            throw new LmfsException($"'{path}' was created by another process during the import", "re-run the import (add --overwrite to replace it)", 2);
+            throw new LmfsException($"'{Posix.ShowName(path)}' was created by another process during the import", "re-run the import (add --overwrite to replace it)", 2);
         }
 
         if (r != MetaResult.Ok)
         {
-            throw new LmfsException($"cannot create '{path}' in the volume: {r}", "another process is changing the same path; retry");
+            throw new LmfsException($"cannot create '{Posix.ShowName(path)}' in the volume: {r}", "another process is changing the same path; retry");
         }
     }
 
@@ -645,7 +645,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             int n = await RandomAccess.ReadAsync(h, dest[total..], offset + total, ct).ConfigureAwait(false);
             if (n == 0)
             {
-                throw new LmfsException($"source '{source}' became shorter while it was imported", "re-run the import once the file is no longer being written");
+                throw new LmfsException($"source '{Posix.ShowName(source)}' became shorter while it was imported", "re-run the import once the file is no longer being written");
             }
 
             total += n;

@@ -269,6 +269,12 @@ public abstract class ImportContract : IDisposable
         // Everything else is there; a name with an escape character is valid UTF-8 and kept as it is.
         Assert.Equal(["ok.bin", "sub"], (await v.Meta.ListAsync((await v.Namespace.ResolveAsync("/t/tree"))!.Ino)).Select(e => e.Name));
         Assert.Equal("esc", Encoding.UTF8.GetString(await ReadAsync(v, "/t/tree/sub/esc-\u001b[31m.txt")));
+
+        // Messages show such names escaped, never raw on the terminal.
+        File.WriteAllText(Dir["tree/sub/esc-\u001b[31m.txt"], "changed");
+        var conflict = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions()).RunAsync([Dir["tree"]], "/t/"));
+        Assert.Contains(@"/t/tree/sub/esc-\x1b[31m.txt exists with other content", conflict.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\u001b', conflict.Message);
     }
 
     [Fact]
