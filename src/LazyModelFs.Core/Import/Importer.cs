@@ -13,6 +13,9 @@ public sealed record ImportOptions
     /// <summary>Replace destination files and symlinks that exist with different content.</summary>
     public bool Overwrite { get; init; }
 
+    /// <summary>Follow every symlink inside source directories (cp -L); by default they are kept, except Hugging Face cache links to blobs.</summary>
+    public bool Dereference { get; init; }
+
     /// <summary>Chunks hashed and uploaded at once (bounded further by a 512 MiB buffer budget).</summary>
     public int Concurrency { get; init; } = 16;
 }
@@ -198,8 +201,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             }
 
             ValidateAll(target);
-            var walk = new Walker(full.TrimEnd('/'), plan, ChunkSize);
-            walk.Visit(full.TrimEnd('/'), target, follow: true, outside: false);
+            new Walker(plan, ChunkSize, options.Dereference).Visit(full.TrimEnd('/'), target, follow: true);
         }
 
         await CheckDestinationsAsync(plan, ct).ConfigureAwait(false);
@@ -209,23 +211,25 @@ public sealed class Importer(Volume volume, ImportOptions options)
     /// <summary>
     /// Walks one command-line source into the plan. The rules (docs/architecture.md, Import):
     /// - the source itself is followed if it is a symlink (cp -H), file or directory;
-    /// - inside a directory, a symlink whose relative target stays inside the source is kept as a
-    ///   symlink: it resolves the same way in the volume;
-    /// - a symlink that leaves the source (absolute, or <c>..</c> past its top, as the Hugging Face
-    ///   cache's <c>snapshots/REV/x -&gt; ../../blobs/SHA</c>) would dangle in the volume, so what it points
-    ///   to is imported in its place (rsync --copy-unsafe-links); inside such a directory every link is
-    ///   followed, since its targets are relative to a place outside the source;
+    /// - inside a directory a symlink is kept as a symlink, except
+    ///   - in a Hugging Face cache: a link under <c>REPO/snapshots/</c> whose target is a file in
+    ///     <c>REPO/blobs/</c> (<c>snapshots/REV/model.safetensors -&gt; ../../blobs/SHA</c>) is imported as
+    ///     that file, since it would dangle in the volume and the snapshot is what users mean;
+    ///   - with <see cref="ImportOptions.Dereference"/> (-L) every symlink is followed, like cp -L.
+    ///   Links are not followed out of the tree by default: a tree from elsewhere (a cloned repository)
+    ///   may hold <c>x -&gt; /etc/shadow</c>, and following it would copy the importer's files into a
+    ///   volume that every pod reads;
     /// - a dangling symlink stays a symlink; a followed link that leads back into a directory being
     ///   walked is a loop, reported and skipped;
     /// - one entry that cannot be imported (a name that is not UTF-8, an unreadable file or directory,
     ///   a loop) is reported and skipped, and the rest is imported: names are read as bytes
     ///   (<see cref="Posix.ReadDirectory"/>), since .NET would turn such a name into a path that names no file.
     /// </summary>
-    private sealed class Walker(string root, Plan plan, int chunkSize)
+    private sealed class Walker(Plan plan, int chunkSize, bool dereference)
     {
         private readonly List<(ulong Dev, ulong Ino)> _ancestors = [];
 
-        public void Visit(string source, string[] target, bool follow, bool outside)
+        public void Visit(string source, string[] target, bool follow)
         {
             string path = Namespace.Join(target);
             PosixStat st;
@@ -242,13 +246,11 @@ public sealed class Importer(Volume volume, ImportOptions options)
                     }
 
                     bool dangling = Posix.Access(source, 0) != 0; // F_OK follows the link
-                    if (dangling || (!outside && StaysInside(source, linkTarget)))
+                    if (dangling || !(dereference || IsHuggingFaceBlob(source, linkTarget)))
                     {
                         plan.Symlinks.Add(new LinkItem(path, st, linkTarget));
                         return;
                     }
-
-                    outside = true; // it leaves the source: import what it points to
                 }
 
                 if (IsLink(st))
@@ -265,7 +267,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             switch (st.Mode & 0xF000)
             {
                 case 0x4000:
-                    VisitDirectory(source, target, st, outside);
+                    VisitDirectory(source, target, st);
                     break;
                 case 0x8000:
                     if (Posix.Access(source, Posix.R_OK) is int errno and not 0)
@@ -282,7 +284,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             }
         }
 
-        private void VisitDirectory(string source, string[] target, PosixStat st, bool outside)
+        private void VisitDirectory(string source, string[] target, PosixStat st)
         {
             if (_ancestors.Contains((st.Dev, st.Ino)))
             {
@@ -312,23 +314,36 @@ public sealed class Importer(Volume volume, ImportOptions options)
                     continue;
                 }
 
-                Visit(Path.Combine(source, name), [.. target, name], follow: false, outside);
+                Visit(Path.Combine(source, name), [.. target, name], follow: false);
             }
 
             _ancestors.RemoveAt(_ancestors.Count - 1);
         }
 
-        /// <summary>Whether a relative link target, resolved from the link's directory, stays inside the source being imported.</summary>
-        private bool StaysInside(string link, string linkTarget)
+        /// <summary>
+        /// A link of a Hugging Face cache (huggingface_hub, file_download.py: snapshots/REV/NAME -&gt;
+        /// ../../blobs/ETAG, relative, or absolute where it must): it lies, resolved, under
+        /// REPO/snapshots/, and its own target names a regular file directly in REPO/blobs/. A link to
+        /// another link of the snapshot (alias -&gt; config.json) stays a link.
+        /// </summary>
+        private static bool IsHuggingFaceBlob(string link, string linkTarget)
         {
-            if (linkTarget.Length == 0 || Path.IsPathRooted(linkTarget))
+            string? linkDir = Posix.RealPath(Path.GetDirectoryName(link)!);
+            string? snapshots = linkDir;
+            while (snapshots is not null && Path.GetFileName(snapshots) != "snapshots")
+            {
+                snapshots = Path.GetDirectoryName(snapshots);
+            }
+
+            if (linkDir is null || snapshots is null)
             {
                 return false;
             }
 
-            // Lexical, as the kernel resolves the link in the volume, where the tree mirrors this walk.
-            string resolved = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(link)!, linkTarget));
-            return resolved == root || resolved.StartsWith(root + "/", StringComparison.Ordinal);
+            string named = Path.GetFullPath(linkTarget, linkDir);
+            return Path.GetDirectoryName(named) == Path.Combine(Path.GetDirectoryName(snapshots)!, "blobs")
+                && Posix.RealPath(link) == named
+                && (Posix.LStat(named).Mode & 0xF000) == 0x8000;
         }
 
         private void Error(string source, string reason, bool shown = false) =>

@@ -95,6 +95,26 @@ public static partial class Posix
         return FromStatx(buf);
     }
 
+    /// <summary>realpath(3): the path with every symlink, "." and ".." resolved; null when it does not resolve.</summary>
+    public static unsafe string? RealPath(string path)
+    {
+        byte* p = realpath(path, null);
+        if (p == null)
+        {
+            return null;
+        }
+
+        try
+        {
+            // SAFETY: realpath returned a NUL-terminated string it allocated with malloc; freed below.
+            return System.Text.Encoding.UTF8.GetString(MemoryMarshal.CreateReadOnlySpanFromNullTerminated(p));
+        }
+        finally
+        {
+            free(p);
+        }
+    }
+
     /// <summary>faccessat(2) with the effective ids: 0 when allowed, else the errno (EACCES, EROFS, ENOENT…).</summary>
     public static int Access(string path, int mode) =>
         faccessat(AtFdCwd, path, mode, AtEaccess) == 0 ? 0 : Marshal.GetLastPInvokeError();
@@ -164,6 +184,12 @@ public static partial class Posix
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static unsafe partial nint readlink(string path, byte* buf, nint size);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial byte* realpath(string path, byte* resolved);
+
+    [LibraryImport("libc")]
+    private static unsafe partial void free(void* p);
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int faccessat(int dirfd, string path, int mode, int flags);

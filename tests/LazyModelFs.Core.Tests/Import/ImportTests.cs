@@ -187,6 +187,7 @@ public abstract class ImportContract : IDisposable
         File.CreateSymbolicLink(Dir["hf/snapshots/rev/config.json"], "../../blobs/bbb");
         File.CreateSymbolicLink(Dir["hf/snapshots/rev/sub/tokenizer.json"], "../../../blobs/bbb");
         File.CreateSymbolicLink(Dir["hf/snapshots/rev/alias.json"], "config.json"); // stays inside the snapshot
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/elsewhere"], "/etc/hostname"); // not a blob of this cache: kept as a link
         File.CreateSymbolicLink(Dir["hf/current"], "snapshots/rev");
         return Dir["hf"];
     }
@@ -217,7 +218,7 @@ public abstract class ImportContract : IDisposable
         foreach (var (src, dest) in new[] { (Dir["hf/snapshots/rev/"], "/models/"), (Dir["hf/current"], "/c/") })
         {
             var s = await new Importer(v, new ImportOptions()).RunAsync([src], dest);
-            Assert.Equal((3L, 1L, 0), (s.Files, s.Symlinks, s.Errors));
+            Assert.Equal((3L, 2L, 0), (s.Files, s.Symlinks, s.Errors));
         }
 
         foreach (var root in new[] { "/models/rev", "/c/current" })
@@ -227,24 +228,34 @@ public abstract class ImportContract : IDisposable
             Assert.Equal(File.ReadAllBytes(Dir["hf/blobs/bbb"]), await ReadAsync(v, root + "/sub/tokenizer.json"));
             var alias = await v.Namespace.ResolveAsync(root + "/alias.json");
             Assert.Equal((NodeType.Symlink, "config.json"), (alias!.Type, alias.SymlinkTarget)); // resolves in the volume as in the source
+            Assert.Equal("/etc/hostname", (await v.Namespace.ResolveAsync(root + "/elsewhere"))!.SymlinkTarget);
         }
     }
 
     [Fact]
-    public async Task A_link_out_of_the_tree_is_followed_a_loop_is_reported_and_a_dangling_link_kept()
+    public async Task Links_out_of_a_tree_stay_links_unless_dereferenced_and_a_loop_is_reported()
     {
         using var v = await FormatAsync();
         WriteSource("outer/t/f.bin", 100, 22);
         File.WriteAllText(Dir["outer/other.txt"], "beside the tree");
-        File.CreateSymbolicLink(Dir["outer/t/up"], ".."); // leaves t: followed, and t itself then leads back into t
+        File.CreateSymbolicLink(Dir["outer/t/up"], ".."); // leaves t; followed, t then leads back into t
+        File.CreateSymbolicLink(Dir["outer/t/abs"], Dir["outer/other.txt"]);
         File.CreateSymbolicLink(Dir["outer/t/gone"], "../nothing");
-        var s = await new Importer(v, new ImportOptions()).RunAsync([Dir["outer/t"]], "/d/");
+
+        // By default a tree's links are kept: following them would copy whatever they name (x -> /etc/shadow).
+        var kept = await new Importer(v, new ImportOptions()).RunAsync([Dir["outer/t"]], "/k/");
+        Assert.Equal((1L, 3L), (kept.Files, kept.Symlinks));
+        Assert.Empty(kept.Problems);
+        Assert.Equal(Dir["outer/other.txt"], (await v.Namespace.ResolveAsync("/k/t/abs"))!.SymlinkTarget);
+
+        var s = await new Importer(v, new ImportOptions { Dereference = true }).RunAsync([Dir["outer/t"]], "/d/");
         var loop = Assert.Single(s.Problems);
         Assert.True(loop.IsError);
         Assert.Equal(Dir["outer/t/up/t"], loop.Source);
         Assert.Contains("symlink loop", loop.Reason, StringComparison.Ordinal);
         Assert.Equal("beside the tree", Encoding.UTF8.GetString(await ReadAsync(v, "/d/t/up/other.txt")));
-        Assert.Equal("../nothing", (await v.Namespace.ResolveAsync("/d/t/gone"))!.SymlinkTarget);
+        Assert.Equal("beside the tree", Encoding.UTF8.GetString(await ReadAsync(v, "/d/t/abs")));
+        Assert.Equal("../nothing", (await v.Namespace.ResolveAsync("/d/t/gone"))!.SymlinkTarget); // dangling: stays a link
         Assert.Equal(100, (await ReadAsync(v, "/d/t/f.bin")).Length);
     }
 
