@@ -114,7 +114,10 @@ public sealed class Volume : IDisposable
             // Bad input changes nothing: remove the database file this call created.
             foreach (var suffix in new[] { "", "-wal", "-shm" })
             {
-                File.Delete(sqlitePath + suffix);
+                if (File.Exists(sqlitePath + suffix))
+                {
+                    File.Delete(sqlitePath + suffix); // (a missing directory would make File.Delete throw and hide the real error)
+                }
             }
 
             throw;

@@ -20,6 +20,8 @@ public enum Errno
     ENOTDIR = 20,
     EISDIR = 21,
     EINVAL = 22,
+    ENFILE = 23,
+    EMFILE = 24,
     ENOSPC = 28,
     EROFS = 30,
     ERANGE = 34,

@@ -35,6 +35,9 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     /// <summary>Fail every PUT after this many have succeeded (null: never).</summary>
     public int? FailPutsAfter { get; set; }
 
+    /// <summary>Called before each PUT with its 1-based call number (to change the world mid-import).</summary>
+    public Action<int>? OnPut { get; set; }
+
     /// <summary>Return these bytes instead of the real ones for GETs (null: pass through).</summary>
     public Func<string, byte[], byte[]>? MangleGet { get; set; }
 
@@ -77,6 +80,7 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default)
     {
         int n = Interlocked.Increment(ref _puts);
+        OnPut?.Invoke(n);
         if (FailPutsAfter is { } limit && n > limit)
         {
             throw new IOException($"injected PUT failure for {key}");

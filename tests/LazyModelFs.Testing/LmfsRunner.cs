@@ -88,6 +88,29 @@ public static class LmfsRunner
         return new BytesResult(p.ExitCode, ms.ToArray(), stderr.Result);
     }
 
+    /// <summary>Runs `lmfs` as another uid (and the same gid, no supplementary groups), through setpriv.</summary>
+    public static RunResult RunAs(int uid, params string[] args)
+    {
+        var psi = Prepare(args, new Dictionary<string, string?> { ["HOME"] = "/tmp" });
+        foreach (var a in new[] { $"--reuid={uid}", $"--regid={uid}", "--clear-groups", psi.FileName }.Reverse())
+        {
+            psi.ArgumentList.Insert(0, a);
+        }
+
+        psi.FileName = "setpriv";
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Close();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(2)))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"lmfs {string.Join(' ', args)} as uid {uid} did not finish in time");
+        }
+
+        return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
     private static ProcessStartInfo Prepare(IEnumerable<string> args, IDictionary<string, string?>? env)
     {
         var psi = new ProcessStartInfo("dotnet")
@@ -143,5 +166,21 @@ public static class Proc
         p.WaitForExit();
         Xunit.Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)} exited {p.ExitCode}: {stderr.Result}");
         return output;
+    }
+
+    /// <summary>Runs a command as another uid/gid (setpriv, util-linux), from a separate process; its exit code and its stdout then stderr.</summary>
+    public static (int Code, string Output) As(int uid, string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { $"--reuid={uid}", $"--regid={uid}", "--clear-groups", file }.Concat(args))
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, output + err.Result);
     }
 }

@@ -18,14 +18,14 @@ public sealed class MountFactAttribute : FactAttribute
     }
 }
 
-/// <summary>A test that needs root (to make files owned by another uid, say): skipped, with the reason, otherwise.</summary>
+/// <summary>A test that needs root (to run commands as another uid, or to bind-mount): skipped, with the reason, otherwise.</summary>
 public sealed class RootFactAttribute : FactAttribute
 {
     public RootFactAttribute()
     {
         if (!Environment.IsPrivilegedProcess)
         {
-            Skip = "needs root (chown to another uid); run the tests as root, as CI does";
+            Skip = "needs root (commands as another uid, bind mounts); run the tests as root, as CI does";
         }
     }
 }

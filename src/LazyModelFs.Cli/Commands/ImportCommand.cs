@@ -14,12 +14,13 @@ internal static class ImportCommand
         var paths = new Argument<string[]>("SRC... DEST") { Description = "Local files or directories, then the destination path in the volume", Arity = new ArgumentArity(2, 100_000) };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace destination files that exist with other content" };
         var concurrency = Numeric.Int("--concurrency", "Chunks hashed and uploaded at once", 16, 1, 256, "-j");
+        var dereference = new Option<bool>("--dereference", "-L") { Description = "Follow every symlink inside source directories (like cp -L); by default they are kept as symlinks" };
         var noProgress = new Option<bool>("--no-progress") { Description = "Print plain progress lines even on a terminal" };
         var creds = new Common.Credentials();
 
-        var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors")
+        var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nA symlink named as a source is followed (like cp -H). Symlinks inside a directory are kept as\nsymlinks, except in a Hugging Face cache, where snapshots/REV/x -> ../../blobs/SHA is imported as\nthe file it points to (so importing snapshots/REV/ gives real files); -L follows them all. An entry that cannot be imported (a name that is not UTF-8,\nan unreadable file) is reported, the rest is imported, and the exit code is 2.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors\n  lmfs import sqlite:///var/lib/lmfs/meta.db ~/.cache/huggingface/hub/models--org--name/snapshots/REV/ /models/name")
         {
-            meta, paths, overwrite, concurrency, noProgress,
+            meta, paths, overwrite, dereference, concurrency, noProgress,
         };
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
@@ -27,13 +28,21 @@ internal static class ImportCommand
             var all = p.GetValue(paths)!;
             int jobs = p.GetValue(concurrency);
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
-            var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Concurrency = jobs });
+            var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Dereference = p.GetValue(dereference), Concurrency = jobs });
             var run = importer.RunAsync(all[..^1], all[^1], ct);
             var summary = await ShowProgressAsync(importer.Progress, run, !p.GetValue(noProgress) && !Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive).ConfigureAwait(false);
             Console.WriteLine($"imported {summary.Files} file(s) ({Sizes.Format(summary.Bytes)}), {summary.Directories} director{(summary.Directories == 1 ? "y" : "ies")}, {summary.Symlinks} symlink(s); {summary.UnchangedFiles} unchanged file(s) skipped");
             Console.WriteLine($"chunks: {summary.Chunks} total, {summary.DedupChunks} deduplicated, {summary.Chunks - summary.DedupChunks} uploaded ({Sizes.Format(summary.UploadedBytes)} stored)");
             Console.WriteLine($"throughput: {Sizes.Format(summary.BytesPerSecond)}/s in {summary.Elapsed.TotalSeconds:0.0} s");
-            return 0;
+            foreach (var problem in summary.Problems)
+            {
+                await Console.Error.WriteLineAsync($"{(problem.IsError ? "error: not imported" : "warning: skipped")}: '{problem.Source}': {problem.Reason}").ConfigureAwait(false);
+            }
+
+            return summary.Errors == 0 ? 0 : throw new LmfsException(
+                $"{summary.Errors} source entr{(summary.Errors == 1 ? "y was" : "ies were")} not imported (listed above); everything else was",
+                "fix or rename them (names must be UTF-8, e.g. convmv -f latin1 -t utf8 -r) and run the same import again: what is imported already is skipped",
+                2);
         }));
         return cmd;
     }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Text;
 using LazyModelFs.Chunks;
 using LazyModelFs.Meta;
 using LazyModelFs.Util;
@@ -11,6 +12,9 @@ public sealed record ImportOptions
 {
     /// <summary>Replace destination files and symlinks that exist with different content.</summary>
     public bool Overwrite { get; init; }
+
+    /// <summary>Follow every symlink inside source directories (cp -L); by default they are kept, except Hugging Face cache links to blobs.</summary>
+    public bool Dereference { get; init; }
 
     /// <summary>Chunks hashed and uploaded at once (bounded further by a 512 MiB buffer budget).</summary>
     public int Concurrency { get; init; } = 16;
@@ -34,6 +38,10 @@ public sealed class ImportProgress
     public long ChunksDone => Interlocked.Read(ref _chunksDone);
 }
 
+/// <summary>A source entry that was not imported as asked (<see cref="IsError"/>) or was skipped by rule (a warning).</summary>
+/// <param name="Source">The local path, printable (<see cref="Posix.ShowName(string)"/>: bytes that are not UTF-8 and control characters escaped).</param>
+public sealed record ImportProblem(string Source, string Reason, bool IsError);
+
 public sealed record ImportSummary(
     long Files,
     long Directories,
@@ -43,8 +51,12 @@ public sealed record ImportSummary(
     long Chunks,
     long DedupChunks,
     long UploadedBytes,
-    TimeSpan Elapsed)
+    TimeSpan Elapsed,
+    IReadOnlyList<ImportProblem> Problems)
 {
+    /// <summary>Entries that should have been imported and were not: the command exits non-zero after importing the rest.</summary>
+    public int Errors => Problems.Count(p => p.IsError);
+
     public double BytesPerSecond => Elapsed.TotalSeconds > 0 ? Bytes / Elapsed.TotalSeconds : 0;
 }
 
@@ -106,7 +118,8 @@ public sealed class Importer(Volume volume, ImportOptions options)
             chunks,
             chunks - Interlocked.Read(ref _uploadedChunks),
             Interlocked.Read(ref _uploaded),
-            sw.Elapsed);
+            sw.Elapsed,
+            plan.Problems);
     }
 
     private int ChunkSize => volume.Settings.ChunkSize;
@@ -142,7 +155,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
         public bool Unchanged { get; set; }
     }
 
-    private sealed record Plan(List<DirItem> Directories, List<FileItem> Files, List<LinkItem> Symlinks);
+    private sealed record Plan(List<DirItem> Directories, List<FileItem> Files, List<LinkItem> Symlinks, List<ImportProblem> Problems);
 
     private async Task<Plan> PlanAsync(IReadOnlyList<string> sources, string dest, CancellationToken ct)
     {
@@ -156,10 +169,10 @@ public sealed class Importer(Volume volume, ImportOptions options)
         bool destIsDir = destNode?.Type == NodeType.Directory || dest.EndsWith('/') || sources.Count > 1;
         if (sources.Count > 1 && destNode is not null && destNode.Type != NodeType.Directory)
         {
-            throw new LmfsException($"destination '{Namespace.Join(destParts)}' is not a directory, but several sources were given", "name a directory as the destination", 2);
+            throw new LmfsException($"destination '{Posix.ShowName(Namespace.Join(destParts))}' is not a directory, but several sources were given", "name a directory as the destination", 2);
         }
 
-        var plan = new Plan([], [], []);
+        var plan = new Plan([], [], [], []);
         if (destIsDir)
         {
             plan.Directories.Add(new DirItem(Namespace.Join(destParts), new PosixStat(0x1ED, 0, 0, 0, 0, 0)));
@@ -170,13 +183,15 @@ public sealed class Importer(Volume volume, ImportOptions options)
             string full = Path.GetFullPath(src);
             if (!File.Exists(full) && !Directory.Exists(full))
             {
-                throw new LmfsException($"source '{src}' does not exist", "check the path", 2);
+                throw src.Contains('\uFFFD', StringComparison.Ordinal)
+                    ? new LmfsException($"source '{Posix.ShowName(src)}' does not exist or its name is not valid UTF-8", "lmfs takes UTF-8 paths: import the directory above it (names that are not UTF-8 are reported, the rest imported), or rename it", 2)
+                    : new LmfsException($"source '{Posix.ShowName(src)}' does not exist", "check the path", 2);
             }
 
             string name = Path.GetFileName(full.TrimEnd('/'));
             if (name.Length == 0)
             {
-                throw new LmfsException($"source '{src}' has no name to import under", "name a directory below /", 2);
+                throw new LmfsException($"source '{Posix.ShowName(src)}' has no name to import under", "name a directory below /", 2);
             }
 
             string[] target = destIsDir ? [.. destParts, name] : destParts;
@@ -185,50 +200,172 @@ public sealed class Importer(Volume volume, ImportOptions options)
                 throw new LmfsException("the volume's root cannot be replaced by a file", "give a destination path such as /models/", 2);
             }
 
-            // A symlink named on the command line is followed (like cp -H); inside directories symlinks are kept as links.
-            Walk(full, target, followLink: true, plan);
+            ValidateAll(target);
+            new Walker(plan, ChunkSize, options.Dereference).Visit(full.TrimEnd('/'), target, follow: true);
         }
 
         await CheckDestinationsAsync(plan, ct).ConfigureAwait(false);
         return plan;
     }
 
-    private void Walk(string source, string[] target, bool followLink, Plan plan)
+    /// <summary>
+    /// Walks one command-line source into the plan. The rules (docs/architecture.md, Import):
+    /// - the source itself is followed if it is a symlink (cp -H), file or directory;
+    /// - inside a directory a symlink is kept as a symlink, except
+    ///   - in a Hugging Face cache: a link under <c>REPO/snapshots/</c> whose target is a file in
+    ///     <c>REPO/blobs/</c> (<c>snapshots/REV/model.safetensors -&gt; ../../blobs/SHA</c>) is imported as
+    ///     that file, since it would dangle in the volume and the snapshot is what users mean;
+    ///   - with <see cref="ImportOptions.Dereference"/> (-L) every symlink is followed, like cp -L.
+    ///   Links are not followed out of the tree by default: a tree from elsewhere (a cloned repository)
+    ///   may hold <c>x -&gt; /etc/shadow</c>, and following it would copy the importer's files into a
+    ///   volume that every pod reads;
+    /// - a dangling symlink stays a symlink; a followed link that leads back into a directory being
+    ///   walked is a loop, reported and skipped;
+    /// - one entry that cannot be imported (a name that is not UTF-8, an unreadable file or directory,
+    ///   a loop) is reported and skipped, and the rest is imported: names are read as bytes
+    ///   (<see cref="Posix.ReadDirectory"/>), since .NET would turn such a name into a path that names no file.
+    /// </summary>
+    private sealed class Walker(Plan plan, int chunkSize, bool dereference)
     {
-        ValidateAll(target);
-        var info = new FileInfo(source);
-        if (info.LinkTarget is { } linkTarget && !followLink)
-        {
-            plan.Symlinks.Add(new LinkItem(Namespace.Join(target), Posix.LStat(source), linkTarget));
-            return;
-        }
+        private readonly List<(ulong Dev, ulong Ino)> _ancestors = [];
 
-        if (Directory.Exists(source))
+        public void Visit(string source, string[] target, bool follow)
         {
-            var st = followLink ? StatFollow(source) : Posix.LStat(source);
-            plan.Directories.Add(new DirItem(Namespace.Join(target), st));
-            foreach (var child in Directory.EnumerateFileSystemEntries(source).Order(StringComparer.Ordinal))
+            string path = Namespace.Join(target);
+            PosixStat st;
+            try
             {
-                Walk(child, [.. target, Path.GetFileName(child)], followLink: false, plan);
+                st = Posix.LStat(source);
+                if (IsLink(st) && !follow)
+                {
+                    byte[] raw = Posix.ReadLink(source);
+                    if (!TryDecode(raw, out string linkTarget))
+                    {
+                        Error(source, $"its symlink target '{Posix.ShowName(raw)}' is not valid UTF-8");
+                        return;
+                    }
+
+                    bool dangling = Posix.Access(source, 0) != 0; // F_OK follows the link
+                    if (dangling || !(dereference || IsHuggingFaceBlob(source, linkTarget)))
+                    {
+                        plan.Symlinks.Add(new LinkItem(path, st, linkTarget));
+                        return;
+                    }
+                }
+
+                if (IsLink(st))
+                {
+                    st = Posix.Stat(source);
+                }
+            }
+            catch (IOException ex)
+            {
+                Error(source, ex.Message);
+                return;
             }
 
-            return;
+            switch (st.Mode & 0xF000)
+            {
+                case 0x4000:
+                    VisitDirectory(source, target, st);
+                    break;
+                case 0x8000:
+                    if (Posix.Access(source, Posix.R_OK) is int errno and not 0)
+                    {
+                        Error(source, "it cannot be read: " + System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno));
+                        return;
+                    }
+
+                    plan.Files.Add(new FileItem(source, path, st, chunkSize));
+                    break;
+                default:
+                    plan.Problems.Add(new ImportProblem(Posix.ShowName(source), "not a regular file, directory or symlink; skipped", IsError: false));
+                    break;
+            }
         }
 
-        var fs = followLink ? StatFollow(source) : Posix.LStat(source);
-        if ((fs.Mode & 0xF000) != 0x8000)
+        private void VisitDirectory(string source, string[] target, PosixStat st)
         {
-            Console.Error.WriteLine($"warning: skipping '{TerminalText.Safe(source)}': not a regular file, directory or symlink");
-            return;
+            if (_ancestors.Contains((st.Dev, st.Ino)))
+            {
+                Error(source, "a symlink loop: it leads back to a directory that contains it");
+                return;
+            }
+
+            List<byte[]> names;
+            try
+            {
+                names = Posix.ReadDirectory(source);
+            }
+            catch (IOException ex)
+            {
+                Error(source, ex.Message);
+                return;
+            }
+
+            plan.Directories.Add(new DirItem(Namespace.Join(target), st));
+            names.Sort((a, b) => a.AsSpan().SequenceCompareTo(b));
+            _ancestors.Add((st.Dev, st.Ino));
+            foreach (var raw in names)
+            {
+                if (!TryDecode(raw, out string name))
+                {
+                    Error($"{Posix.ShowName(source)}/{Posix.ShowName(raw)}", "the name is not valid UTF-8 (names in a volume are UTF-8)", shown: true);
+                    continue;
+                }
+
+                Visit(Path.Combine(source, name), [.. target, name], follow: false);
+            }
+
+            _ancestors.RemoveAt(_ancestors.Count - 1);
         }
 
-        plan.Files.Add(new FileItem(source, Namespace.Join(target), fs, ChunkSize));
+        /// <summary>
+        /// A link of a Hugging Face cache (huggingface_hub, file_download.py: snapshots/REV/NAME -&gt;
+        /// ../../blobs/ETAG, relative, or absolute where it must): it lies, resolved, under
+        /// REPO/snapshots/, and its own target names a regular file directly in REPO/blobs/. A link to
+        /// another link of the snapshot (alias -&gt; config.json) stays a link.
+        /// </summary>
+        private static bool IsHuggingFaceBlob(string link, string linkTarget)
+        {
+            string? linkDir = Posix.TryRealPath(Path.GetDirectoryName(link)!);
+            string? snapshots = linkDir;
+            while (snapshots is not null && Path.GetFileName(snapshots) != "snapshots")
+            {
+                snapshots = Path.GetDirectoryName(snapshots);
+            }
+
+            if (linkDir is null || snapshots is null)
+            {
+                return false;
+            }
+
+            string named = Path.GetFullPath(linkTarget, linkDir);
+            return Path.GetDirectoryName(named) == Path.Combine(Path.GetDirectoryName(snapshots)!, "blobs")
+                && Posix.TryRealPath(link) == named
+                && (Posix.LStat(named).Mode & 0xF000) == 0x8000;
+        }
+
+        private void Error(string source, string reason, bool shown = false) =>
+            plan.Problems.Add(new ImportProblem(shown ? source : Posix.ShowName(source), reason, IsError: true));
+
+        private static bool IsLink(PosixStat st) => (st.Mode & 0xF000) == 0xA000;
     }
 
-    private static PosixStat StatFollow(string path)
+    private static readonly UTF8Encoding StrictUtf8 = new(false, true);
+
+    private static bool TryDecode(byte[] raw, out string s)
     {
-        string resolved = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? path;
-        return Posix.LStat(resolved);
+        try
+        {
+            s = StrictUtf8.GetString(raw);
+            return true;
+        }
+        catch (DecoderFallbackException)
+        {
+            s = "";
+            return false;
+        }
     }
 
     private static void ValidateAll(string[] parts)
@@ -249,7 +386,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             d.Existed = n is not null;
             if (n is not null && n.Type != NodeType.Directory)
             {
-                conflicts.Add($"{d.Path} exists and is not a directory");
+                conflicts.Add($"{Posix.ShowName(d.Path)} exists and is not a directory");
             }
         }
 
@@ -263,7 +400,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
             if (n.Type == NodeType.Directory)
             {
-                conflicts.Add($"{f.Path} is a directory in the volume");
+                conflicts.Add($"{Posix.ShowName(f.Path)} is a directory in the volume");
                 continue;
             }
 
@@ -279,7 +416,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
             if (!options.Overwrite)
             {
-                conflicts.Add($"{f.Path} exists with other content");
+                conflicts.Add($"{Posix.ShowName(f.Path)} exists with other content");
             }
         }
 
@@ -297,7 +434,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             }
             else if (n.Type == NodeType.Directory || !options.Overwrite)
             {
-                conflicts.Add($"{l.Path} exists");
+                conflicts.Add($"{Posix.ShowName(l.Path)} exists");
             }
         }
 
@@ -350,7 +487,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             f.Remaining = f.ChunkCount;
             if (f.ChunkCount == 0)
             {
-                await CommitFileAsync(f, ct).ConfigureAwait(false);
+                await CommitFileAsync(f, Posix.Stat(f.Source), ct).ConfigureAwait(false);
             }
         }
 
@@ -358,13 +495,14 @@ public sealed class Importer(Volume volume, ImportOptions options)
         int workers = (int)Math.Clamp(Math.Min(options.Concurrency, BufferBudget / maxObject), 1, 256);
         var pool = new ConcurrentBag<byte[]>();
         var work = files.SelectMany(f => Enumerable.Range(0, f.ChunkCount).Select(i => (File: f, Index: i)));
-        var handles = new ConcurrentDictionary<string, Lazy<Microsoft.Win32.SafeHandles.SafeFileHandle>>();
+        // One handle per planned file (not per path: two symlinks may name the same blob).
+        var handles = new ConcurrentDictionary<FileItem, Lazy<Microsoft.Win32.SafeHandles.SafeFileHandle>>();
         try
         {
             await Parallel.ForEachAsync(work, new ParallelOptions { MaxDegreeOfParallelism = workers, CancellationToken = ct }, async (item, token) =>
             {
-                var handle = handles.GetOrAdd(item.File.Source, s => new Lazy<Microsoft.Win32.SafeHandles.SafeFileHandle>(
-                    () => File.OpenHandle(s, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous))).Value;
+                var handle = handles.GetOrAdd(item.File, f => new Lazy<Microsoft.Win32.SafeHandles.SafeFileHandle>(
+                    () => File.OpenHandle(f.Source, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous))).Value;
                 if (!pool.TryTake(out var buf))
                 {
                     buf = GC.AllocateUninitializedArray<byte>(maxObject, pinned: true);
@@ -381,12 +519,14 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
                 if (Interlocked.Decrement(ref item.File.Remaining) == 0)
                 {
-                    if (handles.TryRemove(item.File.Source, out var done))
+                    PosixStat now;
+                    using (handle)
                     {
-                        done.Value.Dispose();
+                        handles.TryRemove(item.File, out _);
+                        now = Posix.FStat(handle);
                     }
 
-                    await CommitFileAsync(item.File, token).ConfigureAwait(false);
+                    await CommitFileAsync(item.File, now, token).ConfigureAwait(false);
                 }
             }).ConfigureAwait(false);
         }
@@ -462,13 +602,15 @@ public sealed class Importer(Volume volume, ImportOptions options)
         }
     }
 
-    private async Task CommitFileAsync(FileItem f, CancellationToken ct)
+    /// <param name="now">The source as it is after its last chunk was read: fstat of the handle it was read through, or stat of the path for an empty file.</param>
+    private async Task CommitFileAsync(FileItem f, PosixStat now, CancellationToken ct)
     {
-        // The source must not have changed while it was read: a torn file would be imported as truth.
-        var now = Posix.LStat(f.Source);
-        if (now.Size != f.Stat.Size || now.MtimeNs != f.Stat.MtimeNs)
+        // The source must not have changed while it was read: a torn file would be imported as truth. The
+        // identity is checked too, so a path that now names another file (a symlink or file swapped in) is
+        // not taken for the one planned; a followed symlink is compared through its target, as it was planned.
+        if (now.Dev != f.Stat.Dev || now.Ino != f.Stat.Ino || now.Size != f.Stat.Size || now.MtimeNs != f.Stat.MtimeNs)
         {
-            throw new LmfsException($"source '{f.Source}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
+            throw new LmfsException($"source '{Posix.ShowName(f.Source)}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
         }
 
         await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries), null, ct).ConfigureAwait(false);
@@ -501,12 +643,12 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
         if (r == MetaResult.Exists)
         {
-            throw new LmfsException($"'{path}' was created by another process during the import", "re-run the import (add --overwrite to replace it)", 2);
+            throw new LmfsException($"'{Posix.ShowName(path)}' was created by another process during the import", "re-run the import (add --overwrite to replace it)", 2);
         }
 
         if (r != MetaResult.Ok)
         {
-            throw new LmfsException($"cannot create '{path}' in the volume: {r}", "another process is changing the same path; retry");
+            throw new LmfsException($"cannot create '{Posix.ShowName(path)}' in the volume: {r}", "another process is changing the same path; retry");
         }
     }
 
@@ -518,7 +660,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             int n = await RandomAccess.ReadAsync(h, dest[total..], offset + total, ct).ConfigureAwait(false);
             if (n == 0)
             {
-                throw new LmfsException($"source '{source}' became shorter while it was imported", "re-run the import once the file is no longer being written");
+                throw new LmfsException($"source '{Posix.ShowName(source)}' became shorter while it was imported", "re-run the import once the file is no longer being written");
             }
 
             total += n;

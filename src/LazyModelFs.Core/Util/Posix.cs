@@ -4,7 +4,7 @@ using Microsoft.Win32.SafeHandles;
 namespace LazyModelFs.Util;
 
 /// <summary>File facts .NET does not expose: owner, group, mode and mtime of a path, without following a final symlink.</summary>
-public readonly record struct PosixStat(uint Mode, uint Uid, uint Gid, long Size, long MtimeNs, ulong Ino, ulong Dev = 0);
+public readonly record struct PosixStat(uint Mode, uint Uid, uint Gid, long Size, long MtimeNs, ulong Ino, ulong Dev = 0, uint Nlink = 0);
 
 public static partial class Posix
 {
@@ -28,14 +28,7 @@ public static partial class Posix
             throw new IOException($"cannot stat '{path}': {Marshal.GetPInvokeErrorMessage(errno)}");
         }
 
-        return new PosixStat(
-            *(ushort*)(buf + 28),
-            *(uint*)(buf + 20),
-            *(uint*)(buf + 24),
-            *(long*)(buf + 40),
-            (*(long*)(buf + 112) * 1_000_000_000L) + *(uint*)(buf + 120),
-            *(ulong*)(buf + 32),
-            ((ulong)*(uint*)(buf + 136) << 32) | *(uint*)(buf + 140));
+        return FromStatx(buf);
     }
 
     /// <summary>Drops the file's clean pages from the page cache (posix_fadvise POSIX_FADV_DONTNEED); false when refused.</summary>
@@ -129,20 +122,6 @@ public static partial class Posix
         return new SafeFileHandle(fd, ownsHandle: true);
     }
 
-    /// <summary>fstat(2) through statx(2) on an open descriptor: the facts of the file actually opened, whatever its name points to now.</summary>
-    public static unsafe PosixStat FStat(SafeFileHandle h)
-    {
-        const int AtEmptyPath = 0x1000;
-        byte* buf = stackalloc byte[256];
-        // SAFETY: buf is 256 bytes, the size of struct statx; the kernel writes no more.
-        if (statx((int)h.DangerousGetHandle(), "", AtEmptyPath, StatxBasicStats, buf) != 0)
-        {
-            throw new IOException($"cannot stat an open file: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
-        }
-
-        return new PosixStat(*(ushort*)(buf + 28), *(uint*)(buf + 20), *(uint*)(buf + 24), *(long*)(buf + 40), (*(long*)(buf + 112) * 1_000_000_000L) + *(uint*)(buf + 120), *(ulong*)(buf + 32));
-    }
-
     /// <summary>mkdir(2): 0 when made, else the errno (EEXIST = 17 when something is there already).</summary>
     public static int MkDir(string path, uint mode) => mkdir(path, mode) == 0 ? 0 : Marshal.GetLastPInvokeError();
 
@@ -156,20 +135,6 @@ public static partial class Posix
         }
     }
 
-    /// <summary>realpath(3): the path with every symbolic link, '.' and '..' resolved; the path must exist.</summary>
-    public static unsafe string RealPath(string path)
-    {
-        byte* buf = stackalloc byte[4097];
-        // SAFETY: realpath writes at most PATH_MAX (4096) bytes and a NUL into a caller's buffer.
-        if (realpath(path, buf) == null)
-        {
-            int errno = Marshal.GetLastPInvokeError();
-            throw new IOException($"cannot resolve '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
-        }
-
-        return Marshal.PtrToStringUTF8((nint)buf)!;
-    }
-
     [LibraryImport("libc")]
     private static partial uint geteuid();
 
@@ -178,9 +143,6 @@ public static partial class Posix
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int rename(string from, string to);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial byte* realpath(string path, byte* resolved);
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);

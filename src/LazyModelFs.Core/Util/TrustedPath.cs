@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace LazyModelFs.Util;
@@ -10,14 +9,16 @@ namespace LazyModelFs.Util;
 /// The disk cache is checked with CRC32C, which finds damage, not forgery: anyone who can write a
 /// cache file can make the mount serve bytes of their choosing with the right length and CRC
 /// (four patched bytes suffice). So the trust model is the filesystem's (issue 11, item 3): the
-/// cache directory and every directory above it must be owned by root or by the user lmfs runs as,
-/// and must not be writable by group or others — except that an ancestor may be a sticky directory
-/// such as /tmp, where others cannot rename or delete what is ours. lmfs makes its own directories
+/// cache directory and every directory above it must pass the rule lmfs uses for every private
+/// place (<see cref="PrivateFiles.CheckTrusted"/>: owned by root or the user lmfs runs as, ours not
+/// writable by group or others, root's not writable by others unless sticky like /tmp, where others
+/// cannot rename or delete what is ours), and the cache directory itself must not be writable by
+/// group or others whoever owns it. lmfs makes its own directories
 /// 0700 and its files 0600, and each cache file is checked when it is opened (owned by root or us,
 /// not writable by others, one link): a file planted by another uid is discarded, never served.
 /// The owner and root remain trusted; what they write is theirs to answer for.
 /// </summary>
-public static partial class TrustedPath
+public static class TrustedPath
 {
     public const UnixFileMode PrivateDir = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
 
@@ -25,9 +26,7 @@ public static partial class TrustedPath
 
     private const uint GroupOtherWrite = 0x12; // 0022
 
-    private const uint Sticky = 0x200; // 01000
-
-    public static uint EffectiveUid => geteuid();
+    public static uint EffectiveUid => Posix.EUid;
 
     /// <summary>
     /// Creates <paramref name="dir"/> (0700, parents too) if missing, then checks it and every
@@ -53,43 +52,29 @@ public static partial class TrustedPath
         return real;
     }
 
-    /// <summary>Checks <paramref name="realDir"/> (symlinks resolved) and its ancestors; see the class summary.</summary>
+    /// <summary>
+    /// Checks <paramref name="realDir"/> (symlinks resolved) and its ancestors with the one rule lmfs
+    /// uses for every private place (<see cref="PrivateFiles.CheckTrusted"/>), and the directory itself
+    /// more strictly: nobody but its owner may write it, whoever owns it.
+    /// </summary>
     public static void CheckChain(string realDir, string option)
     {
-        uint me = EffectiveUid;
-        string? at = realDir;
-        bool leaf = true;
-        while (at is not null)
+        try
         {
-            PosixStat st;
-            try
-            {
-                st = Posix.LStat(at);
-            }
-            catch (IOException ex)
-            {
-                throw new LmfsException($"cannot check '{at}' ({option}): {ex.Message}", $"choose another {option}", 2, ex);
-            }
+            PrivateFiles.CheckTrusted(realDir);
+        }
+        catch (Exception ex) when (ex is UnsafePathException or IOException)
+        {
+            throw new LmfsException($"{ex.Message}: others could plant or replace what lmfs keeps in '{realDir}' ({option})", $"use a {option} that only you (uid {EffectiveUid}) or root can write, all the way up, e.g. a new directory under /var/cache or your home", 2, ex);
+        }
 
-            if (st.Uid != 0 && st.Uid != me)
-            {
-                throw new LmfsException(
-                    $"'{at}' is owned by uid {st.Uid}, so {(leaf ? "its owner" : "that user")} could replace what lmfs keeps in '{realDir}' ({option})",
-                    $"use a {option} that you (uid {me}) or root own all the way up, e.g. a new directory under your home or /var/cache",
-                    2);
-            }
-
-            bool writableByOthers = (st.Mode & GroupOtherWrite) != 0;
-            if (writableByOthers && (leaf || (st.Mode & Sticky) == 0))
-            {
-                throw new LmfsException(
-                    $"'{at}' is writable by {((st.Mode & 0x2) != 0 ? "every user" : "its group")} (mode {Convert.ToString(st.Mode & 0xFFF, 8)}), so others could plant or replace what lmfs keeps in '{realDir}' ({option})",
-                    leaf ? $"chmod go-w '{at}', or choose another {option}" : $"choose a {option} whose parent directories only you or root can write",
-                    2);
-            }
-
-            leaf = false;
-            at = at == "/" ? null : Path.GetDirectoryName(at);
+        var st = Posix.LStat(realDir);
+        if ((st.Mode & GroupOtherWrite) != 0)
+        {
+            throw new LmfsException(
+                $"refusing to use '{realDir}' ({option}): it is writable by group or others (mode {Convert.ToString(st.Mode & 0xFFF, 8)})",
+                $"chmod go-w '{realDir}', or choose another {option}",
+                2);
         }
     }
 
@@ -98,67 +83,46 @@ public static partial class TrustedPath
     /// writable by group or others, with one link (not a hard link to something else). Null when it
     /// may; otherwise what is wrong with it.
     /// </summary>
-    public static unsafe string? UntrustedFile(SafeFileHandle h)
+    public static string? UntrustedFile(SafeFileHandle h)
     {
-        const int AtEmptyPath = 0x1000;
-        const uint StatxBasicStats = 0x7ff;
-        byte* buf = stackalloc byte[256];
-        // SAFETY: buf is 256 bytes, the size of struct statx; the kernel writes no more. The handle
-        // stays open (and its descriptor valid) for the call: the caller holds it.
-        if (statx((int)h.DangerousGetHandle(), "", AtEmptyPath, StatxBasicStats, buf) != 0)
+        PosixStat st;
+        try
         {
-            return $"fstat failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}";
+            st = Posix.FStat(h);
+        }
+        catch (IOException ex)
+        {
+            return ex.Message;
         }
 
-        uint nlink = *(uint*)(buf + 16), uid = *(uint*)(buf + 20), mode = *(ushort*)(buf + 28);
-        if ((mode & 0xF000) != 0x8000)
+        if ((st.Mode & 0xF000) != 0x8000)
         {
             return "not a regular file";
         }
 
-        if (uid != 0 && uid != EffectiveUid)
+        if (st.Uid != 0 && st.Uid != EffectiveUid)
         {
-            return $"owned by uid {uid}";
+            return $"owned by uid {st.Uid}";
         }
 
-        if ((mode & GroupOtherWrite) != 0)
+        if ((st.Mode & GroupOtherWrite) != 0)
         {
-            return $"writable by others (mode {Convert.ToString(mode & 0xFFF, 8)})";
+            return $"writable by others (mode {Convert.ToString(st.Mode & 0xFFF, 8)})";
         }
 
-        return nlink != 1 ? $"{nlink} hard links" : null;
+        return st.Nlink != 1 ? $"{st.Nlink} hard links" : null;
     }
 
-    /// <summary>realpath(3): the path with every symlink resolved.</summary>
-    public static string RealPath(string path)
+    /// <summary>realpath(3) as an <see cref="LmfsException"/> (exit 2) when it fails.</summary>
+    private static string RealPath(string path)
     {
-        nint p = realpath(path, 0);
-        if (p == 0)
-        {
-            int errno = Marshal.GetLastPInvokeError();
-            throw new LmfsException($"cannot resolve '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", "check the path", 2);
-        }
-
         try
         {
-            return Marshal.PtrToStringUTF8(p)!;
+            return Posix.RealPath(path);
         }
-        finally
+        catch (IOException ex)
         {
-            unsafe
-            {
-                // SAFETY: realpath(3) returned a malloc'd buffer that nothing else references.
-                NativeMemory.Free((void*)p);
-            }
+            throw new LmfsException(ex.Message, "check the path", 2, ex);
         }
     }
-
-    [LibraryImport("libc")]
-    private static partial uint geteuid();
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial nint realpath(string path, nint resolved);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial int statx(int dirfd, string path, int flags, uint mask, byte* buf);
 }

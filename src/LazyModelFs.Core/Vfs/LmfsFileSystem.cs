@@ -41,6 +41,12 @@ public sealed record VfsOptions
 
     /// <summary>How long directory attributes are cached; file attributes never change (content is immutable per inode).</summary>
     public TimeSpan DirectoryTimeout { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Open directory handles of the mount, all users together; past it OPENDIR fails with ENFILE (<see cref="DirectoryHandles"/>).</summary>
+    public int MaxDirectoryHandles { get; init; } = 65536;
+
+    /// <summary>Bytes of the directory listings those handles hold (shared per directory version); past it OPENDIR fails with ENFILE.</summary>
+    public long MaxDirectoryBytes { get; init; } = 128L << 20;
 }
 
 /// <summary>
@@ -79,7 +85,6 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new();
     private readonly ConcurrentDictionary<ulong, NodeState> _files = new();
-    private readonly ConcurrentDictionary<ulong, IReadOnlyList<DirEntry>> _dirs = new();
     private readonly int _chunkSize;
     private long _nextFh;
 
@@ -90,7 +95,11 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         _options = options ?? new VfsOptions();
         _log = logger ?? NullLogger.Instance;
         _chunkSize = volume.Settings.ChunkSize;
+        Directories = new DirectoryHandles(volume.Meta, _options, _log);
     }
+
+    /// <summary>Open directory handles and the listings they share (counters for the control socket's stats).</summary>
+    public DirectoryHandles Directories { get; }
 
     /// <summary>Kernel references per inode (lookup counts), for tests and diagnostics.</summary>
     public long LookupCount(ulong ino) => _nodes.TryGetValue(ino, out var s) ? Interlocked.Read(ref s.Lookups.Count) : 0;
@@ -339,11 +348,10 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     {
         try
         {
-            // One snapshot per handle: cookies (index + 3) stay valid however the kernel replays (fuse-protocol.md 8.5).
-            var list = await _volume.Meta.ListAsync(nodeId).ConfigureAwait(false);
-            ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
-            _dirs[fh] = list;
-            return new FuseOpen(fh, FopenFlags.None);
+            // One listing per handle, shared by handles of the same directory version: cookies (index + 3) stay
+            // valid however the kernel replays (fuse-protocol.md 8.5); memory and handles are bounded (DirectoryHandles).
+            var r = await Directories.OpenAsync(ctx, nodeId).ConfigureAwait(false);
+            return r.IsOk ? new FuseOpen(r.Value, FopenFlags.None) : r.Error;
         }
         catch (Exception ex)
         {
@@ -353,7 +361,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     public async ValueTask<Errno> ReadDirAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, FuseDirBuffer buffer)
     {
-        if (!_dirs.TryGetValue(fh, out var entries))
+        if (Directories.Get(fh) is not { } entries)
         {
             return Errno.EBADF;
         }
@@ -373,11 +381,10 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                     continue;
                 }
 
-                var e = entries[(int)(i - 2)];
-                byte[] name = Encoding.UTF8.GetBytes(e.Name);
+                int k = (int)(i - 2);
                 if (!buffer.Plus)
                 {
-                    if (!buffer.TryAdd(name, e.Ino, TypeBits(e.Type) >> 12, i + 1))
+                    if (!buffer.TryAdd(entries.Name(k), entries.Ino(k), TypeBits(entries.Type(k)) >> 12, i + 1))
                     {
                         break;
                     }
@@ -385,20 +392,20 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                     continue;
                 }
 
-                if (!buffer.Fits(name.Length))
+                if (!buffer.Fits(entries.Name(k).Length))
                 {
                     break;
                 }
 
-                var node = await NodeAsync(e.Ino).ConfigureAwait(false);
+                var node = await NodeAsync(entries.Ino(k)).ConfigureAwait(false);
                 if (node is null)
                 {
                     continue; // removed since the snapshot
                 }
 
-                var st = Track(node, e.Name);
+                var st = Track(node, Encoding.UTF8.GetString(entries.Name(k)));
                 Interlocked.Increment(ref st.Lookups.Count);
-                buffer.TryAddPlus(name, EntryFor(st, _options), i + 1);
+                buffer.TryAddPlus(entries.Name(k), EntryFor(st, _options), i + 1);
             }
 
             return Errno.OK;
@@ -413,7 +420,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     public ValueTask<Errno> ReleaseDirAsync(FuseContext ctx, ulong nodeId, ulong fh)
     {
-        _dirs.TryRemove(fh, out _);
+        Directories.Release(fh);
         return ValueTask.FromResult(Errno.OK);
     }
 

@@ -15,7 +15,7 @@ namespace LazyModelFs.Vfs;
 /// `lmfs bench` reads the daemon's counters and puts a file back to cold or warm without remounting.
 ///
 /// Commands:
-///   stats                       counters of the chunk reader, memory tier and disk cache
+///   stats                       counters of the chunk reader, memory tier, disk cache and directory handles
 ///   forget INO memory|disk      drop the file's queued background fetches, its chunks from the memory tier (and the disk cache),
 ///                               forget its readahead streams, restart prefetch at its next open
 ///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
@@ -166,6 +166,10 @@ public sealed class MountControl : IDisposable
             ["memoryMisses"] = r.Memory.Misses,
             ["memoryChunks"] = r.Memory.Count,
             ["memoryBuffers"] = r.Memory.Allocated,
+            ["dirHandles"] = _mount.FileSystem.Directories.Open,
+            ["dirSnapshots"] = _mount.FileSystem.Directories.Snapshots,
+            ["dirSnapshotBytes"] = _mount.FileSystem.Directories.Bytes,
+            ["dirRefused"] = _mount.FileSystem.Directories.Refused,
         };
         if (r.Disk is { } d)
         {

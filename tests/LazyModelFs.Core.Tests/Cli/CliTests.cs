@@ -162,6 +162,33 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
         Fails(LmfsRunner.Run("cat", Meta, "/"), 2, "not a file");
     }
 
+    [RootFact]
+    public void Import_reports_each_entry_it_cannot_import_imports_the_rest_and_exits_2()
+    {
+        // An unprivileged user imports a tree with an unreadable file, an unreadable directory and a
+        // name that is not UTF-8 (issue 11, item 15): the rest is imported, each one is named, exit 2.
+        const int Nobody = 65534;
+        string vol = _dir["nobody"];
+        Directory.CreateDirectory(vol);
+        Proc.Run("chown", $"{Nobody}:{Nobody}", vol);
+        string meta = $"sqlite://{vol}/meta.db";
+        Ok(LmfsRunner.RunAs(Nobody, "format", meta, "--storage", $"file://{vol}/objects"));
+        string ok = Source("tree/ok.bin", 5000);
+        Source("tree/secret.bin", 10);
+        File.SetUnixFileMode(_dir["tree/secret.bin"], UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        Source("tree/private/inner.bin", 10);
+        File.SetUnixFileMode(_dir["tree/private"], UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        Proc.Run("bash", "-c", "printf x > \"$(printf '%s/bad-\\xff.bin' \"$1\")\"", "bash", _dir["tree"]);
+
+        var r = Fails(LmfsRunner.RunAs(Nobody, "import", meta, _dir["tree"], "/t/", "--no-progress"), 2, "3 source entries were not imported (listed above); everything else was");
+        Assert.Contains("imported 1 file(s)", r.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"error: not imported: '{_dir["tree"]}/bad-\\xff.bin': the name is not valid UTF-8", r.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"error: not imported: '{_dir["tree/private"]}': cannot read directory", r.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"error: not imported: '{_dir["tree/secret.bin"]}': it cannot be read: Permission denied", r.Stderr, StringComparison.Ordinal);
+        Assert.Equal(File.ReadAllBytes(ok), LmfsRunner.RunBytes(["cat", meta, "/t/tree/ok.bin"]).Stdout);
+        Assert.Equal("ok.bin", Ok(LmfsRunner.Run("ls", meta, "/t/tree")).Stdout.Trim());
+    }
+
     [Fact]
     public void Numbers_out_of_range_are_refused_naming_the_option_and_range_before_anything_starts()
     {

@@ -449,21 +449,7 @@ public sealed class ProcessFaultTests : IDisposable
         }
     }
 
-    /// <summary>Runs a command as another uid/gid (setpriv, util-linux), from a separate process.</summary>
-    private static (int Code, string Output) As(int uid, string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { $"--reuid={uid}", $"--regid={uid}", "--clear-groups", file }.Concat(args))
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, output + err.Result);
-    }
+    private static (int Code, string Output) As(int uid, string file, params string[] args) => Proc.As(uid, file, args);
 
     public void Dispose() => _dir.Dispose();
 }

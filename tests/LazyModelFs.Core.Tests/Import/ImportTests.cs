@@ -176,6 +176,118 @@ public abstract class ImportContract : IDisposable
         Assert.Equal(st.MtimeNs, (await v.Namespace.ResolveAsync("/models/model/config.json"))!.MtimeNs);
     }
 
+    /// <summary>The Hugging Face cache: snapshots/REV/NAME -> ../../blobs/SHA (issue 11, item 15).</summary>
+    private string HuggingFaceCache()
+    {
+        WriteSource("hf/blobs/aaa", (2 * ChunkSize) + 17, 21);
+        File.WriteAllText(Dir["hf/blobs/bbb"], "{\"model_type\": \"llama\"}");
+        File.SetUnixFileMode(Dir["hf/blobs/aaa"], (UnixFileMode)0x1A4); // 0644
+        Directory.CreateDirectory(Dir["hf/snapshots/rev/sub"]);
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/model.safetensors"], "../../blobs/aaa");
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/config.json"], "../../blobs/bbb");
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/sub/tokenizer.json"], "../../../blobs/bbb");
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/alias.json"], "config.json"); // stays inside the snapshot
+        File.CreateSymbolicLink(Dir["hf/snapshots/rev/elsewhere"], "/etc/hostname"); // not a blob of this cache: kept as a link
+        File.CreateSymbolicLink(Dir["hf/current"], "snapshots/rev");
+        return Dir["hf"];
+    }
+
+    [Fact]
+    public async Task A_symlink_named_on_the_command_line_is_imported_as_the_file_it_points_to()
+    {
+        using var v = await FormatAsync();
+        HuggingFaceCache();
+        var s = await new Importer(v, new ImportOptions()).RunAsync([Dir["hf/snapshots/rev/model.safetensors"]], "/m/");
+        Assert.Equal((1L, 0L, 0), (s.Files, s.Symlinks, s.Errors));
+        var n = await v.Namespace.ResolveAsync("/m/model.safetensors");
+        Assert.Equal(NodeType.File, n!.Type);
+        Assert.Equal(0x1A4u, n.Mode);
+        Assert.Equal(Posix.Stat(Dir["hf/blobs/aaa"]).MtimeNs, n.MtimeNs); // the target's attributes, as cp -H
+        Assert.Equal(File.ReadAllBytes(Dir["hf/blobs/aaa"]), await ReadAsync(v, "/m/model.safetensors"));
+
+        // Again: the same content, skipped as unchanged (the link is followed for the comparison too).
+        var again = await new Importer(v, new ImportOptions()).RunAsync([Dir["hf/snapshots/rev/model.safetensors"]], "/m/");
+        Assert.Equal((0L, 1L), (again.Files, again.UnchangedFiles));
+    }
+
+    [Fact]
+    public async Task A_snapshot_directory_of_symlinks_to_blobs_is_imported_as_real_files()
+    {
+        using var v = await FormatAsync();
+        HuggingFaceCache();
+        foreach (var (src, dest) in new[] { (Dir["hf/snapshots/rev/"], "/models/"), (Dir["hf/current"], "/c/") })
+        {
+            var s = await new Importer(v, new ImportOptions()).RunAsync([src], dest);
+            Assert.Equal((3L, 2L, 0), (s.Files, s.Symlinks, s.Errors));
+        }
+
+        foreach (var root in new[] { "/models/rev", "/c/current" })
+        {
+            Assert.Equal(File.ReadAllBytes(Dir["hf/blobs/aaa"]), await ReadAsync(v, root + "/model.safetensors"));
+            Assert.Equal(File.ReadAllBytes(Dir["hf/blobs/bbb"]), await ReadAsync(v, root + "/config.json"));
+            Assert.Equal(File.ReadAllBytes(Dir["hf/blobs/bbb"]), await ReadAsync(v, root + "/sub/tokenizer.json"));
+            var alias = await v.Namespace.ResolveAsync(root + "/alias.json");
+            Assert.Equal((NodeType.Symlink, "config.json"), (alias!.Type, alias.SymlinkTarget)); // resolves in the volume as in the source
+            Assert.Equal("/etc/hostname", (await v.Namespace.ResolveAsync(root + "/elsewhere"))!.SymlinkTarget);
+        }
+    }
+
+    [Fact]
+    public async Task Links_out_of_a_tree_stay_links_unless_dereferenced_and_a_loop_is_reported()
+    {
+        using var v = await FormatAsync();
+        WriteSource("outer/t/f.bin", 100, 22);
+        File.WriteAllText(Dir["outer/other.txt"], "beside the tree");
+        File.CreateSymbolicLink(Dir["outer/t/up"], ".."); // leaves t; followed, t then leads back into t
+        File.CreateSymbolicLink(Dir["outer/t/abs"], Dir["outer/other.txt"]);
+        File.CreateSymbolicLink(Dir["outer/t/gone"], "../nothing");
+
+        // By default a tree's links are kept: following them would copy whatever they name (x -> /etc/shadow).
+        var kept = await new Importer(v, new ImportOptions()).RunAsync([Dir["outer/t"]], "/k/");
+        Assert.Equal((1L, 3L), (kept.Files, kept.Symlinks));
+        Assert.Empty(kept.Problems);
+        Assert.Equal(Dir["outer/other.txt"], (await v.Namespace.ResolveAsync("/k/t/abs"))!.SymlinkTarget);
+
+        var s = await new Importer(v, new ImportOptions { Dereference = true }).RunAsync([Dir["outer/t"]], "/d/");
+        var loop = Assert.Single(s.Problems);
+        Assert.True(loop.IsError);
+        Assert.Equal(Dir["outer/t/up/t"], loop.Source);
+        Assert.Contains("symlink loop", loop.Reason, StringComparison.Ordinal);
+        Assert.Equal("beside the tree", Encoding.UTF8.GetString(await ReadAsync(v, "/d/t/up/other.txt")));
+        Assert.Equal("beside the tree", Encoding.UTF8.GetString(await ReadAsync(v, "/d/t/abs")));
+        Assert.Equal("../nothing", (await v.Namespace.ResolveAsync("/d/t/gone"))!.SymlinkTarget); // dangling: stays a link
+        Assert.Equal(100, (await ReadAsync(v, "/d/t/f.bin")).Length);
+    }
+
+    [Fact]
+    public async Task Names_that_are_not_UTF8_are_reported_and_the_rest_is_imported()
+    {
+        using var v = await FormatAsync();
+        // .NET cannot create such names; bash can.
+        Proc.Run("bash", "-c", """
+            cd "$1" && mkdir -p tree/sub && printf ok > tree/ok.bin && printf bad > "$(printf 'tree/bad-\xff.bin')" &&
+            mkdir "$(printf 'tree/dir-\xe9')" && printf x > "$(printf 'tree/dir-\xe9/inner.bin')" &&
+            ln -s "$(printf 'target-\xfe')" tree/badlink && printf esc > "$(printf 'tree/sub/esc-\x1b[31m.txt')"
+            """, "bash", Dir.Path);
+        var s = await new Importer(v, new ImportOptions()).RunAsync([Dir["tree"]], "/t/");
+        Assert.Equal(3, s.Errors);
+        Assert.Equal([Dir["tree"] + @"/bad-\xff.bin", Dir["tree/badlink"], Dir["tree"] + @"/dir-\xe9"], s.Problems.Select(p => p.Source)); // in walk order
+        Assert.All(s.Problems, p => Assert.True(p.IsError));
+        Assert.Contains("the name is not valid UTF-8", s.Problems[0].Reason, StringComparison.Ordinal);
+        Assert.Contains(@"its symlink target 'target-\xfe' is not valid UTF-8", s.Problems[1].Reason, StringComparison.Ordinal);
+        Assert.Contains("the name is not valid UTF-8", s.Problems[2].Reason, StringComparison.Ordinal);
+
+        // Everything else is there; a name with an escape character is valid UTF-8 and kept as it is.
+        Assert.Equal(["ok.bin", "sub"], (await v.Meta.ListAsync((await v.Namespace.ResolveAsync("/t/tree"))!.Ino)).Select(e => e.Name));
+        Assert.Equal("esc", Encoding.UTF8.GetString(await ReadAsync(v, "/t/tree/sub/esc-\u001b[31m.txt")));
+
+        // Messages show such names escaped, never raw on the terminal.
+        File.WriteAllText(Dir["tree/sub/esc-\u001b[31m.txt"], "changed");
+        var conflict = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions()).RunAsync([Dir["tree"]], "/t/"));
+        Assert.Contains(@"/t/tree/sub/esc-\x1b[31m.txt exists with other content", conflict.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\u001b', conflict.Message);
+    }
+
     [Fact]
     public async Task Existing_destination_is_refused_unless_overwrite_and_nothing_changes()
     {
@@ -251,6 +363,37 @@ public sealed class MemoryImportTests : ImportContract
         var s = await new Importer(v, new ImportOptions()).RunAsync([src], "/big.bin");
         Assert.Equal(2, s.DedupChunks); // the two chunks stored before the failure are not uploaded again
         Assert.Equal(File.ReadAllBytes(src), await ReadAsync(v, "/big.bin"));
+    }
+
+    [Fact]
+    public async Task A_file_swapped_in_under_a_planned_path_is_refused_and_a_file_changed_in_place_too()
+    {
+        var store = new FaultyObjectStore(new MemoryObjectStore());
+        using var v = await OpenTwinAsync(store);
+        string a = WriteSource("swap/a.bin", 1000, 13), b = WriteSource("swap/b.bin", 2000, 14);
+
+        // After the plan, before b is opened: another file with b's size and mtime is renamed over b.
+        string other = WriteSource("swap/other.bin", 2000, 15);
+        Proc.Run("touch", "-r", b, other);
+        store.OnPut = n =>
+        {
+            if (n == 1)
+            {
+                File.Move(other, b, overwrite: true);
+            }
+        };
+        var ex = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions { Concurrency = 1 }).RunAsync([a, b], "/d/"));
+        Assert.Contains($"source '{b}' changed while it was imported", ex.Message, StringComparison.Ordinal);
+        Assert.Null(await v.Namespace.ResolveAsync("/d/b.bin"));
+        Assert.NotNull(await v.Namespace.ResolveAsync("/d/a.bin"));
+
+        // A followed symlink whose target is rewritten while it is read.
+        string big = WriteSource("swap/big.bin", (2 * ChunkSize) + 1, 16);
+        File.CreateSymbolicLink(Dir["swap/link.bin"], "big.bin");
+        store.OnPut = n => File.AppendAllText(big, "more");
+        ex = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions { Concurrency = 1 }).RunAsync([Dir["swap/link.bin"]], "/d/"));
+        Assert.Contains("changed while it was imported", ex.Message, StringComparison.Ordinal);
+        Assert.Null(await v.Namespace.ResolveAsync("/d/link.bin"));
     }
 
     [Fact]
