@@ -133,37 +133,27 @@ public static partial class Posix
     /// </summary>
     public static string ShowName(ReadOnlySpan<byte> name)
     {
+        // Text goes through the one terminal escaper (TerminalText); only bytes that are not UTF-8,
+        // which a string cannot hold, are written here, as \xNN (so a backslash is doubled).
         var sb = new StringBuilder(name.Length + 8);
+        var text = new StringBuilder();
         while (!name.IsEmpty)
         {
             var status = System.Text.Rune.DecodeFromUtf8(name, out var rune, out int used);
             if (status != System.Buffers.OperationStatus.Done)
             {
+                sb.Append(TerminalText.Safe(text.ToString()));
+                text.Clear();
                 sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\x{name[0]:x2}");
                 name = name[1..];
                 continue;
             }
 
-            if (rune.Value == '\\')
-            {
-                sb.Append(@"\\");
-            }
-            else if (System.Text.Rune.IsControl(rune) || rune.Value is 0x2028 or 0x2029)
-            {
-                foreach (byte b in name[..used])
-                {
-                    sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\x{b:x2}");
-                }
-            }
-            else
-            {
-                sb.Append(rune.ToString());
-            }
-
+            text.Append(rune.Value == '\\' ? @"\\" : rune.ToString());
             name = name[used..];
         }
 
-        return sb.ToString();
+        return sb.Append(TerminalText.Safe(text.ToString())).ToString();
     }
 
     /// <summary><see cref="ShowName(ReadOnlySpan{byte})"/> of a path held as a string.</summary>

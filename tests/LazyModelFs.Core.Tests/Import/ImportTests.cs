@@ -284,7 +284,7 @@ public abstract class ImportContract : IDisposable
         // Messages show such names escaped, never raw on the terminal.
         File.WriteAllText(Dir["tree/sub/esc-\u001b[31m.txt"], "changed");
         var conflict = await Assert.ThrowsAsync<LmfsException>(() => new Importer(v, new ImportOptions()).RunAsync([Dir["tree"]], "/t/"));
-        Assert.Contains(@"/t/tree/sub/esc-\x1b[31m.txt exists with other content", conflict.Message, StringComparison.Ordinal);
+        Assert.Contains(@"/t/tree/sub/esc-\033[31m.txt exists with other content", conflict.Message, StringComparison.Ordinal);
         Assert.DoesNotContain('\u001b', conflict.Message);
     }
 
