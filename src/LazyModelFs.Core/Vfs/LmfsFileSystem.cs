@@ -452,7 +452,9 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 // The record is read again beside the table (in parallel: no extra round trip), so a
                 // table that belongs to another file under this number is never attached to this one.
                 var tableTask = _volume.Meta.GetChunkTableAsync(nodeId, _chunkSize);
-                var current = await _volume.Meta.GetNodeAsync(nodeId).ConfigureAwait(false);
+                var nodeTask = _volume.Meta.GetNodeAsync(nodeId);
+                await Task.WhenAll(tableTask, nodeTask).ConfigureAwait(false); // both observed, whichever fails
+                var current = await nodeTask.ConfigureAwait(false);
                 var table = await tableTask.ConfigureAwait(false);
                 if (current is null || !SameFile(current, st.Node))
                 {
