@@ -38,6 +38,9 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     /// <summary>Called before each PUT with its 1-based call number (to change the world mid-import).</summary>
     public Action<int>? OnPut { get; set; }
 
+    /// <summary>Sees each PUT's key and bytes as the caller handed them (to check what was sent, and from where).</summary>
+    public Action<string, ReadOnlyMemory<byte>>? SeePut { get; set; }
+
     /// <summary>Return these bytes instead of the real ones for GETs (null: pass through).</summary>
     public Func<string, byte[], byte[]>? MangleGet { get; set; }
 
@@ -81,6 +84,7 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     {
         int n = Interlocked.Increment(ref _puts);
         OnPut?.Invoke(n);
+        SeePut?.Invoke(key, data);
         if (FailPutsAfter is { } limit && n > limit)
         {
             throw new IOException($"injected PUT failure for {key}");
