@@ -1,3 +1,6 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
 using LazyModelFs.Storage;
 
 namespace LazyModelFs.Testing;
@@ -37,6 +40,9 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
 
     /// <summary>Called before each PUT with its 1-based call number (to change the world mid-import).</summary>
     public Action<int>? OnPut { get; set; }
+
+    /// <summary>Sees each PUT's key and bytes as the caller handed them (to check what was sent, and from where).</summary>
+    public Action<string, ReadOnlyMemory<byte>>? SeePut { get; set; }
 
     /// <summary>Return these bytes instead of the real ones for GETs (null: pass through).</summary>
     public Func<string, byte[], byte[]>? MangleGet { get; set; }
@@ -81,6 +87,7 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     {
         int n = Interlocked.Increment(ref _puts);
         OnPut?.Invoke(n);
+        SeePut?.Invoke(key, data);
         if (FailPutsAfter is { } limit && n > limit)
         {
             throw new IOException($"injected PUT failure for {key}");
@@ -96,4 +103,103 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
     public Task DeleteAsync(string key, CancellationToken ct = default) => inner.DeleteAsync(key, ct);
 
     public void Dispose() => inner.Dispose();
+}
+
+/// <summary>
+/// An HTTP endpoint that answers every request with one status and body (an S3 service failing in a
+/// chosen way, below the store's own client) and counts the requests: how many attempts a store
+/// really made, where <see cref="FaultyObjectStore"/> counts the calls made to the store.
+/// </summary>
+public sealed class FixedAnswerEndpoint : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _accepting;
+    private int _requests;
+
+    public FixedAnswerEndpoint(int status, string body = "")
+    {
+        Status = status;
+        Body = body;
+        _listener.Start();
+        _accepting = AcceptAsync();
+    }
+
+    public int Status { get; set; }
+
+    public string Body { get; set; }
+
+    public string Url => $"http://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+
+    public int Requests => Volatile.Read(ref _requests);
+
+    private async Task AcceptAsync()
+    {
+        var connections = new List<Task>();
+        try
+        {
+            while (true)
+            {
+                var client = await _listener.AcceptTcpClientAsync(_stop.Token).ConfigureAwait(false);
+                connections.Add(ServeAsync(client));
+            }
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+        }
+
+        await Task.WhenAll(connections).ConfigureAwait(false);
+    }
+
+    private async Task ServeAsync(TcpClient client)
+    {
+        using (client)
+        {
+            try
+            {
+                var stream = client.GetStream();
+                var buf = new byte[16384];
+                var seen = new StringBuilder();
+                while (true)
+                {
+                    int n = await stream.ReadAsync(buf, _stop.Token).ConfigureAwait(false);
+                    if (n == 0)
+                    {
+                        return;
+                    }
+
+                    seen.Append(Encoding.Latin1.GetString(buf, 0, n));
+                    int end;
+                    while ((end = seen.ToString().IndexOf("\r\n\r\n", StringComparison.Ordinal)) >= 0)
+                    {
+                        seen.Remove(0, end + 4); // a GET has no body
+                        Interlocked.Increment(ref _requests);
+                        byte[] body = Encoding.UTF8.GetBytes(Body);
+                        string head = $"HTTP/1.1 {Status} Status {Status}\r\nContent-Type: application/xml\r\nContent-Length: {body.Length}\r\nConnection: keep-alive\r\n\r\n";
+                        await stream.WriteAsync(Encoding.ASCII.GetBytes(head), _stop.Token).ConfigureAwait(false);
+                        await stream.WriteAsync(body, _stop.Token).ConfigureAwait(false);
+                    }
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or SocketException or ObjectDisposedException)
+            {
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+        try
+        {
+            _accepting.Wait(TimeSpan.FromSeconds(10));
+        }
+        catch (AggregateException)
+        {
+        }
+
+        _listener.Dispose();
+        _stop.Dispose();
+    }
 }

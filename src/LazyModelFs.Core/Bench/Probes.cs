@@ -157,7 +157,8 @@ public static class FileProbes
 /// <summary>
 /// The object-store ceiling: the file's chunk objects read straight from the store with ranged
 /// GETs (no lmfs cache, no verification), with N streams and with one, plus random 1 MiB ranged
-/// GETs and one 1 MiB GET for the first byte.
+/// GETs and one 1 MiB GET for the first byte. Each GET is retried by <see cref="RetryPolicy.Bounded"/>,
+/// its one retry layer (the store makes one attempt per call).
 /// </summary>
 public static class StoreProbes
 {
@@ -175,7 +176,7 @@ public static class StoreProbes
                 while ((i = Interlocked.Increment(ref next)) < chunks.Count)
                 {
                     var c = chunks[i];
-                    int n = await store.GetAsync(c.Id.ObjectKey(), 0, buf.AsMemory(0, c.StoredLength), ct).ConfigureAwait(false);
+                    int n = await GetAsync(store, c.Id.ObjectKey(), 0, buf.AsMemory(0, c.StoredLength), ct).ConfigureAwait(false);
                     if (n != c.StoredLength)
                     {
                         throw new IOException($"object {c.Id.ObjectKey()} returned {n} of {c.StoredLength} bytes");
@@ -216,6 +217,9 @@ public static class StoreProbes
         return Stopwatch.GetElapsedTime(ts).TotalMilliseconds;
     }
 
+    private static Task<int> GetAsync(IObjectStore store, string key, long offset, Memory<byte> dest, CancellationToken ct) =>
+        RetryPolicy.Bounded.RunAsync(t => store.GetAsync(key, offset, dest, t), ct);
+
     private static async Task<int> GetPlainRangeAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, long offset, byte[] dest, CancellationToken ct)
     {
         int done = 0;
@@ -227,7 +231,7 @@ public static class StoreProbes
             int want = Math.Min(dest.Length - done, c.PlainLength - within);
             // A plain object is the 16-byte header and the bytes; a compressed one must be read whole.
             int n = c.Codec == ChunkCodec.None
-                ? await store.GetAsync(c.Id.ObjectKey(), ChunkObject.HeaderSize + within, dest.AsMemory(done, want), ct).ConfigureAwait(false)
+                ? await GetAsync(store, c.Id.ObjectKey(), ChunkObject.HeaderSize + within, dest.AsMemory(done, want), ct).ConfigureAwait(false)
                 : await WholeAsync(c).ConfigureAwait(false);
             if (n != want)
             {
@@ -239,7 +243,7 @@ public static class StoreProbes
             async Task<int> WholeAsync(ChunkEntry e)
             {
                 var obj = new byte[e.StoredLength];
-                await store.GetAsync(e.Id.ObjectKey(), 0, obj, ct).ConfigureAwait(false);
+                await GetAsync(store, e.Id.ObjectKey(), 0, obj, ct).ConfigureAwait(false);
                 return want;
             }
         }

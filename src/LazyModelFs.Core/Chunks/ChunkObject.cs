@@ -41,26 +41,52 @@ public static class ChunkObject
 
     /// <summary>
     /// Encodes <paramref name="plain"/> into <paramref name="obj"/> (sized by <see cref="MaxObjectSize"/>).
-    /// With zstd requested, the chunk is still stored plain when compression does not make it smaller:
-    /// model weights compress little and the plain read path is the cheap one. Returns the codec used
-    /// and the object length.
+    /// With zstd requested, the chunk is still stored plain when compression does not make it smaller
+    /// (<see cref="TryCompress"/>). Returns the codec used and the object length.
     /// </summary>
     public static (ChunkCodec Codec, int Length) Encode(ReadOnlySpan<byte> plain, Span<byte> obj, ChunkCodec wanted)
     {
-        if (wanted == ChunkCodec.Zstd)
+        if (wanted == ChunkCodec.Zstd && TryCompress(plain, obj) is > 0 and int n)
         {
-            int n = Zstd.Compress(plain, obj[HeaderSize..]);
-            if (n < plain.Length)
-            {
-                WriteHeader(obj, ChunkCodec.Zstd, plain.Length, n);
-                return (ChunkCodec.Zstd, HeaderSize + n);
-            }
+            return (ChunkCodec.Zstd, n);
         }
 
         plain.CopyTo(obj[HeaderSize..]);
         WriteHeader(obj, ChunkCodec.None, plain.Length, plain.Length);
         return (ChunkCodec.None, HeaderSize + plain.Length);
     }
+
+    /// <summary>
+    /// Writes the zstd object of <paramref name="plain"/> into <paramref name="obj"/> (at least
+    /// <c>MaxObjectSize(plain.Length, Zstd)</c> long) and returns its length, or 0 when compression
+    /// does not make it smaller: then the chunk is stored plain. Model weights compress little and
+    /// the plain read path is the cheap one.
+    ///
+    /// This is one half of the codec rule; <see cref="CodecOfSize"/> is the other. Because zstd is
+    /// kept only when its payload is smaller than the plain bytes, a stored object's size alone tells
+    /// its codec: exactly plain + <see cref="HeaderSize"/> is plain, smaller is zstd.
+    /// </summary>
+    public static int TryCompress(ReadOnlySpan<byte> plain, Span<byte> obj)
+    {
+        int n = Zstd.Compress(plain, obj[HeaderSize..]);
+        if (n >= plain.Length)
+        {
+            return 0;
+        }
+
+        WriteHeader(obj, ChunkCodec.Zstd, plain.Length, n);
+        return HeaderSize + n;
+    }
+
+    /// <summary>
+    /// The codec of a stored object of <paramref name="objectLength"/> bytes holding a chunk of
+    /// <paramref name="plainLength"/> bytes (the other half of <see cref="TryCompress"/>'s rule), or
+    /// null when no object this lmfs writes has that size.
+    /// </summary>
+    public static ChunkCodec? CodecOfSize(long objectLength, int plainLength) =>
+        objectLength == (long)plainLength + HeaderSize ? ChunkCodec.None
+        : objectLength > HeaderSize && objectLength < (long)plainLength + HeaderSize ? ChunkCodec.Zstd
+        : null;
 
     /// <summary>
     /// Validates an object against its chunk-table row and writes the verified plain bytes into

@@ -1,9 +1,15 @@
 using System.Buffers;
+using System.Diagnostics;
 using LazyModelFs.Storage;
+using LazyModelFs.Util;
 
 namespace LazyModelFs.Chunks;
 
-/// <summary>Reads and writes chunk objects through an <see cref="IObjectStore"/>, verifying every chunk read.</summary>
+/// <summary>
+/// Chunk objects in an <see cref="IObjectStore"/>, both directions: reads verify every chunk against its
+/// row; writes (<see cref="StoreAsync(ChunkId, Memory{byte}, ChunkCodec, CancellationToken)"/>) choose the
+/// codec and skip objects the store already has. The object format itself is <see cref="ChunkObject"/>.
+/// </summary>
 public sealed class ChunkStore(IObjectStore store)
 {
     public IObjectStore Store { get; } = store;
@@ -106,22 +112,78 @@ public sealed class ChunkStore(IObjectStore store)
     }
 
     /// <summary>
-    /// If the chunk's object already exists, returns its codec and size (a plain object is exactly
-    /// plain + header bytes; a zstd one is stored only when smaller). Null when absent or malformed.
+    /// If the chunk's object already exists, returns its codec and size, told by the size alone
+    /// (<see cref="ChunkObject.CodecOfSize"/>). Null when absent or of a size no chunk object of this
+    /// length has (it is then stored again, replacing it).
     /// </summary>
     public async Task<(ChunkCodec Codec, int StoredLength)?> FindAsync(ChunkId id, int plainLength, CancellationToken ct = default)
     {
         long? size = await Store.HeadAsync(id.ObjectKey(), ct).ConfigureAwait(false);
-        if (size is not { } s || s <= ChunkObject.HeaderSize)
+        return size is { } s && ChunkObject.CodecOfSize(s, plainLength) is { } codec ? (codec, (int)s) : null;
+    }
+
+    /// <summary>
+    /// Stores a chunk unless the store already has its object (a HEAD, <see cref="FindAsync"/>), and
+    /// returns its chunk-table row. With zstd wanted, the object is compressed only when that makes it
+    /// smaller (<see cref="ChunkObject.TryCompress"/>).
+    /// </summary>
+    /// <param name="id"><c>ChunkId.Of</c> the plain bytes: the caller has it already (the importer single-flights on it).</param>
+    /// <param name="slot">
+    /// <see cref="ChunkObject.HeaderSize"/> bytes of room, then the plain bytes (the rest of the slot).
+    /// A chunk stored plain is sent from the slot itself, its header written into the room: the
+    /// importer reads a chunk right behind a header slot, so the bytes it read are the bytes sent.
+    /// </param>
+    public async Task<StoredChunk> StoreAsync(ChunkId id, Memory<byte> slot, ChunkCodec wanted, CancellationToken ct = default)
+    {
+        var plain = slot[ChunkObject.HeaderSize..];
+        int len = plain.Length;
+        Debug.Assert(ChunkId.Of(plain.Span) == id, "the id names other bytes");
+        uint crc = Crc32C.Compute(plain.Span);
+        if (await FindAsync(id, len, ct).ConfigureAwait(false) is { } found)
         {
-            return null;
+            return new StoredChunk(new ChunkEntry(id, len, found.StoredLength, found.Codec, crc), Uploaded: false);
         }
 
-        if (s == plainLength + ChunkObject.HeaderSize)
+        byte[]? rented = null;
+        try
         {
-            return (ChunkCodec.None, (int)s);
-        }
+            var codec = ChunkCodec.None;
+            ReadOnlyMemory<byte> obj = slot;
+            if (wanted == ChunkCodec.Zstd)
+            {
+                rented = ArrayPool<byte>.Shared.Rent(ChunkObject.MaxObjectSize(len, ChunkCodec.Zstd));
+                if (ChunkObject.TryCompress(plain.Span, rented) is > 0 and int n)
+                {
+                    codec = ChunkCodec.Zstd;
+                    obj = rented.AsMemory(0, n);
+                }
+            }
 
-        return s < plainLength + ChunkObject.HeaderSize ? (ChunkCodec.Zstd, (int)s) : null;
+            if (codec == ChunkCodec.None)
+            {
+                ChunkObject.WriteHeader(slot.Span, ChunkCodec.None, len, len);
+            }
+
+            await Store.PutAsync(id.ObjectKey(), obj, ct).ConfigureAwait(false);
+            return new StoredChunk(new ChunkEntry(id, len, obj.Length, codec, crc), Uploaded: true);
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+    }
+
+    /// <summary>Stores a chunk given as plain bytes alone (a copy into a header slot; the importer uses the slot form).</summary>
+    public Task<StoredChunk> StoreAsync(ReadOnlyMemory<byte> plain, ChunkCodec wanted, CancellationToken ct = default)
+    {
+        var slot = new byte[ChunkObject.HeaderSize + plain.Length];
+        plain.CopyTo(slot.AsMemory(ChunkObject.HeaderSize));
+        return StoreAsync(ChunkId.Of(plain.Span), slot, wanted, ct);
     }
 }
+
+/// <summary>What <see cref="ChunkStore.StoreAsync(ChunkId, Memory{byte}, ChunkCodec, CancellationToken)"/> did: the chunk's row, and whether it uploaded the object (false: the store had it).</summary>
+public readonly record struct StoredChunk(ChunkEntry Entry, bool Uploaded);

@@ -3,7 +3,10 @@ using LazyModelFs.Meta;
 
 namespace LazyModelFs.Chunks;
 
-/// <summary>Streams a file's verified bytes in order, with a window of chunk fetches running ahead.</summary>
+/// <summary>
+/// Streams a file's verified bytes in order, with a window of chunk fetches running ahead. Each
+/// chunk is retried here, the one retry layer of <c>lmfs cat</c> (<see cref="Storage.RetryPolicy.Bounded"/>).
+/// </summary>
 public static class FileReader
 {
     public static async Task CopyToAsync(Volume volume, Node node, Stream output, int window = 8, CancellationToken ct = default)
@@ -25,7 +28,7 @@ public static class FileReader
                 {
                     var e = table[next++];
                     var buf = ArrayPool<byte>.Shared.Rent(e.PlainLength);
-                    pending.Enqueue((volume.Chunks.ReadAsync(e, buf, ct), buf, e.PlainLength));
+                    pending.Enqueue((Storage.RetryPolicy.Bounded.RunAsync(t => volume.Chunks.ReadAsync(e, buf, t), ct), buf, e.PlainLength));
                 }
 
                 var (fetch, b, len) = pending.Peek();

@@ -78,7 +78,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
 {
     private const long BufferBudget = 512L << 20;
 
-    private readonly ConcurrentDictionary<ChunkId, Lazy<Task<(ChunkCodec, int)>>> _inFlight = new();
+    private readonly ConcurrentDictionary<ChunkId, Lazy<Task<StoredChunk>>> _inFlight = new();
 
     // Directory path → inode, filled as directories are made, so committing a file does not walk its
     // parent path from the root again (one metadata round trip per level, per file).
@@ -547,59 +547,32 @@ public sealed class Importer(Volume volume, ImportOptions options)
         long offset = (long)index * ChunkSize;
         int len = (int)Math.Min(ChunkSize, f.Size - offset);
 
-        // Plain bytes land right after the header slot, so an uncompressed object needs no copy.
-        var plain = buf.AsMemory(ChunkObject.HeaderSize, len);
-        await ReadExactlyAsync(handle, plain, offset, f.Source, ct).ConfigureAwait(false);
-        var id = ChunkId.Of(plain.Span);
-        uint crc = Crc32C.Compute(plain.Span);
+        // Plain bytes land right after a header slot, so an uncompressed object goes out without a copy.
+        var slot = buf.AsMemory(0, ChunkObject.HeaderSize + len);
+        await ReadExactlyAsync(handle, slot[ChunkObject.HeaderSize..], offset, f.Source, ct).ConfigureAwait(false);
+        var id = ChunkId.Of(slot.Span[ChunkObject.HeaderSize..]);
 
         // Single flight: the first worker to register the id stores it (from its own buffer, which it
         // keeps until the store finishes); later workers with the same bytes wait for that result.
-        var mine = new Lazy<Task<(ChunkCodec, int)>>(() => StoreChunkAsync(id, buf, len, ct));
-        var (codec, stored) = await _inFlight.GetOrAdd(id, mine).Value.ConfigureAwait(false);
+        var mine = new Lazy<Task<StoredChunk>>(() => StoreChunkAsync(id, slot, ct));
+        var stored = await _inFlight.GetOrAdd(id, mine).Value.ConfigureAwait(false);
 
         Interlocked.Add(ref Progress._bytesDone, len);
         Interlocked.Increment(ref Progress._chunksDone);
-        return new ChunkEntry(id, len, stored, codec, crc);
+        return stored.Entry;
     }
 
-    /// <summary>Stores the chunk whose plain bytes sit at buf[16..16+len], unless the store already has it.</summary>
-    private async Task<(ChunkCodec, int)> StoreChunkAsync(ChunkId id, byte[] buf, int len, CancellationToken ct)
+    /// <summary>Stores the chunk read into <paramref name="slot"/> (behind its header room) unless the store has it; counts what was uploaded.</summary>
+    private async Task<StoredChunk> StoreChunkAsync(ChunkId id, Memory<byte> slot, CancellationToken ct)
     {
-        if (await volume.Chunks.FindAsync(id, len, ct).ConfigureAwait(false) is { } existing)
+        var stored = await volume.Chunks.StoreAsync(id, slot, volume.Codec, ct).ConfigureAwait(false);
+        if (stored.Uploaded)
         {
-            return existing;
-        }
-
-        ChunkCodec codec = ChunkCodec.None;
-        int objLen = ChunkObject.HeaderSize + len;
-        byte[]? rented = null;
-        ReadOnlyMemory<byte> obj = buf.AsMemory(0, objLen);
-        try
-        {
-            if (volume.Codec == ChunkCodec.Zstd)
-            {
-                rented = ArrayPool<byte>.Shared.Rent(ChunkObject.MaxObjectSize(len, ChunkCodec.Zstd));
-                (codec, objLen) = ChunkObject.Encode(buf.AsSpan(ChunkObject.HeaderSize, len), rented, ChunkCodec.Zstd);
-                obj = rented.AsMemory(0, objLen);
-            }
-            else
-            {
-                ChunkObject.WriteHeader(buf, ChunkCodec.None, len, len);
-            }
-
-            await volume.Store.PutAsync(id.ObjectKey(), obj, ct).ConfigureAwait(false);
-            Interlocked.Add(ref _uploaded, objLen);
+            Interlocked.Add(ref _uploaded, stored.Entry.StoredLength);
             Interlocked.Increment(ref _uploadedChunks);
-            return (codec, objLen);
         }
-        finally
-        {
-            if (rented is not null)
-            {
-                ArrayPool<byte>.Shared.Return(rented);
-            }
-        }
+
+        return stored;
     }
 
     /// <param name="now">The source as it is after its last chunk was read: fstat of the handle it was read through, or stat of the path for an empty file.</param>

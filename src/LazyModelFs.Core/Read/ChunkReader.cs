@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using LazyModelFs.Cache;
 using LazyModelFs.Chunks;
+using LazyModelFs.Storage;
 using LazyModelFs.Util;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -49,8 +50,10 @@ public sealed record ChunkReaderOptions
 ///   of a chunk already queued for prefetch promotes it.
 /// - Integrity: a chunk from the object store is checked against its SHA-256 id before anyone sees
 ///   it or it is cached; a chunk from the disk cache against its length and CRC32C.
-/// - Failures: transient errors are retried with exponential backoff until the fetch deadline; a
-///   missing object or a damaged one fails at once (it will not get better) and is logged naming the chunk.
+/// - Failures: the read path's one retry layer (<see cref="RetryPolicy"/>; the store below makes one
+///   attempt per call): transient errors are retried with exponential backoff until the fetch
+///   deadline; a missing object or a damaged one fails at once (it will not get better) and is
+///   logged naming the chunk.
 /// </summary>
 public sealed class ChunkReader : IDisposable
 {
@@ -513,75 +516,48 @@ public sealed class ChunkReader : IDisposable
         }
     }
 
+    /// <summary>
+    /// The read path's one retry layer (<see cref="RetryPolicy"/>), bounded by the fetch's budget:
+    /// the store below makes one attempt per call.
+    /// </summary>
     private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
     {
         var sw = Stopwatch.StartNew();
-        if (budget <= TimeSpan.Zero)
+        int attempts = 0;
+        try
         {
-            throw Timeout(e, sw.Elapsed, 0, null);
+            int offset = await RetryPolicy.Until(budget).RunAsync(
+                token =>
+                {
+                    attempts++;
+                    return _store.ReadIntoAsync(e, buffer, parts, token);
+                },
+                _shutdown.Token,
+                onBudget: (n, last) => Timeout(e, sw.Elapsed, n, last),
+                onRetry: (n, ex, wait) => _log.LogWarning("read: chunk {Chunk} attempt {Attempt} failed ({Message}); retrying in {Backoff} ms", e.Id, n, ex.Message, (int)wait.TotalMilliseconds)).ConfigureAwait(false);
+            Interlocked.Increment(ref _storeFetches);
+            Interlocked.Add(ref _storeBytes, e.StoredLength);
+            return offset;
         }
-
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_shutdown.Token);
-        deadline.CancelAfter(budget);
-        var backoff = TimeSpan.FromMilliseconds(100);
-        int attempt = 0;
-        while (true)
+        catch (ObjectNotFoundException)
         {
-            attempt++;
-            try
-            {
-                int offset = await _store.ReadIntoAsync(e, buffer, parts, deadline.Token).ConfigureAwait(false);
-                Interlocked.Increment(ref _storeFetches);
-                Interlocked.Add(ref _storeBytes, e.StoredLength);
-                return offset;
-            }
-            catch (ObjectNotFoundException)
-            {
-                _log.LogError("read: chunk {Chunk} is missing from the object store", e.Id);
-                throw;
-            }
-            catch (Exception ex) when (ex is StoreRefusedException or ChunkRowMismatchException)
-            {
-                // Retrying changes nothing (credentials refused, bucket gone, the row names another chunk).
-                _log.LogError("read: chunk {Chunk}: {Message}", e.Id, ex.Message);
-                throw;
-            }
-            catch (ChunkCorruptException ex) when (attempt >= 3)
-            {
-                _log.LogError("read: chunk {Chunk} failed its integrity check {Attempts} times: {Message}", e.Id, attempt, ex.Message);
-                throw;
-            }
-            catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
-            {
-                throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down"); // not a store failure: nothing to log
-            }
-            catch (OperationCanceledException) when (deadline.IsCancellationRequested)
-            {
-                throw Timeout(e, sw.Elapsed, attempt, null);
-            }
-            catch (Exception ex) when (ex is not ChunkCorruptException || attempt < 3)
-            {
-                if (sw.Elapsed + backoff >= budget)
-                {
-                    throw Timeout(e, sw.Elapsed, attempt, ex);
-                }
-
-                _log.LogWarning("read: chunk {Chunk} attempt {Attempt} failed ({Message}); retrying in {Backoff} ms", e.Id, attempt, ex.Message, (int)backoff.TotalMilliseconds);
-                try
-                {
-                    await Task.Delay(backoff, deadline.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
-                {
-                    throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down");
-                }
-                catch (OperationCanceledException)
-                {
-                    throw Timeout(e, sw.Elapsed, attempt, ex);
-                }
-
-                backoff = TimeSpan.FromMilliseconds(Math.Min(backoff.TotalMilliseconds * 2, 5000) * (0.8 + (Random.Shared.NextDouble() * 0.4)));
-            }
+            _log.LogError("read: chunk {Chunk} is missing from the object store", e.Id);
+            throw;
+        }
+        catch (Exception ex) when (ex is StoreRefusedException or ChunkRowMismatchException)
+        {
+            // Retrying changes nothing (credentials refused, bucket gone, the row names another chunk).
+            _log.LogError("read: chunk {Chunk}: {Message}", e.Id, ex.Message);
+            throw;
+        }
+        catch (ChunkCorruptException ex)
+        {
+            _log.LogError("read: chunk {Chunk} failed its integrity check {Attempts} times: {Message}", e.Id, attempts, ex.Message);
+            throw;
+        }
+        catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
+        {
+            throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down"); // not a store failure: nothing to log
         }
     }
 

@@ -98,7 +98,8 @@ public sealed class S3ObjectStore : IObjectStore
         var probe = new byte[1];
         try
         {
-            _ = await _get.GetAsync(FullKey(".lmfs-read-probe"), ".lmfs-read-probe", 0, probe, ct).ConfigureAwait(false);
+            // The one retry layer of this call (RetryPolicy): a 503 at mount time is asked again, a refusal is not.
+            _ = await RetryPolicy.Bounded.RunAsync(t => _get.GetAsync(FullKey(".lmfs-read-probe"), ".lmfs-read-probe", 0, probe, t), ct).ConfigureAwait(false);
         }
         catch (ObjectNotFoundException)
         {
@@ -108,7 +109,10 @@ public sealed class S3ObjectStore : IObjectStore
         }
     }
 
-    /// <summary>Ranged GET on the lean signed path (<see cref="S3RangedGet"/>), not the SDK: the read path's hot call.</summary>
+    /// <summary>
+    /// Ranged GET on the lean signed path (<see cref="S3RangedGet"/>), not the SDK: the read path's hot
+    /// call. One attempt: the caller retries (<see cref="RetryPolicy"/>), unlike the SDK calls below.
+    /// </summary>
     public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default) => _get.GetAsync(FullKey(key), key, offset, dest, ct);
 
     public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default) =>

@@ -24,12 +24,15 @@ namespace LazyModelFs.Storage;
 /// temporary credentials), in lowercase and sorted; string to sign = algorithm, timestamp, scope
 /// (date/region/s3/aws4_request), SHA-256 of the canonical request; key = HMAC chain over date,
 /// region, "s3", "aws4_request" starting from "AWS4" + secret (cached per day and secret).
-/// Retries: up to <see cref="MaxAttempts"/> tries with exponential backoff and jitter on network
-/// errors, timeouts, 429 and 5xx, like the SDK's standard mode.
+/// One attempt per call, bounded by the per-attempt timeout (<see cref="S3Settings.Timeout"/>), its
+/// failure classified: <see cref="TransientException"/> for network errors, timeouts, 408, 429 and
+/// 5xx; <see cref="StoreRefusedException"/> for refusals that asking again will not change;
+/// <see cref="ObjectNotFoundException"/> for a missing key. Retrying is the caller's, in one place
+/// (<see cref="RetryPolicy"/>): a loop here under the chunk reader's own made 5 tries of every one of
+/// its tries (issue 12, item 2).
 /// </summary>
 internal sealed class S3RangedGet : IDisposable
 {
-    public const int MaxAttempts = 5;
     private const string EmptyHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     private readonly S3Settings _s;
     private readonly HttpClient _http;
@@ -89,41 +92,22 @@ internal sealed class S3RangedGet : IDisposable
             return 0;
         }
 
-        var backoff = TimeSpan.FromMilliseconds(100);
-        for (int attempt = 1; ; attempt++)
+        // One attempt, with its own timeout; the caller's one retry layer asks again (RetryPolicy).
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(_s.Timeout);
+        try
         {
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            timeout.CancelAfter(_s.Timeout);
-            try
-            {
-                return await AttemptAsync(key, name, offset, dest, timeout.Token).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (attempt < MaxAttempts && !ct.IsCancellationRequested && IsTransient(ex))
-            {
-                await Task.Delay(backoff * (0.8 + (Random.Shared.NextDouble() * 0.4)), ct).ConfigureAwait(false);
-                backoff = TimeSpan.FromMilliseconds(Math.Min(backoff.TotalMilliseconds * 2, 5000));
-            }
-            catch (OperationCanceledException ex) when (!ct.IsCancellationRequested)
-            {
-                throw new LmfsException($"GET of '{name}' from {_s.Endpoint ?? "S3"} timed out after {_s.Timeout.TotalSeconds:0} s ({attempt} attempts)", "check that the S3 service is running and reachable", 5, ex);
-            }
-            catch (Exception ex) when (ex is HttpRequestException or IOException)
-            {
-                throw new LmfsException($"cannot reach {_s.Endpoint ?? "S3"} for get '{name}': {(ex.InnerException ?? ex).Message}", "check the endpoint address and that the S3 service is running", 5, ex);
-            }
+            return await AttemptAsync(key, name, offset, dest, timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (!ct.IsCancellationRequested)
+        {
+            throw new TransientException($"GET of '{name}' from {_s.Endpoint ?? "S3"} timed out after {_s.Timeout.TotalSeconds:0} s", "check that the S3 service is running and reachable", ex);
+        }
+        catch (Exception ex) when (ex is HttpRequestException or IOException)
+        {
+            throw new TransientException($"cannot reach {_s.Endpoint ?? "S3"} for get '{name}': {(ex.InnerException ?? ex).Message}", "check the endpoint address and that the S3 service is running", ex);
         }
     }
-
-    private static bool IsTransient(Exception ex) => ex switch
-    {
-        TransientException => true,
-        HttpRequestException => true,
-        IOException => true,
-        OperationCanceledException => true, // the attempt's own timeout
-        _ => false,
-    };
-
-    private sealed class TransientException(string message) : LmfsException(message, "retry; if it persists, check the S3 service", 5);
 
     private async Task<int> AttemptAsync(string key, string name, long offset, Memory<byte> dest, CancellationToken ct)
     {

@@ -46,3 +46,10 @@ public sealed class ObjectNotFoundException(string key) : LmfsException($"object
 
 /// <summary>Bytes of a metadata record could not be decoded (wrong magic, length or version).</summary>
 public sealed class MetaCorruptException(string message) : LmfsException(message, "the metadata record is damaged or was written by a newer lmfs; restore the metadata from a backup, or upgrade lmfs", 3);
+
+/// <summary>
+/// One attempt at the object store failed in a way that asking again may mend (S3: 408, 429, 5xx, a
+/// network error, the attempt's own timeout). The store makes one attempt per call and throws this;
+/// the caller's one retry layer (<see cref="Storage.RetryPolicy"/>) decides whether to ask again.
+/// </summary>
+public sealed class TransientException(string message, string hint = "retry; if it persists, check the S3 service", Exception? inner = null) : LmfsException(message, hint, 5, inner);
