@@ -78,7 +78,7 @@ public sealed class MountLauncherTests : IDisposable
         Assert.Contains("--cache-dir", r.Stderr, StringComparison.Ordinal);
         Assert.Contains("hint: ", r.Stderr, StringComparison.Ordinal);
         Assert.Null(FuseMount.MountTypeAt(mp));
-        Assert.Null(Vfs.MountState.Load(mp));
+        Assert.Null(Vfs.MountRegistry.Load(mp));
     }
 
     [MountFact]
