@@ -1,6 +1,7 @@
 using System.CommandLine;
 using LazyModelFs.Cli.Commands;
 using LazyModelFs.Util;
+using LazyModelFs.Vfs;
 
 namespace LazyModelFs.Cli;
 
@@ -53,7 +54,9 @@ public static class Cli
                 await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(e.Message))).ConfigureAwait(false);
             }
 
-            await Console.Error.WriteLineAsync($"hint: see `lmfs {string.Join(' ', CommandPath(parse))} --help`").ConfigureAwait(false);
+            string hint = $"see `lmfs {string.Join(' ', CommandPath(parse))} --help`";
+            await Console.Error.WriteLineAsync("hint: " + hint).ConfigureAwait(false);
+            MountRegistry.ReportFailed(2, TerminalText.Safe(Redact.Text(parse.Errors[0].Message)), TerminalText.Safe(hint));
             return 2;
         }
 
@@ -72,7 +75,11 @@ public static class Cli
         return names;
     }
 
-    /// <summary>Runs a command body behind the error boundary.</summary>
+    /// <summary>
+    /// Runs a command body behind the error boundary. A mount daemon that <see cref="MountLauncher"/>
+    /// started reports its failure here too (<see cref="MountRegistry.ReportFailed"/>), with the exit
+    /// code and the lines it prints, before it exits.
+    /// </summary>
     public static async Task<int> Guard(ParseResult parse, Func<Task<int>> body)
     {
         bool verbose = parse.GetValue(Verbose);
@@ -82,23 +89,11 @@ public static class Cli
         }
         catch (LmfsException ex)
         {
-            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(ex.Message))).ConfigureAwait(false);
-            if (ex.Hint is not null)
-            {
-                await Console.Error.WriteLineAsync("hint: " + TerminalText.Safe(ex.Hint)).ConfigureAwait(false);
-            }
-
-            if (verbose && ex.InnerException is not null)
-            {
-                await Console.Error.WriteLineAsync(TerminalText.Safe(Redact.Text(ex.InnerException.ToString()), keepNewlines: true)).ConfigureAwait(false);
-            }
-
-            return ex.ExitCode;
+            return await FailAsync(ex.ExitCode, Redact.Text(ex.Message), ex.Hint, verbose && ex.InnerException is not null ? ex.InnerException.ToString() : null).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
-            await Console.Error.WriteLineAsync("error: interrupted").ConfigureAwait(false);
-            return ExitInterrupted;
+            return await FailAsync(ExitInterrupted, "interrupted", null, null).ConfigureAwait(false);
         }
         catch (IOException ex) when (ex.HResult == unchecked((int)0x80070020) || ex.Message.Contains("Broken pipe", StringComparison.OrdinalIgnoreCase))
         {
@@ -106,20 +101,32 @@ public static class Cli
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(ex.Message))).ConfigureAwait(false);
-            await Console.Error.WriteLineAsync("hint: check the path and its permissions").ConfigureAwait(false);
-            if (verbose)
-            {
-                await Console.Error.WriteLineAsync(TerminalText.Safe(Redact.Text(ex.ToString()), keepNewlines: true)).ConfigureAwait(false);
-            }
-
-            return 1;
+            return await FailAsync(1, Redact.Text(ex.Message), "check the path and its permissions", verbose ? ex.ToString() : null).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
-            await Console.Error.WriteLineAsync($"error: unexpected {ex.GetType().Name}: {TerminalText.Safe(Redact.Text(ex.Message))}").ConfigureAwait(false);
-            await Console.Error.WriteLineAsync(verbose ? TerminalText.Safe(Redact.Text(ex.ToString()), keepNewlines: true) : "hint: run again with --verbose for details, and report it with that output").ConfigureAwait(false);
-            return 1;
+            string? detail = verbose ? ex.ToString() : null;
+            return await FailAsync(1, $"unexpected {ex.GetType().Name}: {Redact.Text(ex.Message)}", detail is null ? "run again with --verbose for details, and report it with that output" : null, detail).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Prints the `error:` line, the `hint:` line and (with --verbose) the detail, all escaped and redacted, and returns <paramref name="code"/>.</summary>
+    private static async Task<int> FailAsync(int code, string message, string? hint, string? detail)
+    {
+        string error = TerminalText.Safe(message);
+        string? safeHint = hint is null ? null : TerminalText.Safe(hint);
+        await Console.Error.WriteLineAsync("error: " + error).ConfigureAwait(false);
+        if (safeHint is not null)
+        {
+            await Console.Error.WriteLineAsync("hint: " + safeHint).ConfigureAwait(false);
+        }
+
+        if (detail is not null)
+        {
+            await Console.Error.WriteLineAsync(TerminalText.Safe(Redact.Text(detail), keepNewlines: true)).ConfigureAwait(false);
+        }
+
+        MountRegistry.ReportFailed(code, error, safeHint);
+        return code;
     }
 }

@@ -130,7 +130,7 @@ public sealed class CsiServices
         bool dead = top is { FsType: FsType } && FuseMount.IsDeadFuseMount(staging);
         if (top is { FsType: FsType } && !dead)
         {
-            if (record is null && Vfs.MountState.Load(staging) is { } daemon && daemon.MetaUrl == meta)
+            if (record is null && Vfs.MountRegistry.Load(staging) is { } daemon && daemon.MetaUrl == meta)
             {
                 // Mounted by an earlier run of the plugin whose record is gone: the same volume, adopt it.
                 record = new StageRecord(volumeId, staging, meta, Options(context), secrets.Count > 0);

@@ -8,11 +8,13 @@ using Microsoft.Extensions.Logging;
 namespace LazyModelFs.Csi;
 
 /// <summary>
-/// Starts and stops the `lmfs mount` daemons behind staged volumes. A daemon is started as
-/// `lmfs mount META STAGING --background`: it runs in its own session (setsid), not as a child the
-/// plugin must keep, so it outlives a restart of the plugin process; a restarted plugin finds it in
-/// the mount table and the mount's record (/run/lmfs/mounts, root's private runtime directory). Secrets reach the daemon through its
-/// environment, never its command line (which every user can read in ps) or a log.
+/// Starts and stops the `lmfs mount` daemons behind staged volumes. A daemon is started by
+/// <see cref="MountLauncher"/>, as `lmfs mount --background` daemons are: it runs in its own session (setsid),
+/// not as a child the plugin must keep, so it outlives a restart of the plugin process; a restarted
+/// plugin finds it in the mount table and the mount registry (/run/lmfs/mounts, root's private
+/// runtime directory). Secrets reach the daemon through its environment, never its command line
+/// (which every user can read in ps) or a log. A daemon that fails says so, with its exit code, in
+/// its launch record: 2 (bad input) answers INVALID_ARGUMENT, anything else INTERNAL.
 /// </summary>
 public sealed class StageMounter(CsiOptions options, ILogger log)
 {
@@ -40,7 +42,8 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
     {
         // CsiServices refuses a metaUrl with credentials; stripped again here, because this argv is
         // readable by every user for as long as the daemon runs.
-        var args = new List<string> { "mount", Redact.StripCredentials(metaUrl), staging, "--background", "--allow-other" };
+        string target = FuseMount.ResolveMountPoint(staging);
+        var args = new List<string> { "mount", Redact.StripCredentials(metaUrl), target, "--allow-other" };
         bool cacheGiven = false;
         foreach (var (k, v) in context)
         {
@@ -56,45 +59,37 @@ public sealed class StageMounter(CsiOptions options, ILogger log)
             args.AddRange(["--cache-dir", options.CacheDir]);
         }
 
-        string logFile = MountState.LogFileFor(options.LogDir, staging);
-        args.AddRange(["--log-file", logFile]);
-        var psi = new ProcessStartInfo(options.LmfsCommand[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in options.LmfsCommand.Skip(1).Concat(args))
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        foreach (var (k, v) in secrets)
-        {
-            psi.Environment[k] = v;
-        }
-
+        string logFile = MountRegistry.LogFileFor(options.LogDir, staging);
         log.LogInformation("csi: mounting {Meta} at {Staging} (log {Log})", Redact.Url(metaUrl), staging, logFile);
-        using var p = Process.Start(psi) ?? throw new RpcException(StatusCode.Internal, "cannot start lmfs mount");
-        var stdout = p.StandardOutput.ReadToEndAsync(ct);
-        var stderr = p.StandardError.ReadToEndAsync(ct);
-        await p.WaitForExitAsync(ct).ConfigureAwait(false);
-        string err = (await stderr.ConfigureAwait(false)).Trim();
-        await stdout.ConfigureAwait(false);
-        if (p.ExitCode != 0)
+        LaunchResult r;
+        try
         {
-            string first = err.Split('\n').FirstOrDefault(l => l.StartsWith("error: ", StringComparison.Ordinal))?[7..] ?? err;
+            r = await MountLauncher.StartAsync(new MountLaunch([.. options.LmfsCommand, .. args], target, logFile) { Environment = new Dictionary<string, string>(secrets) }, ct).ConfigureAwait(false);
+        }
+        catch (LmfsException e)
+        {
+            throw new RpcException(e.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {Redact.Text(e.Message)}");
+        }
+
+        if (!r.Ready)
+        {
+            string first = r.Message ?? "";
             // Name the volume attribute the flag came from: the message reaches the pod's events.
             if (ContextOptions.FirstOrDefault(o => first.StartsWith(o.Value + " ", StringComparison.Ordinal)) is { Key: { } key })
             {
                 first = $"volume attribute {key}: {first}";
             }
 
-            throw new RpcException(p.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {Redact.Text(first)}");
+            throw new RpcException(r.ExitCode == 2 ? StatusCode.InvalidArgument : StatusCode.Internal, $"lmfs mount failed: {Redact.Text(first)}");
         }
     }
 
     /// <summary>Unmounts a staged volume and waits (up to 10 s) for its daemon to end.</summary>
     public async Task UnmountAsync(string staging, CancellationToken ct)
     {
-        int? pid = MountState.Load(staging)?.Pid;
+        int? pid = MountRegistry.Load(staging)?.Pid;
         FuseMount.UnmountPath(staging, log);
-        MountState.Remove(staging);
+        MountRegistry.Remove(staging);
         if (pid is { } id)
         {
             var deadline = Stopwatch.StartNew();

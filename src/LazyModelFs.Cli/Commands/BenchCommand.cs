@@ -215,67 +215,82 @@ internal static class BenchCommand
         }
 
         args.AddRange(opts.PassThrough(p));
-        var psi = SelfExec.Start(args);
+        var env = new Dictionary<string, string>();
         if (password is not null)
         {
-            psi.Environment["LMFS_REDIS_PASSWORD"] = password;
+            env["LMFS_REDIS_PASSWORD"] = password;
         }
 
-        psi.RedirectStandardOutput = true;
-        psi.RedirectStandardError = true;
-        using var child = Process.Start(psi) ?? throw new LmfsException("cannot start lmfs mount for the bench", "check the lmfs installation");
-        var logTask = Task.Run(async () =>
-        {
-            var o = child.StandardOutput.ReadToEndAsync(CancellationToken.None);
-            var e = child.StandardError.ReadToEndAsync(CancellationToken.None);
-            await File.WriteAllTextAsync(log, await o.ConfigureAwait(false) + await e.ConfigureAwait(false), CancellationToken.None).ConfigureAwait(false);
-        }, CancellationToken.None);
+        LaunchResult? launched = null;
         try
         {
-            var deadline = Stopwatch.StartNew();
-            // Ready when mounted, listening, and recorded (the record is written just after the socket).
-            while (!(FuseMount.MountTypeAt(mnt) == "fuse.lazymodelfs" && File.Exists(MountState.ControlSocketFor(mnt)) && MountState.Load(mnt) is not null))
+            launched = await MountLauncher.StartAsync(new MountLaunch(SelfExec.Command(args), mnt, log) { Environment = env }, ct).ConfigureAwait(false);
+            if (!launched.Ready)
             {
-                if (child.HasExited)
-                {
-                    await logTask.ConfigureAwait(false);
-                    string output = File.Exists(log) ? (await File.ReadAllTextAsync(log, ct).ConfigureAwait(false)).Trim() : "";
-                    int at = output.IndexOf("error: ", StringComparison.Ordinal);
-                    throw new LmfsException($"mounting {Redact.Url(metaUrl)} for the bench failed: {(at >= 0 ? output[(at + 7)..] : output)}", "run lmfs mount by hand to see why");
-                }
-
-                if (deadline.Elapsed > TimeSpan.FromSeconds(60))
-                {
-                    throw new LmfsException("the bench's mount did not come up within 60 s", "run lmfs mount by hand to see why");
-                }
-
-                await Task.Delay(100, ct).ConfigureAwait(false);
+                throw new LmfsException($"mounting {Redact.Url(metaUrl)} for the bench failed: {launched.Message}", launched.Hint ?? "run lmfs mount by hand to see why", launched.ExitCode);
             }
 
-            Progress($"mounted {Redact.Url(metaUrl)} at {mnt} (pid {child.Id})");
+            Progress($"mounted {Redact.Url(metaUrl)} at {mnt} (pid {launched.Pid})");
             return await body(mnt).ConfigureAwait(false);
         }
         finally
         {
-            if (!child.HasExited)
+            if (launched is { Pid: var pid } && MountLauncher.Alive(pid))
             {
                 FuseMount.UnmountPath(mnt, NullLogger.Instance);
-                if (!child.WaitForExit(30_000))
+                if (!await ExitedAsync(pid, TimeSpan.FromSeconds(30)).ConfigureAwait(false))
                 {
-                    child.Kill(entireProcessTree: true);
-                    child.WaitForExit(10_000);
+                    try
+                    {
+                        using var daemon = Process.GetProcessById(pid);
+                        daemon.Kill();
+                    }
+                    catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+                    {
+                        // ended meanwhile
+                    }
+
+                    await ExitedAsync(pid, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
                 }
             }
 
+            // A daemon that ended without saying why left its reason in the log, which the error names: keep that.
+            bool keepLog = launched is { Ready: false };
             try
             {
-                Directory.Delete(work, recursive: true);
+                if (keepLog)
+                {
+                    foreach (var d in Directory.GetDirectories(work))
+                    {
+                        Directory.Delete(d, recursive: true);
+                    }
+                }
+                else
+                {
+                    Directory.Delete(work, recursive: true);
+                }
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {
                 Console.Error.WriteLine($"bench: could not remove {work}: {ex.Message}");
             }
         }
+    }
+
+    private static async Task<bool> ExitedAsync(int pid, TimeSpan limit)
+    {
+        var clock = Stopwatch.StartNew();
+        while (MountLauncher.Alive(pid))
+        {
+            if (clock.Elapsed > limit)
+            {
+                return false;
+            }
+
+            await Task.Delay(50, CancellationToken.None).ConfigureAwait(false);
+        }
+
+        return true;
     }
 
     private static Command BuildCompare()
@@ -308,17 +323,8 @@ internal static class BenchCommand
 /// <summary>Starting this same lmfs again as another process (a background mount, the bench's mount).</summary>
 internal static class SelfExec
 {
-    public static ProcessStartInfo Start(IEnumerable<string> args)
-    {
-        string exe = Environment.ProcessPath!;
-        var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
-        foreach (var a in Arguments(args))
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        return psi;
-    }
+    /// <summary>The whole command line of this lmfs with <paramref name="args"/>, executable first.</summary>
+    public static List<string> Command(IEnumerable<string> args) => [Environment.ProcessPath!, .. Arguments(args)];
 
     /// <summary>The arguments after the executable: running as `dotnet lmfs.dll`, the dll comes first.</summary>
     public static List<string> Arguments(IEnumerable<string> args)

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
-using System.Diagnostics;
 using LazyModelFs.Fuse;
 using LazyModelFs.Util;
 using LazyModelFs.Vfs;
@@ -30,12 +29,13 @@ internal static class MountCommand
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
+            MountRegistry.ReportStarting(); // a daemon that MountLauncher started: its pid, before anything can fail
             // The kernel's mount table names the resolved path: every check and record below uses it.
             string target = FuseMount.ResolveMountPoint(p.GetValue(mountPoint)!);
             var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty) }; // validate before anything starts
             string metaUrl = p.GetValue(meta)!;
             LmfsMount.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
-            _ = MountState.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
+            _ = MountRegistry.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
             if (p.GetValue(background))
             {
                 // Refuse here, with the documented exit code, what the daemon would refuse: metadata
@@ -60,8 +60,9 @@ internal static class MountCommand
             // A store that refuses us (wrong keys, no bucket, unreadable directory) fails the mount now,
             // not every cold read later (issue 11, item 7).
             await volume.Store.CheckReadableAsync(ct).ConfigureAwait(false);
-            using var mount = LmfsMount.Start(volume, target, mountOptions with { ControlSocket = MountState.ControlSocketFor(target) }, loggers);
-            new MountState(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId).Save();
+            using var mount = LmfsMount.Start(volume, target, mountOptions with { ControlSocket = MountRegistry.ControlSocketFor(target) }, loggers);
+            MountRegistry.Save(new MountRecord(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId));
+            MountRegistry.ReportReady(); // after the record: a launcher that reads ready finds the record and the control socket
             log.LogInformation(
                 "mounted volume '{Name}' ({Meta}) at {Target}: chunks {Chunk}, cache {Cache} ({CacheSize}), memory {Buffer}, prefetch {Prefetch}",
                 volume.Settings.Name,
@@ -79,9 +80,9 @@ internal static class MountCommand
 
             // A daemon that started at this path after ours died (a remount, the CSI plugin healing a
             // staged volume) owns the record and control socket now: leave them.
-            if (MountState.Load(target) is not { } record || record.Pid == Environment.ProcessId)
+            if (MountRegistry.Load(target) is not { } record || record.Pid == Environment.ProcessId)
             {
-                MountState.Remove(target);
+                MountRegistry.Remove(target);
             }
 
             log.LogInformation("unmounted {Target}", target);
@@ -91,19 +92,15 @@ internal static class MountCommand
     }
 
     /// <summary>
-    /// Starts the same command without --background in a new session (setsid), its output appended
-    /// to the log file, and returns once the mount answers — or fails with the daemon's error. The
-    /// daemon gets the resolved mount point and the metadata URL without its password, which goes
-    /// through its environment instead: a command line is readable by every user (/proc/PID/cmdline)
-    /// for as long as the daemon runs.
+    /// Starts the same command without --background through <see cref="MountLauncher"/> and returns
+    /// once the mount serves, or with the daemon's exit code and error. The daemon gets the resolved
+    /// mount point and the metadata URL without its password, which goes through its environment
+    /// instead: a command line is readable by every user (/proc/PID/cmdline) for as long as the
+    /// daemon runs.
     /// </summary>
     private static async Task<int> StartBackgroundAsync(ParseResult p, Argument<string> meta, Argument<string> mountPoint, Option<bool> background, string target, string? logFile, CancellationToken ct)
     {
-        logFile ??= MountState.LogFileFor(MountState.DefaultLogDirectory, target);
-        PrivateFiles.PrepareLogFile(logFile); // the daemon's shell appends to it by name: no link, nobody else's file
-        long logStart = File.Exists(logFile) ? new FileInfo(logFile).Length : 0;
-        int? previousPid = MountState.Load(target)?.Pid;
-
+        logFile ??= MountRegistry.LogFileFor(MountRegistry.DefaultLogDirectory, target);
         var (url, password) = Redact.SplitPassword(p.GetValue(meta)!);
         var metaToken = p.GetResult(meta)?.Tokens is [var m0, ..] ? m0 : null;
         var mountToken = p.GetResult(mountPoint)?.Tokens is [var t0, ..] ? t0 : null;
@@ -120,63 +117,20 @@ internal static class MountCommand
 
         var childArgs = p.Tokens.Where(t => !skip.Contains(t))
             .Select(t => ReferenceEquals(t, metaToken) ? url : ReferenceEquals(t, mountToken) ? target : t.Value);
-        var args = SelfExec.Arguments(childArgs);
-        string exe = Environment.ProcessPath!;
-
-        var psi = new ProcessStartInfo("setsid") { UseShellExecute = false };
-        foreach (var a in new[] { "-f", "sh", "-c", "exec \"$0\" \"$@\" </dev/null >>\"$LMFS_LOG\" 2>&1", exe }.Concat(args))
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        psi.Environment["LMFS_LOG"] = Path.GetFullPath(logFile);
+        var env = new Dictionary<string, string>();
         if (password is not null)
         {
-            psi.Environment["LMFS_REDIS_PASSWORD"] = password; // the URL's password wins, as it would in the URL
+            env["LMFS_REDIS_PASSWORD"] = password; // the URL's password wins, as it would in the URL
         }
 
-        using (var child = Process.Start(psi) ?? throw new LmfsException("cannot start the background mount", "check that setsid (util-linux) is installed"))
+        var r = await MountLauncher.StartAsync(new MountLaunch(SelfExec.Command(childArgs), target, logFile) { Environment = env }, ct).ConfigureAwait(false);
+        if (!r.Ready)
         {
-            await child.WaitForExitAsync(ct).ConfigureAwait(false);
+            throw new LmfsException(r.Message ?? "the background mount failed", r.Hint, r.ExitCode); // already redacted and escaped: printing them again changes nothing
         }
 
-        // Done when the mount at the target is served by the new daemon: a dead mount left there by a
-        // killed daemon has the same type in the mount table until the new daemon replaces it.
-        var deadline = DateTime.UtcNow.AddSeconds(60);
-        while (DateTime.UtcNow < deadline)
-        {
-            if (FuseMount.MountTypeAt(target) == FsType && MountState.Load(target) is { } st && st.Pid != previousPid && Directory.Exists($"/proc/{st.Pid}") && FuseMount.IsLive(target))
-            {
-                Console.WriteLine($"mounted {target} in the background; log: {logFile}");
-                return 0;
-            }
-
-            string tail = ReadFrom(logFile, logStart);
-            int err = tail.IndexOf("error: ", StringComparison.Ordinal);
-            if (err >= 0)
-            {
-                await Console.Error.WriteAsync(tail[err..]).ConfigureAwait(false);
-                return 1;
-            }
-
-            await Task.Delay(100, ct).ConfigureAwait(false);
-        }
-
-        throw new LmfsException($"the background mount of {target} did not come up within 60 s", $"see {logFile}");
-    }
-
-    private static string ReadFrom(string path, long offset)
-    {
-        try
-        {
-            using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            f.Seek(Math.Min(offset, f.Length), SeekOrigin.Begin);
-            return new StreamReader(f).ReadToEnd();
-        }
-        catch (FileNotFoundException)
-        {
-            return "";
-        }
+        Console.WriteLine($"mounted {target} in the background; log: {logFile}");
+        return 0;
     }
 }
 
@@ -210,7 +164,7 @@ internal static class UmountCommand
                 throw new LmfsException($"could not unmount {shown}", Environment.IsPrivilegedProcess ? "see dmesg" : "only root or the user who mounted it can unmount it", 1);
             }
 
-            MountState.Remove(target);
+            MountRegistry.Remove(target);
             Console.WriteLine($"unmounted {target}");
             return Task.FromResult(0);
         }));

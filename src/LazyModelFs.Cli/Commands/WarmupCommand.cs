@@ -36,7 +36,7 @@ internal static class WarmupCommand
                     throw new LmfsException($"'{t}' is neither a metadata URL nor an lmfs mount point", "give sqlite:///… or redis://…, or the directory lmfs is mounted on", 2);
                 }
 
-                var state = MountState.Load(mp) ?? throw new LmfsException($"no record of the mount at {mp} (it was started by another user or an older lmfs)", "give the metadata URL and --cache-dir instead", 2);
+                var state = MountRegistry.Load(mp) ?? throw new LmfsException($"no record of the mount at {mp} (it was started by another user or an older lmfs)", "give the metadata URL and --cache-dir instead", 2);
                 metaUrl = state.MetaUrl;
                 dir ??= state.CacheDir;
                 // Paths under the mount point, as given (perhaps through a link) or resolved, become volume paths.

@@ -102,11 +102,11 @@ public static class MountInfo
 /// dropped: all of it as root (so the cache files' pages go too), otherwise the file's own pages
 /// through FUSE invalidation and the cache files' through fadvise.
 /// </summary>
-public sealed class LmfsBenchTarget(MountState state, JsonObject stats) : IBenchTarget
+public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenchTarget
 {
     public string System => "lmfs";
 
-    public MountState State { get; } = state;
+    public MountRecord State { get; } = state;
 
     public int? ServingPid => State.Pid;
 
@@ -116,7 +116,7 @@ public sealed class LmfsBenchTarget(MountState state, JsonObject stats) : IBench
 
     public static async Task<LmfsBenchTarget> ConnectAsync(string mountPoint, CancellationToken ct)
     {
-        var state = MountState.Load(mountPoint)
+        var state = MountRegistry.Load(mountPoint)
             ?? throw new LmfsException($"no record of the lmfs mount at {mountPoint} (started by another user, or by an lmfs without a control socket)", "run lmfs bench as the user who mounted it (or root), or remount with this lmfs");
         var stats = await MountControl.SendAsync(state.ControlSocket, "stats", ct).ConfigureAwait(false);
         return new LmfsBenchTarget(state, stats);

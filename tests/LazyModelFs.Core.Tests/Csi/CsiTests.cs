@@ -52,7 +52,7 @@ public sealed class CsiTests : IDisposable
     /// <summary>SIGKILL to the daemon of a staged volume, as the OOM killer sends it.</summary>
     private static void KillDaemon(string staging)
     {
-        int pid = Vfs.MountState.Load(staging)!.Pid;
+        int pid = Vfs.MountRegistry.Load(staging)!.Pid;
         Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
         Assert.True(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{pid}"), 30_000), $"daemon {pid} did not exit");
     }
@@ -296,7 +296,7 @@ public sealed class CsiTests : IDisposable
             Assert.False(Directory.Exists(Kubelet("pods/uid2/m4")));
 
             // The plugin dies and comes back: the staged volume kept serving, and new pods get it.
-            int daemon = Vfs.MountState.Load(staging)!.Pid;
+            int daemon = Vfs.MountRegistry.Load(staging)!.Pid;
             _plugin.Kill();
             Assert.Equal(model, File.ReadAllBytes(Path.Combine(target, "m/model.bin")));
             using (var restarted = new CsiPluginProcess(_dir.Path))
@@ -370,7 +370,7 @@ public sealed class CsiTests : IDisposable
             Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[2]))); // was FAILED_PRECONDITION
             Assert.True(Reads(Path.Combine(targets[2], "m/model.bin"), model));
             Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
-            int daemon = Vfs.MountState.Load(staging)!.Pid;
+            int daemon = Vfs.MountRegistry.Load(staging)!.Pid;
 
             foreach (var t in targets)
             {
@@ -470,7 +470,7 @@ public sealed class CsiTests : IDisposable
             Code(StatusCode.OK, await Publish(PublishRequest(staging, targets[1]))); // mounted again with the secret it kept in memory
             Assert.True(Reads(Path.Combine(targets[1], "m/model.bin"), model));
             Assert.True(Reads(Path.Combine(targets[0], "m/model.bin"), model));
-            int pid = Vfs.MountState.Load(staging)!.Pid;
+            int pid = Vfs.MountRegistry.Load(staging)!.Pid;
             Assert.DoesNotContain(Password, File.ReadAllText($"/proc/{pid}/cmdline"), StringComparison.Ordinal);
 
             logs.Append(_plugin.Log);

@@ -67,7 +67,7 @@ public sealed class ProcessFaultTests : IDisposable
         WithBackgroundMount(mp =>
         {
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
-            int pid = MountState.Load(mp)!.Pid;
+            int pid = MountRegistry.Load(mp)!.Pid;
             Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
             WaitExit(pid);
             Assert.ThrowsAny<IOException>(() => File.ReadAllBytes(Path.Combine(mp, "d/m.bin"))); // "Transport endpoint is not connected"
@@ -76,7 +76,7 @@ public sealed class ProcessFaultTests : IDisposable
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
             Assert.Contains("dead FUSE mount", File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
 
-            pid = MountState.Load(mp)!.Pid;
+            pid = MountRegistry.Load(mp)!.Pid;
             Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
             WaitExit(pid);
             Ok(LmfsRunner.Run("umount", mp)); // umount works on a dead mount too
@@ -91,11 +91,11 @@ public sealed class ProcessFaultTests : IDisposable
         WithBackgroundMount(mp =>
         {
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/m.bin")));
-            int pid = MountState.Load(mp)!.Pid;
+            int pid = MountRegistry.Load(mp)!.Pid;
             Assert.Equal(0, Signals.Kill(pid, Signals.SIGTERM));
             WaitExit(pid);
             Assert.Null(FuseMount.MountTypeAt(mp));
-            Assert.Null(MountState.Load(mp));
+            Assert.Null(MountRegistry.Load(mp));
             Assert.Contains("unmounted", File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
         });
     }
@@ -321,7 +321,7 @@ public sealed class ProcessFaultTests : IDisposable
         {
             Ok(MountBackground(link)); // readiness compares the kernel's (resolved) path
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(link, "d/m.bin")));
-            Assert.Equal(real, MountState.Load(real)!.MountPoint);
+            Assert.Equal(real, MountRegistry.Load(real)!.MountPoint);
 
             // A retrying supervisor: a second mount, through the link or not, is refused with exit 2.
             var again = MountBackground(link);
@@ -430,7 +430,7 @@ public sealed class ProcessFaultTests : IDisposable
             var mounted = LmfsRunner.Run("mount", url, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]);
             Ok(mounted);
             Assert.Equal(data, File.ReadAllBytes(Path.Combine(mp, "d/s.bin"))); // the password reached the daemon
-            var record = MountState.Load(mp)!;
+            var record = MountRegistry.Load(mp)!;
             // Any user can read a command line; the daemon's must not hold the password, encoded or not.
             var cmdline = As(65534, "cat", $"/proc/{record.Pid}/cmdline");
             Assert.Equal(0, cmdline.Code);

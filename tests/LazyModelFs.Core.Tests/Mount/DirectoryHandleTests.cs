@@ -107,8 +107,8 @@ public sealed partial class DirectoryHandleTests : IDisposable
         Assert.True(r.ExitCode == 0, r.ToString());
         try
         {
-            int pid = MountState.Load(mp)!.Pid;
-            string socket = MountState.ControlSocketFor(mp);
+            int pid = MountRegistry.Load(mp)!.Pid;
+            string socket = MountRegistry.ControlSocketFor(mp);
             string big = Path.Combine(mp, "big");
             Assert.Equal((0, $"{Entries + 2}\n"), Proc.As(Nobody, "/bin/sh", "-c", $"ls -f '{big}' | wc -l")); // read whole, as that user
             long before = VmRssKb(pid);
