@@ -140,7 +140,7 @@ internal static class UmountCommand
     {
         var mountPoint = new Argument<string>("MOUNTPOINT");
         var force = new Option<bool>("--force") { Description = "Detach whatever is mounted at MOUNTPOINT, even if it is not an lmfs mount" };
-        var cmd = new Command("umount", "Unmount an lmfs mount, live or dead (a killed daemon leaves a mount that says\n'Transport endpoint is not connected'). Lazy: open files finish first. Other filesystems are\nleft alone unless --force.\n\nExample:\n  lmfs umount /models") { mountPoint, force };
+        var cmd = new Command("umount", "Unmount an lmfs mount, live or dead (a killed daemon leaves a mount that says\n'Transport endpoint is not connected'). Open files get the daemon's grace period (5 s), then its connection is aborted.\nOther filesystems are left alone unless --force.\n\nExample:\n  lmfs umount /models") { mountPoint, force };
         cmd.SetAction((p, ct) => Cli.Guard(p, () =>
         {
             string given = p.GetValue(mountPoint)!;
