@@ -112,7 +112,9 @@ public sealed class MountLauncherTests : IDisposable
         Write(OpenWriter(fifo, mount));
         using (OpenWriter(fifo, mount))
         {
-            int pid = Readers(fifo).Single();
+            // The daemon, not the launcher (which may still hold the FIFO from its own read): its argv has no --background.
+            int pid = 0;
+            Assert.True(SpinWait.SpinUntil(() => (pid = Readers(fifo).FirstOrDefault(IsDaemon)) != 0, 30_000), "the daemon never opened the FIFO");
             Signals.Kill(pid, 9);
         }
 
@@ -121,6 +123,18 @@ public sealed class MountLauncherTests : IDisposable
         Assert.Contains("ended before the mount", r.Stderr, StringComparison.Ordinal);
         Assert.Contains(_dir["mount.log"], r.Stderr, StringComparison.Ordinal);
         Assert.Null(FuseMount.MountTypeAt(mp));
+    }
+
+    private static bool IsDaemon(int pid)
+    {
+        try
+        {
+            return !File.ReadAllText($"/proc/{pid}/cmdline").Split('\0').Contains("--background");
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The processes (other than this one) that have <paramref name="path"/> open.</summary>
