@@ -83,7 +83,8 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     private readonly ChunkReader _reader;
     private readonly VfsOptions _options;
     private readonly ILogger _log;
-    private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new();
+    private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new(); // changed under _nodesLock; read without it
+    private readonly Lock _nodesLock = new();
     private readonly ConcurrentDictionary<ulong, NodeState> _files = new();
     private readonly int _chunkSize;
     private long _nextFh;
@@ -102,7 +103,13 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     public DirectoryHandles Directories { get; }
 
     /// <summary>Kernel references per inode (lookup counts), for tests and diagnostics.</summary>
-    public long LookupCount(ulong ino) => _nodes.TryGetValue(ino, out var s) ? Interlocked.Read(ref s.Lookups.Count) : 0;
+    public long LookupCount(ulong ino)
+    {
+        lock (_nodesLock)
+        {
+            return _nodes.TryGetValue(ino, out var s) ? s.Lookups.Count : 0;
+        }
+    }
 
     public int OpenFiles => _files.Count;
 
@@ -202,31 +209,46 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private static bool SameFile(Node a, Node b) => a.Type == b.Type && GenerationOf(a) == GenerationOf(b) && (a.Type == NodeType.Directory || a.Encode().AsSpan().SequenceEqual(b.Encode()));
 
-    private NodeState Track(Node n, string? name = null)
+    /// <summary>
+    /// The daemon's state for <paramref name="n"/>'s number, replaced when the record shows another
+    /// file; with <paramref name="lookup"/>, one kernel reference is counted in the same step (under
+    /// the lock FORGET takes), so a FORGET racing a LOOKUP can never drop the state the kernel is
+    /// about to hold (fuse-protocol.md 8.1: counted before the reply).
+    /// </summary>
+    private NodeState Track(Node n, string? name = null, bool lookup = false)
     {
         NodeState st;
-        while (true)
+        NodeState? replaced = null;
+        lock (_nodesLock)
         {
-            st = _nodes.GetOrAdd(n.Ino, _ => new NodeState(n, _chunkSize, _options.ReadaheadMax, new LookupCounter()));
-            if (ReferenceEquals(st.Node, n) || SameFile(st.Node, n))
+            if (!_nodes.TryGetValue(n.Ino, out st!))
             {
-                break;
+                st = new NodeState(n, _chunkSize, _options.ReadaheadMax, new LookupCounter());
+                _nodes[n.Ino] = st;
+            }
+            else if (!ReferenceEquals(st.Node, n) && !SameFile(st.Node, n))
+            {
+                // Another file under a number the daemon knows (metadata went back in time and the number
+                // was handed out again): forget everything about the old one but the kernel's references.
+                replaced = st;
+                st = new NodeState(n, _chunkSize, _options.ReadaheadMax, st.Lookups);
+                _nodes[n.Ino] = st;
             }
 
-            // Another file under a number the daemon knows (metadata went back in time and the number
-            // was handed out again): forget everything about the old one but the kernel's references.
-            var fresh = new NodeState(n, _chunkSize, _options.ReadaheadMax, st.Lookups);
-            if (_nodes.TryUpdate(n.Ino, fresh, st))
+            if (lookup)
             {
-                _log.LogWarning(
-                    "vfs: inode {Ino} now names another {Type} ('{Name}', generation {Gen}) than before; the metadata engine reused the number (was it restored or failed over?). The old file's state is dropped",
-                    n.Ino,
-                    n.Type.ToString().ToLowerInvariant(),
-                    name ?? "?",
-                    fresh.Generation);
-                st = fresh;
-                break;
+                st.Lookups.Count++;
             }
+        }
+
+        if (replaced is not null)
+        {
+            _log.LogWarning(
+                "vfs: inode {Ino} now names another {Type} ('{Name}', generation {Gen}) than before; the metadata engine reused the number (was it restored or failed over?). The old file's state is dropped",
+                n.Ino,
+                n.Type.ToString().ToLowerInvariant(),
+                name ?? "?",
+                st.Generation);
         }
 
         if (name is not null)
@@ -274,8 +296,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 return Negative();
             }
 
-            var st = Track(node, s);
-            Interlocked.Increment(ref st.Lookups.Count); // before the reply (fuse-protocol.md 8.1)
+            var st = Track(node, s, lookup: true); // counted before the reply (fuse-protocol.md 8.1)
             return EntryFor(st, _options);
         }
         catch (Exception ex)
@@ -289,15 +310,16 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     public void Forget(ulong nodeId, ulong nlookup)
     {
-        if (nodeId != Node.RootIno && _nodes.TryGetValue(nodeId, out var s) && Interlocked.Add(ref s.Lookups.Count, -(long)nlookup) <= 0)
+        if (nodeId == Node.RootIno)
         {
-            // Remove whichever incarnation holds this counter now (a LOOKUP may have replaced it meanwhile).
-            while (_nodes.TryGetValue(nodeId, out var cur) && cur.Lookups == s.Lookups && Interlocked.Read(ref s.Lookups.Count) <= 0)
+            return;
+        }
+
+        lock (_nodesLock)
+        {
+            if (_nodes.TryGetValue(nodeId, out var s) && (s.Lookups.Count -= (long)nlookup) <= 0)
             {
-                if (_nodes.TryRemove(new KeyValuePair<ulong, NodeState>(nodeId, cur)))
-                {
-                    break;
-                }
+                _nodes.TryRemove(nodeId, out _);
             }
         }
     }
@@ -397,14 +419,15 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                     break;
                 }
 
-                var node = await NodeAsync(entries.Ino(k)).ConfigureAwait(false);
+                // The record itself, never the daemon's copy: an entry may name another file under a
+                // number the daemon knows (metadata rolled back), and only a fresh record shows it.
+                var node = await _volume.Meta.GetNodeAsync(entries.Ino(k)).ConfigureAwait(false);
                 if (node is null)
                 {
                     continue; // removed since the snapshot
                 }
 
-                var st = Track(node, Encoding.UTF8.GetString(entries.Name(k)));
-                Interlocked.Increment(ref st.Lookups.Count);
+                var st = Track(node, Encoding.UTF8.GetString(entries.Name(k)), lookup: true);
                 buffer.TryAddPlus(entries.Name(k), EntryFor(st, _options), i + 1);
             }
 

@@ -124,7 +124,8 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
 
             byte[] a = TestData.Random((2 * Chunk) + 100, 11), b = TestData.Random((2 * Chunk) + 100, 12);
             await ImportAsync(v, "a.bin", a);
-            var (m, log) = Mount(v);
+            // Names are kept by the kernel (entry timeout): a listing's READDIRPLUS entries are used without a LOOKUP.
+            var (m, log) = Mount(v, o => o with { Vfs = o.Vfs with { EntryTimeout = TimeSpan.FromMinutes(5) } });
             string aPath = Path.Combine(m.MountPoint, "d/a.bin");
             Assert.Equal(a, File.ReadAllBytes(aPath));
             ulong aIno = Posix.Stat(aPath).Ino;
@@ -149,7 +150,9 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             {
                 try
                 {
-                    got = File.ReadAllBytes(bPath); // the mount reconnects to Redis by itself
+                    // List first, as loaders do (os.listdir, then open): the entry comes from READDIRPLUS.
+                    Assert.Contains(bPath, Directory.GetFiles(Path.Combine(m.MountPoint, "d"))); // the mount reconnects to Redis by itself
+                    got = File.ReadAllBytes(bPath);
                 }
                 catch (IOException)
                 {
