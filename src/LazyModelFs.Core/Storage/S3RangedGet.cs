@@ -129,6 +129,11 @@ internal sealed class S3RangedGet : IDisposable
                 throw body.Contains("NoSuchBucket", StringComparison.Ordinal)
                     ? new StoreRefusedException($"bucket '{_s.Bucket}' does not exist at {_s.Endpoint ?? "S3"}", "create the bucket, or fix the storage URL")
                     : new ObjectNotFoundException(name);
+            case HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized or HttpStatusCode.BadRequest
+                when ErrorCode(await resp.Content.ReadAsStringAsync(ct).ConfigureAwait(false)) is var retryable && TransientCodes.Contains(retryable):
+                // S3 says these get better by asking again (a clock skew corrected, temporary credentials
+                // refreshed on the next signing, a request the server timed out).
+                throw new TransientException($"{_s.Endpoint ?? "S3"} answered {(int)resp.StatusCode} {retryable} for get '{name}'");
             case HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized:
                 // Permanent: retrying with the same credentials gets the same answer (issue 11, item 7).
                 // The S3 error code (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch…) tells the
@@ -163,6 +168,12 @@ internal sealed class S3RangedGet : IDisposable
 
         return total;
     }
+
+    /// <summary>4xx error codes that S3 documents as worth retrying (error responses, "retryable" errors).</summary>
+    private static readonly HashSet<string> TransientCodes = new(StringComparer.Ordinal)
+    {
+        "RequestTimeout", "RequestTimeTooSkewed", "ExpiredToken", "TokenRefreshRequired", "SlowDown", "InternalError", "ServiceUnavailable", "IDPCommunicationError",
+    };
 
     /// <summary>The &lt;Code&gt; of an S3 XML error body, or "" (the body is short; nothing in it is secret).</summary>
     internal static string ErrorCode(string body)

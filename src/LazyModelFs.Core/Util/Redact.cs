@@ -94,6 +94,19 @@ public static class Redact
                 end++;
             }
 
+            // A password may hold a quote or '<' itself: when an '@' follows before the next white
+            // space, the user-info runs past that character, so the whole token is redacted.
+            int token = end;
+            while (token < text.Length && !char.IsWhiteSpace(text[token]))
+            {
+                token++;
+            }
+
+            if (token > end && text.AsSpan(end, token - end).Contains('@'))
+            {
+                end = token;
+            }
+
             sb.Append(text, i, begin - i);
             sb.Append(Url(text[begin..end]));
             i = end;

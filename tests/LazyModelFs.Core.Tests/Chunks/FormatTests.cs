@@ -198,6 +198,14 @@ public class FormatTests
         Assert.Equal(
             "cannot open 'redis://***@h/0' (from redis://***@h:2/1): refused",
             Redact.Text("cannot open 'redis://:pa/ss@h/0' (from redis://u:p@h:2/1): refused"));
+
+        // A quote or '<' inside the password does not end the URL early and leave the password shown.
+        foreach (var pw in new[] { "pa\"ss", "pa'ss", "pa<s>s", "pa`ss" })
+        {
+            string shown = Redact.Text($"error: cannot connect to redis://:{pw}@h:6379/0 (refused)");
+            Assert.DoesNotContain("ss", shown.Replace("redis", "", StringComparison.Ordinal), StringComparison.Ordinal);
+            Assert.Contains("@h:6379/0", shown, StringComparison.Ordinal);
+        }
     }
 
     [Theory]

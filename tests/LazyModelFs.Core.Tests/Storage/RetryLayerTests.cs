@@ -62,6 +62,23 @@ public sealed class RetryLayerTests : IDisposable
         Assert.Equal(2 + RetryPolicy.Bounded.MaxAttempts, endpoint.Requests);
     }
 
+    [Theory]
+    [InlineData(400, "RequestTimeout")]
+    [InlineData(403, "RequestTimeTooSkewed")]
+    [InlineData(400, "ExpiredToken")]
+    [InlineData(403, "ExpiredToken")]
+    public async Task S3_error_codes_documented_as_retryable_are_transient_whatever_their_status(int status, string code)
+    {
+        using var endpoint = new FixedAnswerEndpoint(status, $"<Error><Code>{code}</Code></Error>");
+        using var store = S3At(endpoint);
+        var ex = await Assert.ThrowsAsync<TransientException>(() => store.GetAsync("chunks/aa/bb/x", 0, new byte[100]));
+        Assert.Contains(code, ex.Message, StringComparison.Ordinal);
+        Assert.False(RetryPolicy.IsPermanent(ex, 1));
+
+        endpoint.Body = "<Error><Code>AccessDenied</Code></Error>"; // the same status with a code that will not get better
+        await Assert.ThrowsAsync<StoreRefusedException>(() => store.GetAsync("chunks/aa/bb/x", 0, new byte[100]));
+    }
+
     [Fact]
     public async Task A_transient_fault_under_the_chunk_reader_is_retried_by_one_layer()
     {
