@@ -162,6 +162,13 @@ public sealed class DiskCache
 
             if (n != entry.PlainLength || Crc32C.Compute(dest[..entry.PlainLength]) != entry.Crc32C)
             {
+                // Before deleting, make sure the file is the one that is wrong: a damaged row naming this
+                // chunk with another length or CRC32C must not cost honest files their cached copy.
+                if (length <= dest.Length && IsTheChunk(path, entry.Id, (int)length))
+                {
+                    throw new ChunkRowMismatchException($"chunk {entry.Id}: the cached chunk matches its id ({length} bytes), but the chunk table row says {entry.PlainLength} bytes with CRC32C {entry.Crc32C:x8} (the row is damaged)");
+                }
+
                 Interlocked.Increment(ref _corrupt);
                 _log.LogWarning("cache: {Path} is damaged ({Length} bytes, CRC32C mismatch or short); discarded, the chunk is fetched again", path, length);
                 Delete(entry.Id, path);
@@ -444,6 +451,21 @@ public sealed class DiskCache
     {
         string h = id.ToHex();
         return Path.Combine(Root, h[..2], h[2..4], h);
+    }
+
+    /// <summary>Whether the cache file holds exactly the chunk <paramref name="id"/> (SHA-256; only on the rare mismatch path, buffered).</summary>
+    private static bool IsTheChunk(string path, ChunkId id, int length)
+    {
+        try
+        {
+            var buf = new byte[length];
+            using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            return ReadAll(h, buf, length) == length && ChunkId.Of(buf) == id;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Reads into <paramref name="dest"/> until <paramref name="want"/> bytes are in (or end of file); an O_DIRECT read asks for whole pages.</summary>

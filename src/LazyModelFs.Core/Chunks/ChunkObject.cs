@@ -154,6 +154,16 @@ public static class ChunkObject
         return HeaderSize;
     }
 
+    /// <summary>Whether <paramref name="obj"/> is a complete, self-consistent plain object whose bytes hash to <paramref name="id"/> (used only to tell a damaged row from a damaged object).</summary>
+    public static bool IsWholePlainObjectOf(ReadOnlySpan<byte> obj, ChunkId id) =>
+        obj.Length > HeaderSize
+        && BinaryPrimitives.ReadUInt32LittleEndian(obj) == Magic
+        && obj[4] == Version
+        && (ChunkCodec)obj[5] == ChunkCodec.None
+        && BinaryPrimitives.ReadInt32LittleEndian(obj[8..]) == obj.Length - HeaderSize
+        && BinaryPrimitives.ReadInt32LittleEndian(obj[12..]) == obj.Length - HeaderSize
+        && ChunkId.Of(obj[HeaderSize..]) == id;
+
     /// <summary>
     /// Throws unless <paramref name="plain"/> is what the whole row says: its length, its SHA-256 id
     /// and its CRC32C. The id alone is not enough: a damaged row whose id names another chunk of the

@@ -105,6 +105,13 @@ public sealed class ChunkStore(IObjectStore store)
         int n = await Store.GetAsync(entry.Id.ObjectKey(), 0, dest[..(entry.StoredLength + 1)], ct).ConfigureAwait(false);
         if (n != entry.StoredLength)
         {
+            // A shorter object that is whole and right for its id means the row is wrong, not the object:
+            // say so (never retried, never "restore the object"), so a healthy object is not blamed.
+            if (n < entry.StoredLength && ChunkObject.IsWholePlainObjectOf(dest.Span[..n], entry.Id))
+            {
+                throw new Util.ChunkRowMismatchException($"chunk {entry.Id}: the object is whole and matches its id at {n} bytes, but the chunk table row says {entry.StoredLength} (the row is damaged)");
+            }
+
             throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is {(n > entry.StoredLength ? "longer" : $"{n} bytes")}, the chunk table says {entry.StoredLength}");
         }
 
