@@ -259,7 +259,7 @@ public sealed class ChunkReader : IDisposable
                         abandoned = true;
                     }
 
-                    RememberFailure(row.Id, error);
+                    RememberFailure(row.Id, error, DeadlineOf(arrival));
                 }
             }
 
@@ -281,8 +281,12 @@ public sealed class ChunkReader : IDisposable
         return await Checked(c, row).ConfigureAwait(false);
     }
 
-    /// <summary>Caller holds _lock.</summary>
-    private void RememberFailure(ChunkId id, Exception error)
+    /// <summary>
+    /// Caller holds _lock. <paramref name="failedAt"/> is when the failure happened by the clock that
+    /// bounds it (a READ's deadline, not when a busy thread pool got round to noticing it), so a late
+    /// continuation never makes the memory outlast <see cref="FailureMemory"/>.
+    /// </summary>
+    private void RememberFailure(ChunkId id, Exception error, long failedAt)
     {
         long now = Stopwatch.GetTimestamp();
         if (_failed.Count >= 4096)
@@ -293,8 +297,10 @@ public sealed class ChunkReader : IDisposable
             }
         }
 
-        _failed[id] = (now + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
+        _failed[id] = (Math.Min(now, failedAt) + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
     }
+
+    private long DeadlineOf(long since) => since + (long)(_options.FetchTimeout.TotalSeconds * Stopwatch.Frequency);
 
     /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
     public void Prefetch(in ChunkEntry entry, FetchPriority priority)
@@ -438,7 +444,7 @@ public sealed class ChunkReader : IDisposable
                 // A row mismatch belongs to the row, not to the chunk: other files' rows naming it read on.
                 if (!_shutdown.IsCancellationRequested && ex is not ChunkRowMismatchException)
                 {
-                    RememberFailure(f.Entry.Id, ex);
+                    RememberFailure(f.Entry.Id, ex, f.DemandSince != 0 ? DeadlineOf(f.DemandSince) : long.MaxValue);
                 }
 
                 Finish(background);
@@ -457,6 +463,11 @@ public sealed class ChunkReader : IDisposable
 
             _memory.AddRefs(chunk, f.Waiters); // one reference per waiter still waiting
             f.Completed = true;
+            if (fromStore && _failed.Count > 0)
+            {
+                _failed.Clear(); // the store answers again: what failed while it did not is worth asking again
+            }
+
             Interlocked.Increment(ref _pendingWrites);
             Finish(background);
         }
