@@ -135,6 +135,12 @@ public static partial class Posix
         }
     }
 
+    /// <summary>kill(pid, SIGTERM); false when it could not be sent.</summary>
+    public static bool Terminate(int pid) => kill(pid, 15) == 0;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int kill(int pid, int sig);
+
     [LibraryImport("libc")]
     private static partial uint geteuid();
 

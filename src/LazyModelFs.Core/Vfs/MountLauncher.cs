@@ -108,7 +108,21 @@ public static class MountLauncher
 
             if (clock.Elapsed > launch.Timeout)
             {
-                return new LaunchResult(1, $"the mount at {launch.MountPoint} did not come up within {launch.Timeout.TotalSeconds:0} s (daemon pid {pid} still starting)", $"see its log, {log}", pid);
+                // Never leave a daemon behind that may still mount later: a supervisor that retries (the
+                // kubelet, a systemd unit) would otherwise pile them up. SIGTERM unmounts, if it got that far.
+                bool stopped = false;
+                try
+                {
+                    using var p = Process.GetProcessById(pid);
+                    stopped = Posix.Terminate(pid);
+                    stopped = stopped && p.WaitForExit(TimeSpan.FromSeconds(10));
+                }
+                catch (ArgumentException)
+                {
+                    stopped = true; // ended meanwhile
+                }
+
+                return new LaunchResult(1, $"the mount at {launch.MountPoint} did not come up within {launch.Timeout.TotalSeconds:0} s; the daemon (pid {pid}) {(stopped ? "was stopped" : "did not stop when asked (SIGTERM)")}", $"see its log, {log}", pid);
             }
 
             await Task.Delay(50, ct).ConfigureAwait(false);
