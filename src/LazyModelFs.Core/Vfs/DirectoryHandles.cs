@@ -38,6 +38,8 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
 
     private readonly Lock _lock = new();
     private readonly Dictionary<ulong, DirectorySnapshot> _handles = [];
+    private readonly Dictionary<ulong, uint> _owners = [];   // handle → uid that opened it
+    private readonly Dictionary<uint, int> _perUid = [];      // uid → handles open (reserved ones included)
     private readonly Dictionary<ulong, DirectorySnapshot> _current = [];
     private readonly Dictionary<ulong, TaskCompletionSource<DirectorySnapshot>> _waiting = [];
     private readonly SemaphoreSlim _slots = new(ConcurrentListings);
@@ -46,7 +48,7 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
     private int _snapshots;
     private long _bytes;
     private long _refused;
-    private readonly long[] _lastRefusalLog = [-10_000, -10_000]; // per bound: handles, bytes
+    private readonly long[] _lastRefusalLog = [-10_000, -10_000, -10_000]; // per bound: handles, bytes, one user's share of handles
 
     /// <summary>Open directory handles.</summary>
     public int Open
@@ -97,10 +99,19 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
                 return Refuse(ctx, dir, 0, $"{_handles.Count + _reserved} directory handles are open, the limit of this mount");
             }
 
+            // One user (a pod's uid on a shared --allow-other mount) may hold at most half of the
+            // handles, so it cannot lock every other user out of listing directories. Root is not bounded here.
+            int mine = _perUid.GetValueOrDefault(ctx.Uid);
+            if (ctx.Uid != 0 && mine >= PerUserHandles)
+            {
+                return Refuse(ctx, dir, 2, $"uid {ctx.Uid} holds {mine} directory handles, its share ({PerUserHandles}) of this mount's {options.MaxDirectoryHandles}");
+            }
+
+            _perUid[ctx.Uid] = mine + 1;
             _reserved++;
         }
 
-        bool reserved = true;
+        bool reserved = true, counted = true;
         try
         {
             var fresh = await ListAsync(dir).ConfigureAwait(false);
@@ -124,18 +135,41 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
                 snap.Handles++;
                 ulong fh = ++_nextFh;
                 _handles[fh] = snap;
+                _owners[fh] = ctx.Uid;
+                counted = false; // the handle carries the uid's count from here; Release gives it back
                 return fh;
             }
         }
         finally
         {
-            if (reserved)
+            lock (_lock)
             {
-                lock (_lock)
+                if (reserved)
                 {
                     _reserved--;
                 }
+
+                if (counted)
+                {
+                    Uncount(ctx.Uid);
+                }
             }
+        }
+    }
+
+    /// <summary>Handles one non-root uid may hold: half the mount's bound.</summary>
+    private int PerUserHandles => Math.Max(1, options.MaxDirectoryHandles / 2);
+
+    /// <summary>Caller holds _lock.</summary>
+    private void Uncount(uint uid)
+    {
+        if (_perUid.TryGetValue(uid, out int n) && --n <= 0)
+        {
+            _perUid.Remove(uid);
+        }
+        else if (n > 0)
+        {
+            _perUid[uid] = n;
         }
     }
 
@@ -152,7 +186,17 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
     {
         lock (_lock)
         {
-            if (!_handles.Remove(fh, out var snap) || --snap.Handles > 0)
+            if (!_handles.Remove(fh, out var snap))
+            {
+                return;
+            }
+
+            if (_owners.Remove(fh, out uint uid))
+            {
+                Uncount(uid);
+            }
+
+            if (--snap.Handles > 0)
             {
                 return;
             }

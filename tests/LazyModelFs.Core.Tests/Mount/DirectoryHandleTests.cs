@@ -67,9 +67,14 @@ public sealed partial class DirectoryHandleTests : IDisposable
         private readonly Process _p;
 
         public Holder(params string[] dirsAndCounts)
+            : this(Nobody, dirsAndCounts)
+        {
+        }
+
+        public Holder(int uid, params string[] dirsAndCounts)
         {
             var psi = new ProcessStartInfo("setpriv") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in new[] { $"--reuid={Nobody}", $"--regid={Nobody}", "--clear-groups", "/usr/bin/python3", "-c", HoldScript }.Concat(dirsAndCounts))
+            foreach (var a in new[] { $"--reuid={uid}", $"--regid={uid}", "--clear-groups", "/usr/bin/python3", "-c", HoldScript }.Concat(dirsAndCounts))
             {
                 psi.ArgumentList.Add(a);
             }
@@ -153,15 +158,23 @@ public sealed partial class DirectoryHandleTests : IDisposable
         string a = Path.Combine(mp, "a"), b = Path.Combine(mp, "b");
         const int ENFILE = 23;
 
-        using (var h = new Holder(a, "25"))
+        // One user gets at most half the handles, so another user can still list directories; the mount's bound holds for all.
+        using (var greedy = new Holder(a, "25"))
+        using (var other = new Holder(Nobody - 1, a, "8"))
+        using (var third = new Holder(Nobody - 2, a, "5"))
         {
-            Assert.Equal(20, h.Opened);
-            Assert.Equal(Enumerable.Repeat(ENFILE, 5), h.Errnos);
+            Assert.Equal(10, greedy.Opened);
+            Assert.Equal(Enumerable.Repeat(ENFILE, 15), greedy.Errnos);
+            Assert.Equal(8, other.Opened);
+            Assert.Empty(other.Errnos);
+            Assert.Equal(2, third.Opened);
+            Assert.Equal(Enumerable.Repeat(ENFILE, 3), third.Errnos);
             Assert.Equal((20, 1), (m.FileSystem.Directories.Open, m.FileSystem.Directories.Snapshots));
         }
 
         Assert.True(SpinWait.SpinUntil(() => m.FileSystem.Directories.Open == 0, 30_000));
-        Assert.True(logs.Logger.Lines.Any(l => l.Contains("refused with ENFILE: 20 directory handles are open, the limit of this mount", StringComparison.Ordinal) && l.Contains($"uid {Nobody}", StringComparison.Ordinal)), string.Join("\n", logs.Logger.Lines));
+        Assert.True(logs.Logger.Lines.Any(l => l.Contains($"uid {Nobody} holds 10 directory handles, its share (10)", StringComparison.Ordinal)), string.Join("\n", logs.Logger.Lines));
+        Assert.True(logs.Logger.Lines.Any(l => l.Contains("refused with ENFILE: 20 directory handles are open, the limit of this mount", StringComparison.Ordinal) && l.Contains($"uid {Nobody - 2}", StringComparison.Ordinal)), string.Join("\n", logs.Logger.Lines));
 
         // Bytes: /a's listing is held; /b's does not fit beside it, /a again shares it.
         using (var h = new Holder(a, "1", b, "1", a, "1"))
@@ -175,7 +188,7 @@ public sealed partial class DirectoryHandleTests : IDisposable
         Assert.Equal(0L, m.FileSystem.Directories.Bytes);
         Assert.Equal(202, Directory.EnumerateFileSystemEntries(b).Count() + 2); // alone, a listing bigger than the rest of the budget is fine
         Assert.Contains(logs.Logger.Lines, l => l.Contains("open directory listings hold", StringComparison.Ordinal));
-        Assert.Equal(6, m.FileSystem.Directories.Refused);
+        Assert.Equal(19, m.FileSystem.Directories.Refused);
     }
 
     [MountFact]
