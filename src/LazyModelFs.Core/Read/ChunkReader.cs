@@ -259,7 +259,7 @@ public sealed class ChunkReader : IDisposable
                         abandoned = true;
                     }
 
-                    RememberFailure(row.Id, error, DeadlineOf(arrival));
+                    RememberFailure(row.Id, error);
                 }
             }
 
@@ -281,12 +281,8 @@ public sealed class ChunkReader : IDisposable
         return await Checked(c, row).ConfigureAwait(false);
     }
 
-    /// <summary>
-    /// Caller holds _lock. <paramref name="failedAt"/> is when the failure happened by the clock that
-    /// bounds it (a READ's deadline, not when a busy thread pool got round to noticing it), so a late
-    /// continuation never makes the memory outlast <see cref="FailureMemory"/>.
-    /// </summary>
-    private void RememberFailure(ChunkId id, Exception error, long failedAt)
+    /// <summary>Caller holds _lock. Remembered from now: the kernel's retry follows the EIO reply, so it must find the memory however late that reply went out.</summary>
+    private void RememberFailure(ChunkId id, Exception error)
     {
         long now = Stopwatch.GetTimestamp();
         if (_failed.Count >= 4096)
@@ -297,10 +293,8 @@ public sealed class ChunkReader : IDisposable
             }
         }
 
-        _failed[id] = (Math.Min(now, failedAt) + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
+        _failed[id] = (now + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
     }
-
-    private long DeadlineOf(long since) => since + (long)(_options.FetchTimeout.TotalSeconds * Stopwatch.Frequency);
 
     /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
     public void Prefetch(in ChunkEntry entry, FetchPriority priority)
@@ -444,7 +438,7 @@ public sealed class ChunkReader : IDisposable
                 // A row mismatch belongs to the row, not to the chunk: other files' rows naming it read on.
                 if (!_shutdown.IsCancellationRequested && ex is not ChunkRowMismatchException)
                 {
-                    RememberFailure(f.Entry.Id, ex, f.DemandSince != 0 ? DeadlineOf(f.DemandSince) : long.MaxValue);
+                    RememberFailure(f.Entry.Id, ex);
                 }
 
                 Finish(background);
