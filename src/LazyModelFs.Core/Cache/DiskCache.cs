@@ -68,7 +68,7 @@ public sealed class DiskCache
         try
         {
             System.IO.Directory.CreateDirectory(Root, TrustedPath.PrivateDir);
-            if (Posix.LStat(Root) is { } st && st.Uid == TrustedPath.EffectiveUid && (st.Mode & 0x3F) != 0)
+            if (Posix.LStat(Root) is { } st && st.Uid == Posix.EUid && (st.Mode & 0x3F) != 0)
             {
                 File.SetUnixFileMode(Root, TrustedPath.PrivateDir); // a cache made by an older lmfs: keep other users out of it
             }

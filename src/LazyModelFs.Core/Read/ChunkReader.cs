@@ -252,10 +252,9 @@ public sealed class ChunkReader : IDisposable
                 if (!completed)
                 {
                     f.Waiters--;
-                    if (f.Waiters == 0 && !f.Started && _inflight.TryGetValue(row.Id, out var cur) && cur == f)
+                    if (f.Waiters == 0 && !f.Started && RemoveInflight(f))
                     {
                         f.Started = true; // nobody wants it any more: Pump skips it when it comes up
-                        _inflight.Remove(row.Id);
                         abandoned = true;
                     }
 
@@ -280,6 +279,10 @@ public sealed class ChunkReader : IDisposable
 
         return await Checked(c, row).ConfigureAwait(false);
     }
+
+    /// <summary>Caller holds _lock. Removes <paramref name="f"/> from the in-flight map if it is still the fetch there (an abandoned one was replaced by a new fetch of the chunk).</summary>
+    private bool RemoveInflight(Fetch f) =>
+        _inflight.TryGetValue(f.Entry.Id, out var cur) && cur == f && _inflight.Remove(f.Entry.Id);
 
     /// <summary>Caller holds _lock. Remembered from now: the kernel's retry follows the EIO reply, so it must find the memory however late that reply went out.</summary>
     private void RememberFailure(ChunkId id, Exception error)
@@ -430,10 +433,7 @@ public sealed class ChunkReader : IDisposable
             Interlocked.Increment(ref _errors);
             lock (_lock)
             {
-                if (_inflight.TryGetValue(f.Entry.Id, out var cur) && cur == f)
-                {
-                    _inflight.Remove(f.Entry.Id);
-                }
+                RemoveInflight(f);
 
                 // A row mismatch belongs to the row, not to the chunk: other files' rows naming it read on.
                 if (!_shutdown.IsCancellationRequested && ex is not ChunkRowMismatchException)
@@ -450,11 +450,7 @@ public sealed class ChunkReader : IDisposable
 
         lock (_lock)
         {
-            if (_inflight.TryGetValue(f.Entry.Id, out var cur) && cur == f)
-            {
-                _inflight.Remove(f.Entry.Id);
-            }
-
+            RemoveInflight(f);
             _memory.AddRefs(chunk, f.Waiters); // one reference per waiter still waiting
             f.Completed = true;
             if (fromStore && _failed.Count > 0)

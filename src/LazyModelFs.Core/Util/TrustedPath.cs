@@ -26,8 +26,6 @@ public static class TrustedPath
 
     private const uint GroupOtherWrite = 0x12; // 0022
 
-    public static uint EffectiveUid => Posix.EUid;
-
     /// <summary>
     /// Creates <paramref name="dir"/> (0700, parents too) if missing, then checks it and every
     /// directory above it. Throws an <see cref="LmfsException"/> (exit 2) naming the directory at fault and what to do.
@@ -65,7 +63,7 @@ public static class TrustedPath
         }
         catch (Exception ex) when (ex is UnsafePathException or IOException)
         {
-            throw new LmfsException($"{ex.Message}: others could plant or replace what lmfs keeps in '{realDir}' ({option})", $"use a {option} that only you (uid {EffectiveUid}) or root can write, all the way up, e.g. a new directory under /var/cache or your home", 2, ex);
+            throw new LmfsException($"{ex.Message}: others could plant or replace what lmfs keeps in '{realDir}' ({option})", $"use a {option} that only you (uid {Posix.EUid}) or root can write, all the way up, e.g. a new directory under /var/cache or your home", 2, ex);
         }
 
         var st = Posix.LStat(realDir);
@@ -100,7 +98,7 @@ public static class TrustedPath
             return "not a regular file";
         }
 
-        if (st.Uid != 0 && st.Uid != EffectiveUid)
+        if (st.Uid != 0 && st.Uid != Posix.EUid)
         {
             return $"owned by uid {st.Uid}";
         }

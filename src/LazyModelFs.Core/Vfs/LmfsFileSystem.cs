@@ -173,8 +173,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
 
     private TimeSpan AttrTimeout(Node n) => n.Type == NodeType.Directory ? _options.DirectoryTimeout : FuseTime.Forever;
 
-    private static FuseEntry EntryFor(NodeState st, VfsOptions o) =>
-        new(st.Node.Ino, st.Generation, Attr(st.Node), o.EntryTimeout, st.Node.Type == NodeType.Directory ? o.DirectoryTimeout : FuseTime.Forever);
+    private FuseEntry EntryFor(NodeState st) => new(st.Node.Ino, st.Generation, Attr(st.Node), _options.EntryTimeout, AttrTimeout(st.Node));
 
     /// <summary>
     /// The generation the kernel gets with a node id: the same for the same file, another one for
@@ -207,7 +206,12 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         return System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(hash) | 1; // never 0, which is the root's
     }
 
-    private static bool SameFile(Node a, Node b) => a.Type == b.Type && GenerationOf(a) == GenerationOf(b) && (a.Type == NodeType.Directory || a.Encode().AsSpan().SequenceEqual(b.Encode()));
+    /// <summary>
+    /// Whether two records of one number are the same file: by what <see cref="GenerationOf"/> is made of
+    /// (a directory: type and birth time; anything else: the whole record), compared directly, not hashed.
+    /// </summary>
+    private static bool SameFile(Node a, Node b) =>
+        a.Type == NodeType.Directory ? b.Type == NodeType.Directory && a.CtimeNs == b.CtimeNs : a == b;
 
     /// <summary>
     /// The daemon's state for <paramref name="n"/>'s number, replaced when the record shows another
@@ -297,7 +301,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             var st = Track(node, s, lookup: true); // counted before the reply (fuse-protocol.md 8.1)
-            return EntryFor(st, _options);
+            return EntryFor(st);
         }
         catch (Exception ex)
         {
@@ -428,7 +432,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
                 }
 
                 var st = Track(node, Encoding.UTF8.GetString(entries.Name(k)), lookup: true);
-                buffer.TryAddPlus(entries.Name(k), EntryFor(st, _options), i + 1);
+                buffer.TryAddPlus(entries.Name(k), EntryFor(st), i + 1);
             }
 
             return Errno.OK;

@@ -359,17 +359,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
 
     public void Dispose()
     {
-        foreach (var m in _mounts)
-        {
-            m.Dispose();
-            try
-            {
-                Directory.Delete(m.MountPoint);
-            }
-            catch (IOException)
-            {
-            }
-        }
+        TestMounts.DisposeAll(_mounts);
 
         _dir.Dispose();
     }

@@ -182,17 +182,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
 
     public void Dispose()
     {
-        foreach (var m in _mounts)
-        {
-            m.Dispose();
-            try
-            {
-                Directory.Delete(m.MountPoint);
-            }
-            catch (IOException)
-            {
-            }
-        }
+        TestMounts.DisposeAll(_mounts);
 
         foreach (var t in _tmpfs)
         {
