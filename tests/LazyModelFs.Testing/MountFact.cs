@@ -34,7 +34,7 @@ public sealed class RootFactAttribute : FactAttribute
 public static class TestMounts
 {
     /// <summary>Unmounts each (its session ends) and removes its mount point, which the test made.</summary>
-    public static void DisposeAll(IEnumerable<LazyModelFs.Vfs.LmfsMount> mounts)
+    public static void DisposeAll(IEnumerable<LazyModelFs.Vfs.MountHost> mounts)
     {
         foreach (var m in mounts)
         {

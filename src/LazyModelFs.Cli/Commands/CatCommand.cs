@@ -1,3 +1,4 @@
+using LazyModelFs.Read;
 using System.CommandLine;
 using LazyModelFs.Chunks;
 using LazyModelFs.Meta;

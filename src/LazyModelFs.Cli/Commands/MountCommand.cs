@@ -34,7 +34,7 @@ internal static class MountCommand
             string target = FuseMount.ResolveMountPoint(p.GetValue(mountPoint)!);
             var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty) }; // validate before anything starts
             string metaUrl = p.GetValue(meta)!;
-            LmfsMount.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
+            MountHost.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
             _ = MountRegistry.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
             if (p.GetValue(background))
             {
@@ -60,7 +60,7 @@ internal static class MountCommand
             // A store that refuses us (wrong keys, no bucket, unreadable directory) fails the mount now,
             // not every cold read later (issue 11, item 7).
             await volume.Store.CheckReadableAsync(ct).ConfigureAwait(false);
-            using var mount = LmfsMount.Start(volume, target, mountOptions with { ControlSocket = MountRegistry.ControlSocketFor(target) }, loggers);
+            using var mount = MountHost.Start(volume, target, mountOptions with { ControlSocket = MountRegistry.ControlSocketFor(target) }, loggers);
             MountRegistry.Save(new MountRecord(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId));
             MountRegistry.ReportReady(); // after the record: a launcher that reads ready finds the record and the control socket
             log.LogInformation(

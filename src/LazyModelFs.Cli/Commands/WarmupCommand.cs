@@ -65,7 +65,7 @@ internal static class WarmupCommand
             }
 
             using var memory = new MemoryTier(Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * p.GetValue(jobs)), volume.Settings.ChunkSize);
-            using var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = p.GetValue(jobs) + Math.Max(1, p.GetValue(jobs) / 3) });
+            using var reader = new ChunkCache(volume.Chunks, memory, disk, new ChunkCacheOptions { MaxFetches = p.GetValue(jobs) + Math.Max(1, p.GetValue(jobs) / 3) });
             long done = 0;
             var work = Parallel.ForEachAsync(missing, new ParallelOptions { MaxDegreeOfParallelism = p.GetValue(jobs), CancellationToken = ct }, async (e, _) =>
             {

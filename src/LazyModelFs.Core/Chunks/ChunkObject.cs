@@ -169,7 +169,7 @@ public static class ChunkObject
     /// and its CRC32C. The id alone is not enough: a damaged row whose id names another chunk of the
     /// same length would verify against that chunk's object, and the row's CRC32C is what tells
     /// them apart (issue 11, item 2). Every path that hands out chunk bytes checks the whole row:
-    /// here for the store, <see cref="Cache.DiskCache.TryRead"/> for the disk cache, and
+    /// here for the store, DiskCache.TryRead (in Mount) for the disk cache, and
     /// <see cref="Cache.CachedChunk.Matches"/> for the memory tier.
     /// </summary>
     public static void Verify(ReadOnlySpan<byte> plain, in ChunkEntry entry)

@@ -6,7 +6,7 @@ namespace LazyModelFs.Storage;
 /// The one retry policy for reads from an object store (issue 12, item 2: one retry layer, not two).
 ///
 /// Each path retries in exactly one place, where its bound is known: the chunk reader (mount and
-/// warmup) until the READ's deadline, <see cref="Chunks.FileReader"/> (<c>lmfs cat</c>), the store
+/// warmup) until the READ's deadline, <see cref="Read.FileReader"/> (<c>lmfs cat</c>), the store
 /// probes of <c>lmfs bench</c> and <see cref="S3ObjectStore.CheckReadableAsync"/> for
 /// <see cref="Bounded"/>'s number of attempts. Below them a store makes one attempt per call and
 /// says what went wrong: S3's ranged GET (<see cref="S3RangedGet"/>) throws

@@ -71,7 +71,7 @@ public sealed class BenchReportTests
     public void Targets_are_judged_against_the_ceilings_of_the_same_run()
     {
         var r = Report(new SafetensorsResult("/m.safetensors", 1000, 3, [new SafetensorsRun("cold", "file", 20, 3.0, 1000, 3)], new BaselineResult("aws s3 cp", 4.0, 0.5), null));
-        var t = Targets.Evaluate(r).ToDictionary(x => x.Name);
+        var t = Goals.Evaluate(r).ToDictionary(x => x.Name);
         Assert.Equal(7, t.Count);
         Assert.Equal(0.92, t["cold sequential"].Ratio);      // 460 / 500
         Assert.True(t["cold sequential"].Met);
@@ -93,7 +93,7 @@ public sealed class BenchReportTests
     public void Targets_without_their_inputs_say_what_is_missing_instead_of_guessing()
     {
         var r = Report() with { Ceilings = new Ceilings(), BufferSize = null };
-        var t = Targets.Evaluate(r);
+        var t = Goals.Evaluate(r);
         Assert.All(t, x =>
         {
             Assert.Null(x.Met);
@@ -106,7 +106,7 @@ public sealed class BenchReportTests
     public void Json_round_trips_and_has_the_documented_shape()
     {
         var r = Report();
-        r = r with { Targets = Targets.Evaluate(r) };
+        r = r with { Targets = Goals.Evaluate(r) };
         string json = r.ToJson();
         using var doc = JsonDocument.Parse(json);
         var root = doc.RootElement;
@@ -130,7 +130,7 @@ public sealed class BenchReportTests
     public void The_terminal_table_shows_every_phase_with_its_ratio_and_every_target()
     {
         var r = Report();
-        r = r with { Targets = Targets.Evaluate(r) };
+        r = r with { Targets = Goals.Evaluate(r) };
         string text = Formats.Text(r);
         Assert.Contains("0.92 of 16 parallel GETs", text, StringComparison.Ordinal);
         Assert.Contains("0.80 of local disk cold", text, StringComparison.Ordinal);
@@ -147,7 +147,7 @@ public sealed class BenchReportTests
     public void The_html_report_is_self_contained_with_an_svg_bar_per_phase_and_ceiling_and_escapes_text()
     {
         var r = Report();
-        r = r with { Targets = Targets.Evaluate(r) };
+        r = r with { Targets = Goals.Evaluate(r) };
         string html = Formats.Html(r);
         Assert.StartsWith("<!DOCTYPE html>", html, StringComparison.Ordinal);
         Assert.Contains("<svg", html, StringComparison.Ordinal);

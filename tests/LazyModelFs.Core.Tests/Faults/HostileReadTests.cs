@@ -33,7 +33,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
     private const int Chunk = 1 << 20;
     private static readonly TimeSpan NoHang = TimeSpan.FromSeconds(90);
     private readonly TempDir _dir = new("lmfs-hostile");
-    private readonly List<LmfsMount> _mounts = [];
+    private readonly List<MountHost> _mounts = [];
 
     private static StorageOptions Creds => new() { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey };
 
@@ -51,7 +51,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
         await new LazyModelFs.Import.Importer(v, new LazyModelFs.Import.ImportOptions()).RunAsync([_dir["src/" + name]], "/d/");
     }
 
-    private (LmfsMount Mount, ListLogger Log) Mount(Volume v, Func<MountOptions, MountOptions>? tweak = null)
+    private (MountHost Mount, ListLogger Log) Mount(Volume v, Func<MountOptions, MountOptions>? tweak = null)
     {
         string mp = Directory.CreateTempSubdirectory("lmfs-hmp-").FullName;
         var provider = new ListLoggerProvider();
@@ -63,7 +63,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             FetchTimeout = TimeSpan.FromSeconds(30),
             Vfs = new VfsOptions { EntryTimeout = TimeSpan.Zero, NegativeTimeout = TimeSpan.Zero, DirectoryTimeout = TimeSpan.Zero, Prefetch = PrefetchMode.None },
         };
-        var m = LmfsMount.Start(v, mp, tweak?.Invoke(o) ?? o, new LoggerFactory([provider]));
+        var m = MountHost.Start(v, mp, tweak?.Invoke(o) ?? o, new LoggerFactory([provider]));
         _mounts.Add(m);
         return (m, provider.Logger);
     }
@@ -282,7 +282,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             Assert.True(worst < 3 * timeout, $"the slowest of {readers} readers took {worst.TotalSeconds:0.0} s with --fetch-timeout {timeout.TotalSeconds} s");
 
             // The store is back: once the last failures are forgotten, the same chunk reads.
-            await Task.Delay(ChunkReader.FailureMemory + TimeSpan.FromSeconds(1));
+            await Task.Delay(ChunkCache.FailureMemory + TimeSpan.FromSeconds(1));
             var back = new byte[4096];
             Assert.Equal(4096, RandomAccess.Read(h, back, 6L * Chunk));
             Assert.True(back.AsSpan().SequenceEqual(data.AsSpan(6 * Chunk, 4096)));

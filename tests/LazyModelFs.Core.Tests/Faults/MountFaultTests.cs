@@ -31,7 +31,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
     private const int Chunk = 1 << 20;
     private static readonly TimeSpan NoHang = TimeSpan.FromSeconds(90);
     private readonly TempDir _dir = new("lmfs-mfault");
-    private readonly List<LmfsMount> _mounts = [];
+    private readonly List<MountHost> _mounts = [];
     private readonly List<string> _tmpfs = [];
 
     private static StorageOptions Creds => new() { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey };
@@ -53,7 +53,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
 
     private byte[] Source(string name) => File.ReadAllBytes(_dir["src/" + name]);
 
-    private (LmfsMount Mount, ListLogger Log) Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)
+    private (MountHost Mount, ListLogger Log) Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)
     {
         string mp = Directory.CreateTempSubdirectory("lmfs-fmp-").FullName;
         var provider = new ListLoggerProvider();
@@ -65,7 +65,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
             FetchTimeout = TimeSpan.FromSeconds(30),
             Vfs = new VfsOptions { EntryTimeout = TimeSpan.Zero, NegativeTimeout = TimeSpan.Zero, DirectoryTimeout = TimeSpan.Zero },
         };
-        var m = LmfsMount.Start(v, mp, tweak?.Invoke(o) ?? o, new LoggerFactory([provider]));
+        var m = MountHost.Start(v, mp, tweak?.Invoke(o) ?? o, new LoggerFactory([provider]));
         _mounts.Add(m);
         return (m, provider.Logger);
     }

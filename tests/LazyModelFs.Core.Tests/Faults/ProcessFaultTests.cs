@@ -260,7 +260,7 @@ public sealed class ProcessFaultTests : IDisposable
 
         var log = new ListLogger();
         using var mem = new LazyModelFs.Cache.MemoryTier(8L * LazyModelFs.Cache.CachedChunk.BufferSizeFor(1 << 20), 1 << 20);
-        using var reader = new LazyModelFs.Read.ChunkReader(v.Chunks, mem, null);
+        using var reader = new LazyModelFs.Cache.ChunkCache(v.Chunks, mem, null);
         var fs = new LmfsFileSystem(v, reader, null, log);
         var open = await fs.OpenAsync(new FuseContext(1, ino, 0, 0, 1), ino, 0);
         Assert.Equal(Errno.EIO, open.Error);
@@ -284,7 +284,7 @@ public sealed class ProcessFaultTests : IDisposable
         {
             string mp = Directory.CreateTempSubdirectory("lmfs-perm-").FullName;
             File.SetUnixFileMode(mp, (UnixFileMode)0x1ED);
-            using (var m = LmfsMount.Start(v, mp, new MountOptions { CacheDir = _dir["cache"], AllowOther = allowOther, BufferSize = 32L << 20 }))
+            using (var m = MountHost.Start(v, mp, new MountOptions { CacheDir = _dir["cache"], AllowOther = allowOther, BufferSize = 32L << 20 }))
             {
                 string pub = Path.Combine(mp, "perm/public.txt"), secret = Path.Combine(mp, "perm/secret.txt");
                 var st = Posix.Stat(secret);

@@ -40,8 +40,8 @@ public sealed class StoreFaultTests : IDisposable
 
     private DiskCache Disk() => new(new DiskCacheOptions { Directory = _dir["cache"], FreeSpaceRatio = 0 });
 
-    private static ChunkReader Reader(Volume v, DiskCache? disk, double timeoutSeconds = 20) =>
-        new(v.Chunks, new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk), disk, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(timeoutSeconds), DemandParts = 1 });
+    private static ChunkCache Reader(Volume v, DiskCache? disk, double timeoutSeconds = 20) =>
+        new(v.Chunks, new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk), disk, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(timeoutSeconds), DemandParts = 1 });
 
     [Fact]
     public async Task Server_errors_500_and_503_are_retried_with_backoff_until_the_bytes_come()
@@ -73,7 +73,7 @@ public sealed class StoreFaultTests : IDisposable
         // The server answers again: once the failure is no longer remembered (it is, briefly, so the
         // kernel's immediate retry of a failed readahead fails at once), the same chunk reads.
         store.OnGet = null;
-        await Task.Delay(ChunkReader.FailureMemory + TimeSpan.FromMilliseconds(100));
+        await Task.Delay(ChunkCache.FailureMemory + TimeSpan.FromMilliseconds(100));
         using var again = await hung.GetAsync(table[1]).AsTask().WaitAsync(NoHang);
         Assert.True(again.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk)));
     }
@@ -106,7 +106,7 @@ public sealed class StoreFaultTests : IDisposable
             return b;
         };
         var disk = Disk();
-        using var reader = new ChunkReader(v.Chunks, new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk), disk, new ChunkReaderOptions { DemandParts = 4, FetchTimeout = TimeSpan.FromSeconds(10) });
+        using var reader = new ChunkCache(v.Chunks, new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk), disk, new ChunkCacheOptions { DemandParts = 4, FetchTimeout = TimeSpan.FromSeconds(10) });
         await Assert.ThrowsAsync<ChunkCorruptException>(() => reader.GetAsync(table[0]).AsTask().WaitAsync(NoHang));
         Assert.False(reader.IsCached(table[0].Id));
         Assert.Equal(0, disk.Count);

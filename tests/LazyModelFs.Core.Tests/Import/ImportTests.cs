@@ -1,3 +1,4 @@
+using LazyModelFs.Read;
 using System.Text;
 using LazyModelFs.Chunks;
 using LazyModelFs.Import;

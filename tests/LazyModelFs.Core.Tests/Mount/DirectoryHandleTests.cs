@@ -121,7 +121,7 @@ public sealed partial class DirectoryHandleTests : IDisposable
             using (var h = new Holder(big, Handles.ToString(CultureInfo.InvariantCulture)))
             {
                 Assert.Equal((Handles, 0), (h.Opened, h.Errnos.Length));
-                var s = await MountControl.SendAsync(socket, "stats");
+                var s = await MountClient.StatsAsync(socket);
                 Assert.Equal(Handles, (int)s["dirHandles"]!);
                 Assert.Equal(1, (int)s["dirSnapshots"]!);
                 long bytes = (long)s["dirSnapshotBytes"]!;
@@ -131,8 +131,8 @@ public sealed partial class DirectoryHandleTests : IDisposable
             }
 
             // Closing them releases everything (RELEASEDIR comes after close(2) returns).
-            Assert.True(SpinWait.SpinUntil(() => (int)MountControl.SendAsync(socket, "stats").GetAwaiter().GetResult()["dirSnapshots"]! == 0, 30_000));
-            Assert.Equal(0, (int)(await MountControl.SendAsync(socket, "stats"))["dirHandles"]!);
+            Assert.True(SpinWait.SpinUntil(() => (int)MountClient.StatsAsync(socket).GetAwaiter().GetResult()["dirSnapshots"]! == 0, 30_000));
+            Assert.Equal(0, (int)(await MountClient.StatsAsync(socket))["dirHandles"]!);
         }
         finally
         {
@@ -154,7 +154,7 @@ public sealed partial class DirectoryHandleTests : IDisposable
             BufferSize = 32L << 20,
             Vfs = new VfsOptions { MaxDirectoryHandles = 20, MaxDirectoryBytes = 10_000 }, // one 200-entry listing is ~9 KB
         };
-        using var m = LmfsMount.Start(v, mp, o, new LoggerFactory([logs]));
+        using var m = MountHost.Start(v, mp, o, new LoggerFactory([logs]));
         string a = Path.Combine(mp, "a"), b = Path.Combine(mp, "b");
         const int ENFILE = 23;
 
@@ -197,7 +197,7 @@ public sealed partial class DirectoryHandleTests : IDisposable
         await VolumeAsync(("a", 3));
         string mp = MountPoint();
         using var v = await LazyModelFs.Volume.OpenAsync(Meta);
-        using var m = LmfsMount.Start(v, mp, new MountOptions { CacheDir = _dir["cache"], BufferSize = 32L << 20 });
+        using var m = MountHost.Start(v, mp, new MountOptions { CacheDir = _dir["cache"], BufferSize = 32L << 20 });
         string a = Path.Combine(mp, "a");
         using var first = new DirectoryReader(a);
         using var same = new DirectoryReader(a);

@@ -30,7 +30,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
     private static StorageOptions Creds => new() { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey };
 
     private readonly TempDir _dir = new("lmfs-mnt");
-    private readonly List<LmfsMount> _mounts = [];
+    private readonly List<MountHost> _mounts = [];
     private string _meta = "";
 
     /// <summary>A fresh volume with /m/big.bin (24 chunks), /m/small.txt and /m/model.safetensors, imported from local files.</summary>
@@ -47,16 +47,16 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         return v;
     }
 
-    private LmfsMount Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)
+    private MountHost Mount(Volume v, string cache, Func<MountOptions, MountOptions>? tweak = null)
     {
         string mp = Directory.CreateTempSubdirectory("lmfs-mp-").FullName;
         var o = new MountOptions { CacheDir = cache, BufferSize = 8L * (Chunk + 4096), MaxFetches = 8, FetchTimeout = TimeSpan.FromSeconds(3) };
-        var m = LmfsMount.Start(v, mp, tweak?.Invoke(o) ?? o);
+        var m = MountHost.Start(v, mp, tweak?.Invoke(o) ?? o);
         _mounts.Add(m);
         return m;
     }
 
-    private void Unmount(LmfsMount m)
+    private void Unmount(MountHost m)
     {
         m.Dispose();
         _mounts.Remove(m);
@@ -198,7 +198,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         });
 
         // Once the store is back (and the last failures are no longer remembered), the same file reads: nothing wrong was cached.
-        await Task.Delay(LazyModelFs.Read.ChunkReader.FailureMemory + TimeSpan.FromSeconds(1));
+        await Task.Delay(LazyModelFs.Cache.ChunkCache.FailureMemory + TimeSpan.FromSeconds(1));
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin")));
     }
 

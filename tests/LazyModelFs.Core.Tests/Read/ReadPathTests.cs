@@ -36,7 +36,7 @@ public sealed class ReadPathTests : IDisposable
     {
         var (v, store, table, data) = await ImportedAsync(3 * Chunk);
         using var mem = new MemoryTier(16L * Chunk, Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, Disk());
+        using var reader = new ChunkCache(v.Chunks, mem, Disk());
         var leases = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => reader.GetAsync(table[1]).AsTask()));
         Assert.Equal(1, reader.StoreFetches);
         Assert.All(leases, l => Assert.True(l.Data.Span.SequenceEqual(data.AsSpan(Chunk, Chunk))));
@@ -60,7 +60,7 @@ public sealed class ReadPathTests : IDisposable
         };
         var disk = Disk();
         using var mem = new MemoryTier(16L * Chunk, Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, disk, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(5) });
+        using var reader = new ChunkCache(v.Chunks, mem, disk, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(5) });
         await Assert.ThrowsAsync<ChunkCorruptException>(() => reader.GetAsync(table[0]).AsTask());
         Assert.False(reader.IsCached(table[0].Id));
         Assert.Equal(0, disk.Count);
@@ -72,18 +72,18 @@ public sealed class ReadPathTests : IDisposable
         var (v, _, table, _) = await ImportedAsync(2 * Chunk);
         await v.Store.DeleteAsync(table[0].Id.ObjectKey());
         using var mem = new MemoryTier(16L * Chunk, Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(2) });
+        using var reader = new ChunkCache(v.Chunks, mem, null, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(2) });
         await Assert.ThrowsAsync<ObjectNotFoundException>(() => reader.GetAsync(table[0]).AsTask());
 
         var flaky = new FlakyStore(v.Store, failures: 2);
         var v2 = Volume.Create(v.Meta, v.Settings, flaky);
-        using var reader2 = new ChunkReader(v2.Chunks, mem, null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(10), DemandParts = 1 });
+        using var reader2 = new ChunkCache(v2.Chunks, mem, null, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(10), DemandParts = 1 });
         using var ok = await reader2.GetAsync(table[1]);
         Assert.Equal(3, flaky.Calls);
 
         var down = new FlakyStore(v.Store, failures: int.MaxValue);
         var v3 = Volume.Create(v.Meta, v.Settings, down);
-        using var reader3 = new ChunkReader(v3.Chunks, new MemoryTier(16L * Chunk, Chunk), null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(1) });
+        using var reader3 = new ChunkCache(v3.Chunks, new MemoryTier(16L * Chunk, Chunk), null, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(1) });
         var ex = await Assert.ThrowsAsync<LmfsException>(() => reader3.GetAsync(table[1]).AsTask());
         Assert.Contains("could not be fetched within 1 s", ex.Message, StringComparison.Ordinal);
     }
@@ -117,7 +117,7 @@ public sealed class ReadPathTests : IDisposable
     {
         var (v, store, table, data) = await ImportedAsync(2 * Chunk);
         using (var mem = new MemoryTier(16L * Chunk, Chunk))
-        using (var reader = new ChunkReader(v.Chunks, mem, Disk()))
+        using (var reader = new ChunkCache(v.Chunks, mem, Disk()))
         {
             (await reader.GetAsync(table[0])).Dispose();
         }
@@ -133,7 +133,7 @@ public sealed class ReadPathTests : IDisposable
         File.WriteAllBytes(file, bytes);
 
         using var mem2 = new MemoryTier(16L * Chunk, Chunk);
-        using var reader2 = new ChunkReader(v.Chunks, mem2, disk);
+        using var reader2 = new ChunkCache(v.Chunks, mem2, disk);
         using (var c = await reader2.GetAsync(table[0]))
         {
             Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
@@ -151,7 +151,7 @@ public sealed class ReadPathTests : IDisposable
         var (v, _, table, _) = await ImportedAsync(12 * Chunk);
         var disk = Disk(max: 4L * Chunk);
         using var mem = new MemoryTier(16L * Chunk, Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, disk);
+        using var reader = new ChunkCache(v.Chunks, mem, disk);
         for (int i = 0; i < table.Count; i++)
         {
             (await reader.GetAsync(table[i])).Dispose();
@@ -266,7 +266,7 @@ public sealed class ReadPathTests : IDisposable
     {
         var (v, _, table, data) = await ImportedAsync(3 * Chunk);
         using var mem = new MemoryTier(16L * CachedChunk.BufferSizeFor(Chunk), Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, null);
+        using var reader = new ChunkCache(v.Chunks, mem, null);
         var held = await reader.GetAsync(table[0]);
         (await reader.GetAsync(table[1])).Dispose();
         Assert.True(mem.Contains(table[0].Id) && mem.Contains(table[1].Id));
@@ -287,7 +287,7 @@ public sealed class ReadPathTests : IDisposable
         var (v, _, table, data) = await ImportedAsync((2 * Chunk) + 1234); // last chunk is not a whole number of pages
         var disk = Disk();
         using var mem = new MemoryTier(8L * CachedChunk.BufferSizeFor(Chunk), Chunk);
-        using (var reader = new ChunkReader(v.Chunks, mem, disk))
+        using (var reader = new ChunkCache(v.Chunks, mem, disk))
         {
             for (int i = 0; i < table.Count; i++)
             {
@@ -340,7 +340,7 @@ public sealed class ReadPathTests : IDisposable
         var gate = new TaskCompletionSource();
         store.OnGet = (_, _) => gate.Task.IsCompleted ? null : new GetFault.Slow(TimeSpan.FromSeconds(2));
         using var mem = new MemoryTier(16L * CachedChunk.BufferSizeFor(Chunk), Chunk);
-        using var reader = new ChunkReader(v.Chunks, mem, null, new ChunkReaderOptions { MaxFetches = 1, DemandParts = 1 });
+        using var reader = new ChunkCache(v.Chunks, mem, null, new ChunkCacheOptions { MaxFetches = 1, DemandParts = 1 });
         var running = reader.GetAsync(table[0]).AsTask(); // takes the only slot
         for (int i = 1; i < 5; i++)
         {

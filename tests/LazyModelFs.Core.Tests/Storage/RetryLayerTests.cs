@@ -87,7 +87,7 @@ public sealed class RetryLayerTests : IDisposable
         using var _ = faulty;
         var entry = SomeChunk();
         var log = new ListLogger();
-        using (var reader = new ChunkReader(new ChunkStore(faulty), new MemoryTier(4L * CachedChunk.BufferSizeFor(Chunk), Chunk), null, new ChunkReaderOptions { FetchTimeout = TimeSpan.FromSeconds(2), DemandParts = 1 }, log))
+        using (var reader = new ChunkCache(new ChunkStore(faulty), new MemoryTier(4L * CachedChunk.BufferSizeFor(Chunk), Chunk), null, new ChunkCacheOptions { FetchTimeout = TimeSpan.FromSeconds(2), DemandParts = 1 }, log))
         {
             var ex = await Assert.ThrowsAsync<LmfsException>(() => reader.GetAsync(entry).AsTask().WaitAsync(NoHang));
             Assert.Contains("could not be fetched within 2 s", ex.Message, StringComparison.Ordinal);

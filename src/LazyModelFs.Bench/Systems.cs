@@ -118,11 +118,11 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
     {
         var state = MountRegistry.Load(mountPoint)
             ?? throw new LmfsException($"no record of the lmfs mount at {mountPoint} (started by another user, or by an lmfs without a control socket)", "run lmfs bench as the user who mounted it (or root), or remount with this lmfs");
-        var stats = await MountControl.SendAsync(state.ControlSocket, "stats", ct).ConfigureAwait(false);
+        var stats = await MountClient.StatsAsync(state.ControlSocket, ct).ConfigureAwait(false);
         return new LmfsBenchTarget(state, stats);
     }
 
-    public Task<JsonObject> StatsAsync(CancellationToken ct) => MountControl.SendAsync(State.ControlSocket, "stats", ct);
+    public Task<JsonObject> StatsAsync(CancellationToken ct) => MountClient.StatsAsync(State.ControlSocket, ct);
 
     public async Task<long?> StoreBytesAsync(CancellationToken ct) => (long?)(await StatsAsync(ct).ConfigureAwait(false))["storeBytes"];
 
@@ -140,7 +140,7 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
         {
             foreach (ulong ino in inos)
             {
-                await MountControl.SendAsync(State.ControlSocket, $"forget {ino} {(state == CacheState.Cold ? "disk" : "memory")}", ct).ConfigureAwait(false);
+                await MountClient.ForgetAsync(State.ControlSocket, ino, disk: state == CacheState.Cold, ct).ConfigureAwait(false);
             }
 
             await WaitIdleAsync(ct).ConfigureAwait(false);
@@ -150,7 +150,7 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
         {
             foreach (ulong ino in inos)
             {
-                await MountControl.SendAsync(State.ControlSocket, $"invalidate {ino}", ct).ConfigureAwait(false);
+                await MountClient.InvalidateAsync(State.ControlSocket, ino, ct).ConfigureAwait(false);
             }
         }
 

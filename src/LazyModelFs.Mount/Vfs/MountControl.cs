@@ -24,11 +24,11 @@ namespace LazyModelFs.Vfs;
 public sealed class MountControl : IDisposable
 {
     private readonly Socket _listener;
-    private readonly LmfsMount _mount;
+    private readonly MountHost _mount;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
 
-    private MountControl(Socket listener, string path, LmfsMount mount, ILogger log)
+    private MountControl(Socket listener, string path, MountHost mount, ILogger log)
     {
         _listener = listener;
         Path = path;
@@ -40,7 +40,7 @@ public sealed class MountControl : IDisposable
     public string Path { get; }
 
     /// <summary>Listens at <paramref name="path"/> (a stale socket file there is replaced). Null, with a warning, when that is impossible.</summary>
-    public static MountControl? Start(string path, LmfsMount mount, ILogger? log = null)
+    public static MountControl? Start(string path, MountHost mount, ILogger? log = null)
     {
         log ??= NullLogger.Instance;
         var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
@@ -203,33 +203,5 @@ public sealed class MountControl : IDisposable
         }
 
         return Encoding.UTF8.GetString(buf, 0, n).Trim();
-    }
-
-    /// <summary>Sends one command to the control socket at <paramref name="path"/> and returns its JSON answer (an "error" answer throws).</summary>
-    public static async Task<JsonObject> SendAsync(string path, string command, CancellationToken ct = default)
-    {
-        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(60));
-        try
-        {
-            await s.ConnectAsync(new UnixDomainSocketEndPoint(path), timeout.Token).ConfigureAwait(false);
-            using var stream = new NetworkStream(s, ownsSocket: false);
-            await stream.WriteAsync(Encoding.UTF8.GetBytes(command + "\n"), timeout.Token).ConfigureAwait(false);
-            using var reader = new StreamReader(stream, Encoding.UTF8);
-            string? line = await reader.ReadLineAsync(timeout.Token).ConfigureAwait(false);
-            var o = (line is null ? null : JsonNode.Parse(line) as JsonObject)
-                ?? throw new LmfsException($"the mount's control socket {path} gave no answer to '{command}'", "check the mount's log");
-            if (o["error"] is { } e)
-            {
-                throw new LmfsException($"the mount refused '{command}': {e}", "check the mount's log");
-            }
-
-            return o;
-        }
-        catch (Exception ex) when (ex is SocketException or IOException or JsonException)
-        {
-            throw new LmfsException($"cannot reach the mount's control socket {path}: {ex.Message}", "is the mount live and started by this user (or root)? lmfs 0.x mounts started before the control socket existed must be remounted", 1, ex);
-        }
     }
 }

@@ -80,7 +80,7 @@ public sealed record VfsOptions
 public sealed class LmfsFileSystem : IFuseFileSystem
 {
     private readonly Volume _volume;
-    private readonly ChunkReader _reader;
+    private readonly ChunkCache _reader;
     private readonly VfsOptions _options;
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new(); // changed under _nodesLock; read without it
@@ -89,7 +89,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
     private readonly int _chunkSize;
     private long _nextFh;
 
-    public LmfsFileSystem(Volume volume, ChunkReader reader, VfsOptions? options = null, ILogger? logger = null)
+    public LmfsFileSystem(Volume volume, ChunkCache reader, VfsOptions? options = null, ILogger? logger = null)
     {
         _volume = volume;
         _reader = reader;

@@ -1,7 +1,7 @@
 using System.Buffers;
 using LazyModelFs.Meta;
 
-namespace LazyModelFs.Chunks;
+namespace LazyModelFs.Read;
 
 /// <summary>
 /// Streams a file's verified bytes in order, with a window of chunk fetches running ahead. Each

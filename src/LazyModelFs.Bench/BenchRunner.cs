@@ -113,7 +113,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
             Safetensors = safetensors,
             Notes = notes,
         };
-        return report with { Targets = Targets.Evaluate(report) };
+        return report with { Targets = Goals.Evaluate(report) };
     }
 
     // ------------------------------------------------------------------ ceilings

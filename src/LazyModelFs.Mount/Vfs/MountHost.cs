@@ -44,9 +44,9 @@ public sealed record MountOptions
 }
 
 /// <summary>A mounted volume: the caches, the chunk reader, the VFS and the FUSE session, wired together.</summary>
-public sealed class LmfsMount : IDisposable
+public sealed class MountHost : IDisposable
 {
-    private LmfsMount(Volume volume, MountOptions options, MemoryTier memory, DiskCache? disk, ChunkReader reader, LmfsFileSystem fs, FuseSession session)
+    private MountHost(Volume volume, MountOptions options, MemoryTier memory, DiskCache? disk, ChunkCache reader, LmfsFileSystem fs, FuseSession session)
     {
         Volume = volume;
         Options = options;
@@ -67,7 +67,7 @@ public sealed class LmfsMount : IDisposable
 
     public DiskCache? Disk { get; }
 
-    public ChunkReader Reader { get; }
+    public ChunkCache Reader { get; }
 
     public LmfsFileSystem FileSystem { get; }
 
@@ -75,7 +75,7 @@ public sealed class LmfsMount : IDisposable
 
     public string MountPoint => Session.MountPoint;
 
-    public static LmfsMount Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
+    public static MountHost Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
     {
         loggers ??= NullLoggerFactory.Instance;
         int chunk = volume.Settings.ChunkSize;
@@ -99,7 +99,7 @@ public sealed class LmfsMount : IDisposable
             loggers.CreateLogger("cache").LogInformation("cache: the object store {Store} is on the cache's filesystem; chunks are read from it directly and not copied into {Cache}", local.Root, o.CacheDir);
         }
 
-        var reader = new ChunkReader(volume.Chunks, memory, disk, new ChunkReaderOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts, CacheStoreReads = cacheStoreReads }, loggers.CreateLogger("read"));
+        var reader = new ChunkCache(volume.Chunks, memory, disk, new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts, CacheStoreReads = cacheStoreReads }, loggers.CreateLogger("read"));
         var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
         var fuseOptions = new FuseMountOptions
         {
@@ -112,7 +112,7 @@ public sealed class LmfsMount : IDisposable
         try
         {
             var session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
-            var mount = new LmfsMount(volume, o, memory, disk, reader, fs, session);
+            var mount = new MountHost(volume, o, memory, disk, reader, fs, session);
             if (o.ControlSocket is not null)
             {
                 mount.Control = MountControl.Start(o.ControlSocket, mount, loggers.CreateLogger("control"));

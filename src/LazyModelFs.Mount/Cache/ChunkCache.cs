@@ -6,7 +6,7 @@ using LazyModelFs.Util;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
-namespace LazyModelFs.Read;
+namespace LazyModelFs.Cache;
 
 /// <summary>Who wants a chunk. Lower runs first.</summary>
 public enum FetchPriority
@@ -21,7 +21,7 @@ public enum FetchPriority
     Prefetch = 2,
 }
 
-public sealed record ChunkReaderOptions
+public sealed record ChunkCacheOptions
 {
     /// <summary>Object GETs (or cache-file reads) running at once.</summary>
     public int MaxFetches { get; init; } = 16;
@@ -44,7 +44,7 @@ public sealed record ChunkReaderOptions
 ///
 /// - Single flight: one fetch per chunk id however many readers wait; each waiter gets its own
 ///   reference to the one buffer.
-/// - Bounded concurrency with priorities: at most <see cref="ChunkReaderOptions.MaxFetches"/> run;
+/// - Bounded concurrency with priorities: at most <see cref="ChunkCacheOptions.MaxFetches"/> run;
 ///   demand fetches are taken before readahead, readahead before prefetch, and a quarter of the
 ///   slots are kept for demand so a long prefetch never makes a READ wait for a slot. A demand read
 ///   of a chunk already queued for prefetch promotes it.
@@ -55,12 +55,12 @@ public sealed record ChunkReaderOptions
 ///   deadline; a missing object or a damaged one fails at once (it will not get better) and is
 ///   logged naming the chunk.
 /// </summary>
-public sealed class ChunkReader : IDisposable
+public sealed class ChunkCache : IDisposable
 {
     private readonly ChunkStore _store;
     private readonly MemoryTier _memory;
     private readonly DiskCache? _disk;
-    private readonly ChunkReaderOptions _options;
+    private readonly ChunkCacheOptions _options;
     private readonly ILogger _log;
     private readonly Dictionary<ChunkId, Fetch> _inflight = [];
     private readonly PriorityQueue<Fetch, (int Priority, long Seq)> _queue = new();
@@ -74,12 +74,12 @@ public sealed class ChunkReader : IDisposable
     private long _storeBytes;
     private long _errors;
 
-    public ChunkReader(ChunkStore store, MemoryTier memory, DiskCache? disk, ChunkReaderOptions? options = null, ILogger? logger = null)
+    public ChunkCache(ChunkStore store, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
     {
         _store = store;
         _memory = memory;
         _disk = disk;
-        _options = options ?? new ChunkReaderOptions();
+        _options = options ?? new ChunkCacheOptions();
         _log = logger ?? NullLogger.Instance;
         _backgroundSlots = Math.Max(1, _options.MaxFetches - Math.Max(1, _options.MaxFetches / 4));
 
@@ -156,7 +156,7 @@ public sealed class ChunkReader : IDisposable
 
     /// <summary>
     /// A lease on the chunk's verified bytes (dispose it when done). Completes synchronously on a memory hit.
-    /// A <see cref="FetchPriority.Demand"/> caller gets an answer within <see cref="ChunkReaderOptions.FetchTimeout"/>
+    /// A <see cref="FetchPriority.Demand"/> caller gets an answer within <see cref="ChunkCacheOptions.FetchTimeout"/>
     /// of this call, however long the queue in front of it: the bytes or an exception.
     /// The bytes always match the whole row (id, length, CRC32C), whichever tier they come from.
     /// </summary>
@@ -381,7 +381,7 @@ public sealed class ChunkReader : IDisposable
 
         foreach (var f in abandoned)
         {
-            f.Done.TrySetException(new ObjectDisposedException(nameof(ChunkReader)));
+            f.Done.TrySetException(new ObjectDisposedException(nameof(ChunkCache)));
         }
     }
 
@@ -558,7 +558,7 @@ public sealed class ChunkReader : IDisposable
         }
         catch (OperationCanceledException) when (_shutdown.IsCancellationRequested)
         {
-            throw new ObjectDisposedException(nameof(ChunkReader), "the mount is shutting down"); // not a store failure: nothing to log
+            throw new ObjectDisposedException(nameof(ChunkCache), "the mount is shutting down"); // not a store failure: nothing to log
         }
     }
 

@@ -7,7 +7,7 @@ namespace LazyModelFs.Bench;
 /// ceiling measured in the same run. A target whose inputs were not measured is reported with
 /// <c>Met = null</c> and says what is missing, never guessed.
 /// </summary>
-public static class Targets
+public static class Goals
 {
     public const long RssAllowance = 150L << 20;
 
