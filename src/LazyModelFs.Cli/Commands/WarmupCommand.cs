@@ -47,39 +47,33 @@ internal static class WarmupCommand
             }
 
             using var volume = await Volume.OpenAsync(metaUrl, creds.Read(p), ct).ConfigureAwait(false);
-            var disk = new DiskCache(new DiskCacheOptions { Directory = dir ?? "/var/cache/lmfs" });
+            int j = p.GetValue(jobs);
+            using var cache = ChunkCache.Open(volume, new ChunkCacheSetup
+            {
+                Directory = dir ?? "/var/cache/lmfs",
+                MemoryBytes = Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * j),
+                Fetch = new ChunkCacheOptions { MaxFetches = j + Math.Max(1, j / 3) },
+            });
             var entries = new List<ChunkEntry>();
             foreach (var vp in volumePaths)
             {
                 await CollectAsync(volume, vp, entries, ct).ConfigureAwait(false);
             }
 
-            var unique = entries.DistinctBy(e => e.Id).ToList();
-            long total = unique.Sum(e => (long)e.PlainLength);
-            var missing = unique.Where(e => !disk.Contains(e.Id)).ToList();
-            long missingBytes = missing.Sum(e => (long)e.PlainLength);
+            var have = cache.Check(entries);
             if (p.GetValue(check))
             {
-                Console.WriteLine($"cached: {Sizes.Format(total - missingBytes)} of {Sizes.Format(total)} ({(total == 0 ? 100 : 100.0 * (total - missingBytes) / total):0.0}%), {unique.Count - missing.Count} of {unique.Count} chunks");
+                Console.WriteLine($"cached: {Sizes.Format(have.CachedBytes)} of {Sizes.Format(have.Bytes)} ({(have.Bytes == 0 ? 100 : 100.0 * have.CachedBytes / have.Bytes):0.0}%), {have.CachedChunks} of {have.Chunks} chunks");
                 return 0;
             }
 
-            using var memory = new MemoryTier(Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * p.GetValue(jobs)), volume.Settings.ChunkSize);
-            using var reader = new ChunkCache(volume.Chunks, memory, disk, new ChunkCacheOptions { MaxFetches = p.GetValue(jobs) + Math.Max(1, p.GetValue(jobs) / 3) });
             long done = 0;
-            var work = Parallel.ForEachAsync(missing, new ParallelOptions { MaxDegreeOfParallelism = p.GetValue(jobs), CancellationToken = ct }, async (e, _) =>
-            {
-                using (await reader.GetAsync(e, FetchPriority.Prefetch).ConfigureAwait(false))
-                {
-                }
-
-                Interlocked.Add(ref done, e.PlainLength);
-            });
+            var work = cache.FillAsync(entries, j, n => Interlocked.Add(ref done, n), ct);
             if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
             {
                 await AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn()).StartAsync(async ctx =>
                 {
-                    var task = ctx.AddTask("warming up", maxValue: Math.Max(1, missingBytes));
+                    var task = ctx.AddTask("warming up", maxValue: Math.Max(1, have.MissingBytes));
                     while (!work.IsCompleted)
                     {
                         task.Value = Interlocked.Read(ref done);
@@ -90,15 +84,13 @@ internal static class WarmupCommand
                 }).ConfigureAwait(false);
             }
 
-            await work.ConfigureAwait(false);
-
-            // Chunks go to disk just after their readers get them: wait for the last writes.
-            for (int i = 0; i < 100 && missing.Any(e => !disk.Contains(e.Id)); i++)
+            var r = await work.ConfigureAwait(false);
+            if (r.NotStored > 0)
             {
-                await Task.Delay(50, ct).ConfigureAwait(false);
+                throw new LmfsException($"{r.NotStored} of {have.Missing.Count} chunks could not be written to the cache {cache.DiskDirectory} (full or not writable; the log says why)", "free space or give another --cache-dir, then run warmup again", 1);
             }
 
-            Console.WriteLine($"warmed up {Sizes.Format(missingBytes)} in {missing.Count} chunks ({Sizes.Format(total - missingBytes)} was already cached) into {disk.Options.Directory}");
+            Console.WriteLine($"warmed up {Sizes.Format(have.MissingBytes)} in {have.Missing.Count} chunks ({Sizes.Format(have.CachedBytes)} was already cached) into {cache.DiskDirectory}");
             return 0;
         }));
         return cmd;
@@ -138,30 +130,20 @@ internal static class CacheCommand
         var stats = new Command("stats", "Show what the local chunk cache holds.\n\nExample:\n  lmfs cache stats --cache-dir /nvme/lmfs") { dir };
         stats.SetAction((p, ct) => Cli.Guard(p, () =>
         {
-            var c = Open(p.GetValue(dir)!);
-            var d = new DriveInfo(c.Root);
-            Console.WriteLine($"cache:  {c.Options.Directory}");
-            Console.WriteLine($"chunks: {c.Count} files, {Sizes.Format(c.Bytes)}");
+            var u = ChunkCache.DiskUsage(p.GetValue(dir)!);
+            var d = new DriveInfo(u.Root);
+            Console.WriteLine($"cache:  {u.Directory}");
+            Console.WriteLine($"chunks: {u.Chunks} files, {Sizes.Format(u.Bytes)}");
             Console.WriteLine($"disk:   {Sizes.Format(d.AvailableFreeSpace)} free of {Sizes.Format(d.TotalSize)}");
             return Task.FromResult(0);
         }));
         var clear = new Command("clear", "Delete every cached chunk (mounts using the cache fetch them again).\n\nExample:\n  lmfs cache clear --cache-dir /nvme/lmfs") { dir };
         clear.SetAction((p, ct) => Cli.Guard(p, () =>
         {
-            var (files, bytes) = Open(p.GetValue(dir)!).Clear();
+            var (files, bytes) = ChunkCache.ClearDisk(p.GetValue(dir)!);
             Console.WriteLine($"removed {files} chunk files ({Sizes.Format(bytes)})");
             return Task.FromResult(0);
         }));
         return new Command("cache", "Inspect or clear the local chunk cache.\n\nExample:\n  lmfs cache stats") { stats, clear };
-    }
-
-    private static DiskCache Open(string dir)
-    {
-        if (!Directory.Exists(dir))
-        {
-            throw new LmfsException($"cache directory '{dir}' does not exist", "give the --cache-dir the mount uses", 2);
-        }
-
-        return new DiskCache(new DiskCacheOptions { Directory = dir });
     }
 }

@@ -10,7 +10,7 @@ namespace LazyModelFs.Chunks;
 /// row; writes (<see cref="StoreAsync(ChunkId, Memory{byte}, ChunkCodec, CancellationToken)"/>) choose the
 /// codec and skip objects the store already has. The object format itself is <see cref="ChunkObject"/>.
 /// </summary>
-public sealed class ChunkStore(IObjectStore store)
+public sealed class ChunkStore(IObjectStore store) : IChunkSource
 {
     public IObjectStore Store { get; } = store;
 

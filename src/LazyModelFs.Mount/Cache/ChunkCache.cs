@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using LazyModelFs.Cache;
 using LazyModelFs.Chunks;
 using LazyModelFs.Storage;
@@ -40,7 +41,14 @@ public sealed record ChunkCacheOptions
 }
 
 /// <summary>
-/// Gets chunks for readers: memory tier, then disk cache, then object store.
+/// The chunk cache port: every reader of chunk bytes in the daemon (the VFS, warmup, the control
+/// socket, the bench's reset through it) goes through here. Tiers, in order: the memory tier
+/// (<see cref="MemoryTier"/>: leased buffers the FUSE replies are sent from), the disk cache
+/// (<see cref="DiskCache"/>, optional), then the source (<see cref="IChunkSource"/>: the object
+/// store's <see cref="ChunkStore"/>; a peer tier goes in front of the store there). Operations:
+/// <see cref="GetAsync"/> (a lease), <see cref="Prefetch"/>, <see cref="FillAsync"/> (into the disk
+/// tier, waiting until the bytes are written), <see cref="Check"/>, <see cref="Evict"/>, <see cref="Stats"/>.
+/// Build one with <see cref="Open"/>.
 ///
 /// - Single flight: one fetch per chunk id however many readers wait; each waiter gets its own
 ///   reference to the one buffer.
@@ -57,8 +65,9 @@ public sealed record ChunkCacheOptions
 /// </summary>
 public sealed class ChunkCache : IDisposable
 {
-    private readonly ChunkStore _store;
+    private readonly IChunkSource _source;
     private readonly MemoryTier _memory;
+    private readonly bool _ownsMemory;
     private readonly DiskCache? _disk;
     private readonly ChunkCacheOptions _options;
     private readonly ILogger _log;
@@ -74,10 +83,17 @@ public sealed class ChunkCache : IDisposable
     private long _storeBytes;
     private long _errors;
 
-    public ChunkCache(ChunkStore store, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
+    /// <summary>A cache over tiers the caller made (and keeps: disposing the cache leaves <paramref name="memory"/> to the caller). <see cref="Open"/> is the usual way.</summary>
+    public ChunkCache(IChunkSource source, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
+        : this(source, memory, disk, options, logger, ownsMemory: false)
     {
-        _store = store;
+    }
+
+    private ChunkCache(IChunkSource source, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options, ILogger? logger, bool ownsMemory)
+    {
+        _source = source;
         _memory = memory;
+        _ownsMemory = ownsMemory;
         _disk = disk;
         _options = options ?? new ChunkCacheOptions();
         _log = logger ?? NullLogger.Instance;
@@ -99,9 +115,74 @@ public sealed class ChunkCache : IDisposable
 
     private readonly Timer _pumpTimer;
 
-    public MemoryTier Memory => _memory;
+    /// <summary>
+    /// The cache of a mount or of <c>lmfs warmup</c>: a memory tier of <see cref="ChunkCacheSetup.MemoryBytes"/>,
+    /// a disk cache in <see cref="ChunkCacheSetup.Directory"/> (none when <see cref="ChunkCacheSetup.DiskBytes"/>
+    /// is 0), the volume's object store behind them. A <c>file://</c> store on the cache's own
+    /// filesystem is already a local copy: its chunks are read from it directly and not copied into
+    /// the cache (which would write every byte a second time to the same disk, competing with the reads
+    /// for its bandwidth); a <c>file://</c> store elsewhere (NFS, another disk) is cached like S3.
+    /// </summary>
+    public static ChunkCache Open(Volume volume, ChunkCacheSetup setup, ILoggerFactory? loggers = null)
+    {
+        loggers ??= NullLoggerFactory.Instance;
+        int chunk = volume.Settings.ChunkSize;
+        if (setup.MemoryBytes < 4L * CachedChunk.BufferSizeFor(chunk))
+        {
+            throw new LmfsException($"--buffer-size {Sizes.Format(setup.MemoryBytes)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);
+        }
 
-    public DiskCache? Disk => _disk;
+        var disk = setup.DiskBytes > 0
+            ? new DiskCache(new DiskCacheOptions { Directory = setup.Directory, MaxBytes = setup.DiskBytes, FreeSpaceRatio = setup.FreeSpaceRatio }, loggers.CreateLogger("cache"))
+            : null;
+        var options = setup.Fetch;
+        if (disk is not null && volume.Store is LocalObjectStore local && SameFilesystem(local.Root, disk.Root))
+        {
+            options = options with { CacheStoreReads = false };
+            loggers.CreateLogger("cache").LogInformation("cache: the object store {Store} is on the cache's filesystem; chunks are read from it directly and not copied into {Cache}", local.Root, setup.Directory);
+        }
+
+        return new ChunkCache(volume.Chunks, new MemoryTier(setup.MemoryBytes, chunk), disk, options, loggers.CreateLogger("read"), ownsMemory: true);
+    }
+
+    private static bool SameFilesystem(string a, string b)
+    {
+        try
+        {
+            return Posix.Stat(a).Dev == Posix.Stat(b).Dev;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>), without a mount.</summary>
+    public static (int Chunks, long Bytes, string Directory, string Root) DiskUsage(string directory)
+    {
+        var d = OpenDisk(directory);
+        return (d.Count, d.Bytes, d.Options.Directory, d.Root);
+    }
+
+    /// <summary>Deletes every chunk of a disk cache directory (<c>lmfs cache clear</c>); mounts using it fetch them again.</summary>
+    public static (int Files, long Bytes) ClearDisk(string directory) => OpenDisk(directory).Clear();
+
+    private static DiskCache OpenDisk(string directory)
+    {
+        if (!System.IO.Directory.Exists(directory))
+        {
+            throw new LmfsException($"cache directory '{directory}' does not exist", "give the --cache-dir the mount uses", 2);
+        }
+
+        return new DiskCache(new DiskCacheOptions { Directory = directory });
+    }
+
+    internal MemoryTier Memory => _memory;
+
+    internal DiskCache? Disk => _disk;
+
+    /// <summary>Where the disk tier lives (null: no disk tier).</summary>
+    public string? DiskDirectory => _disk?.Options.Directory;
 
     /// <summary>Whether chunks fetched from the store go to the disk cache (prefetch is pointless without it).</summary>
     public bool CachesStoreReads => _disk is not null && _options.CacheStoreReads;
@@ -153,6 +234,9 @@ public sealed class ChunkCache : IDisposable
     public static readonly TimeSpan FailureMemory = TimeSpan.FromMilliseconds(500);
 
     private readonly Dictionary<ChunkId, (long Until, Exception Error)> _failed = [];
+
+    /// <summary>Disk writes under way, by chunk (completed when the write is done or was skipped).</summary>
+    private readonly Dictionary<ChunkId, TaskCompletionSource> _writes = [];
 
     /// <summary>
     /// A lease on the chunk's verified bytes (dispose it when done). Completes synchronously on a memory hit.
@@ -362,6 +446,100 @@ public sealed class ChunkCache : IDisposable
     /// <summary>Whether the chunk is in memory or on the local disk.</summary>
     public bool IsCached(ChunkId id) => _memory.Contains(id) || _disk?.Contains(id) == true;
 
+    /// <summary>
+    /// Takes chunks out of the cache as if it had never held them: their queued background fetches are
+    /// dropped (they would refill what is dropped), they leave the memory tier, and with
+    /// <paramref name="disk"/> the disk tier too. Fetches already running finish and publish; a caller
+    /// that needs them gone waits for <see cref="Busy"/> to reach 0 and evicts again.
+    /// </summary>
+    public (int Memory, int Disk) Evict(IReadOnlyCollection<ChunkId> ids, bool disk)
+    {
+        CancelQueued(ids);
+        int memory = _memory.Drop(ids);
+        int removed = 0;
+        if (disk && _disk is { } cache)
+        {
+            foreach (var id in ids.Distinct())
+            {
+                removed += cache.Remove(id) ? 1 : 0;
+            }
+        }
+
+        return (memory, removed);
+    }
+
+    /// <summary>How much of these chunks (counted once each) the disk tier holds.</summary>
+    public CacheCheck Check(IEnumerable<ChunkEntry> entries)
+    {
+        var unique = entries.DistinctBy(e => e.Id).ToList();
+        var missing = _disk is { } d ? unique.Where(e => !d.Contains(e.Id)).ToList() : unique;
+        return new CacheCheck(unique.Count, unique.Sum(e => (long)e.PlainLength), missing);
+    }
+
+    /// <summary>
+    /// Brings these chunks into the disk tier (<c>lmfs warmup</c>), <paramref name="concurrency"/> at a
+    /// time, and returns when each is written or known not to be: a chunk the disk would not take
+    /// (full, unwritable) is counted in <see cref="FillResult.NotStored"/>, never reported as cached.
+    /// <paramref name="progress"/> gets the plain bytes of each chunk done.
+    /// </summary>
+    public async Task<FillResult> FillAsync(IReadOnlyCollection<ChunkEntry> entries, int concurrency, Action<long>? progress = null, CancellationToken ct = default)
+    {
+        var disk = _disk ?? throw new LmfsException("this cache has no disk tier to fill", "give a --cache-dir (and a --cache-size above 0)", 2);
+        var check = Check(entries);
+        int stored = 0, notStored = 0;
+        await Parallel.ForEachAsync(check.Missing, new ParallelOptions { MaxDegreeOfParallelism = concurrency, CancellationToken = ct }, async (e, _) =>
+        {
+            using (var lease = await GetAsync(e, FetchPriority.Prefetch).ConfigureAwait(false))
+            {
+                Task? pending;
+                lock (_lock)
+                {
+                    pending = _writes.TryGetValue(e.Id, out var w) ? w.Task : null;
+                }
+
+                if (pending is not null)
+                {
+                    await pending.ConfigureAwait(false);
+                }
+
+                // From memory (an earlier fetch whose write was skipped) or a store that is not cached
+                // by default: write it from the lease.
+                bool ok = disk.Contains(e.Id) || disk.Write(e, lease.Buffer.Span[lease.Offset..]);
+                if (ok)
+                {
+                    Interlocked.Increment(ref stored);
+                }
+                else
+                {
+                    Interlocked.Increment(ref notStored);
+                }
+            }
+
+            progress?.Invoke(e.PlainLength);
+        }).ConfigureAwait(false);
+        return new FillResult(check, stored, notStored);
+    }
+
+    /// <summary>The counters of the cache and its tiers, for the control socket's <c>stats</c>.</summary>
+    public void AddStats(JsonObject o)
+    {
+        o["storeFetches"] = StoreFetches;
+        o["storeBytes"] = StoreBytes;
+        o["fetchErrors"] = Errors;
+        o["busy"] = Busy;
+        o["memoryHits"] = _memory.Hits;
+        o["memoryMisses"] = _memory.Misses;
+        o["memoryChunks"] = _memory.Count;
+        o["memoryBuffers"] = _memory.Allocated;
+        if (_disk is { } d)
+        {
+            o["diskHits"] = d.Hits;
+            o["diskChunks"] = d.Count;
+            o["diskBytes"] = d.Bytes;
+            o["diskCorrupt"] = d.Corrupt;
+        }
+    }
+
     /// <summary>Stops starting fetches, fails the queued ones, and cancels the running ones' object-store calls.</summary>
     public void Dispose()
     {
@@ -382,6 +560,11 @@ public sealed class ChunkCache : IDisposable
         foreach (var f in abandoned)
         {
             f.Done.TrySetException(new ObjectDisposedException(nameof(ChunkCache)));
+        }
+
+        if (_ownsMemory)
+        {
+            _memory.Dispose(); // a buffer still leased is freed at its last release
         }
     }
 
@@ -417,6 +600,7 @@ public sealed class ChunkCache : IDisposable
     private async Task RunAsync(Fetch f, bool background)
     {
         CachedChunk? chunk = null;
+        TaskCompletionSource? written = null;
         bool fromStore = false;
         try
         {
@@ -459,6 +643,12 @@ public sealed class ChunkCache : IDisposable
             }
 
             Interlocked.Increment(ref _pendingWrites);
+            if (fromStore && CachesStoreReads)
+            {
+                written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _writes[f.Entry.Id] = written; // before the waiters run: a fill that got the lease finds it
+            }
+
             Finish(background);
         }
 
@@ -467,15 +657,27 @@ public sealed class ChunkCache : IDisposable
         // The fetch's own reference keeps the bytes while they go to the disk cache, then is released.
         try
         {
-            if (fromStore && _options.CacheStoreReads)
+            if (written is not null)
             {
-                _disk?.Write(f.Entry, chunk.Buffer.Span[chunk.Offset..]);
+                _disk!.Write(f.Entry, chunk.Buffer.Span[chunk.Offset..]);
             }
         }
         finally
         {
             chunk.Dispose();
             Interlocked.Decrement(ref _pendingWrites);
+            if (written is not null)
+            {
+                lock (_lock)
+                {
+                    if (_writes.TryGetValue(f.Entry.Id, out var w) && w == written)
+                    {
+                        _writes.Remove(f.Entry.Id);
+                    }
+                }
+
+                written.TrySetResult();
+            }
         }
     }
 
@@ -505,7 +707,7 @@ public sealed class ChunkCache : IDisposable
             }
 
             const int objectStart = CachedChunk.DataStart - ChunkObject.HeaderSize;
-            int plainAt = await FetchFromStoreAsync(e, chunk.Buffer[objectStart..], parts, budget).ConfigureAwait(false);
+            int plainAt = await FetchFromSourceAsync(e, chunk.Buffer[objectStart..], parts, budget).ConfigureAwait(false);
             chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
             return (chunk, true);
@@ -521,7 +723,7 @@ public sealed class ChunkCache : IDisposable
     /// The read path's one retry layer (<see cref="RetryPolicy"/>), bounded by the fetch's budget:
     /// the store below makes one attempt per call.
     /// </summary>
-    private async Task<int> FetchFromStoreAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
+    private async Task<int> FetchFromSourceAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
     {
         var sw = Stopwatch.StartNew();
         int attempts = 0;
@@ -531,7 +733,7 @@ public sealed class ChunkCache : IDisposable
                 token =>
                 {
                     attempts++;
-                    return _store.ReadIntoAsync(e, buffer, parts, token);
+                    return _source.ReadIntoAsync(e, buffer, parts, token);
                 },
                 _shutdown.Token,
                 onBudget: (n, last) => Timeout(e, sw.Elapsed, n, last),
@@ -568,3 +770,34 @@ public sealed class ChunkCache : IDisposable
         return new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
     }
 }
+
+/// <summary>How the cache of a mount or of <c>lmfs warmup</c> is built (<see cref="ChunkCache.Open"/>).</summary>
+public sealed record ChunkCacheSetup
+{
+    /// <summary>The disk tier's directory.</summary>
+    public string Directory { get; init; } = "/var/cache/lmfs";
+
+    /// <summary>The disk tier's size limit; 0: no disk tier.</summary>
+    public long DiskBytes { get; init; } = 100L << 30;
+
+    /// <summary>Free space the disk tier leaves on its filesystem, as a share of the whole.</summary>
+    public double FreeSpaceRatio { get; init; } = 0.1;
+
+    /// <summary>The memory tier (chunk buffers), fetches in flight included.</summary>
+    public long MemoryBytes { get; init; } = 512L << 20;
+
+    public ChunkCacheOptions Fetch { get; init; } = new();
+}
+
+/// <summary>What the disk tier holds of some chunks (each counted once).</summary>
+public sealed record CacheCheck(int Chunks, long Bytes, IReadOnlyList<ChunkEntry> Missing)
+{
+    public long MissingBytes => Missing.Sum(e => (long)e.PlainLength);
+
+    public int CachedChunks => Chunks - Missing.Count;
+
+    public long CachedBytes => Bytes - MissingBytes;
+}
+
+/// <summary>What <see cref="ChunkCache.FillAsync"/> did: the check before it, and how many missing chunks were stored or could not be.</summary>
+public sealed record FillResult(CacheCheck Before, int Stored, int NotStored);

@@ -194,18 +194,19 @@ public sealed class DiskCache
     /// Stores a verified chunk (temporary name, then rename). <paramref name="data"/> starts with the
     /// chunk's plain bytes (<c>entry.PlainLength</c> of them); when it is page aligned and long enough
     /// for the length rounded up to a page, the file is written with O_DIRECT (the padding is cut off
-    /// with ftruncate). Never throws: a cache that cannot write just stops caching.
+    /// with ftruncate). Never throws: a cache that cannot write just stops caching (false: not stored;
+    /// true: stored now or already there).
     /// </summary>
-    public void Write(in ChunkEntry entry, ReadOnlySpan<byte> data)
+    public bool Write(in ChunkEntry entry, ReadOnlySpan<byte> data)
     {
-        if (Volatile.Read(ref _paused) == 1 && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
-        {
-            return;
-        }
-
         if (_index.ContainsKey(entry.Id))
         {
-            return;
+            return true;
+        }
+
+        if (Volatile.Read(ref _paused) == 1 && Environment.TickCount64 < Interlocked.Read(ref _disabledUntil))
+        {
+            return false;
         }
 
         int plainLength = entry.PlainLength;
@@ -265,13 +266,15 @@ public sealed class DiskCache
             {
                 _log.LogWarning("cache: cannot write to {Dir} ({Message}); caching paused, reads continue from object storage", Options.Directory, ex.Message);
             }
-            return;
+            return false;
         }
 
         if (Bytes > Limit())
         {
             Evict();
         }
+
+        return true;
     }
 
     private volatile bool _direct = true;

@@ -751,16 +751,7 @@ public sealed class LmfsFileSystem : IFuseFileSystem
         var st = _nodes.TryGetValue(ino, out var s) ? s : null;
         var table = st?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
             ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
-        _reader.CancelQueued(table.Entries.Select(e => e.Id)); // queued prefetch of the file would refill what is dropped
-        int memory = _reader.Memory.Drop(table.Entries.Select(e => e.Id));
-        int removed = 0;
-        if (disk && _reader.Disk is { } cache)
-        {
-            foreach (var e in table.Entries.DistinctBy(e => e.Id))
-            {
-                removed += cache.Remove(e.Id) ? 1 : 0;
-            }
-        }
+        var (memory, removed) = _reader.Evict(table.Entries.Select(e => e.Id).ToList(), disk);
 
         if (st is not null)
         {

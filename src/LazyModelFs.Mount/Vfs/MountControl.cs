@@ -152,33 +152,17 @@ public sealed class MountControl : IDisposable
 
     private JsonObject Stats()
     {
-        var r = _mount.Reader;
         var o = new JsonObject
         {
             ["pid"] = Environment.ProcessId,
             ["chunkSize"] = _mount.Volume.Settings.ChunkSize,
             ["bufferSize"] = _mount.Options.BufferSize,
-            ["storeFetches"] = r.StoreFetches,
-            ["storeBytes"] = r.StoreBytes,
-            ["fetchErrors"] = r.Errors,
-            ["busy"] = r.Busy,
-            ["memoryHits"] = r.Memory.Hits,
-            ["memoryMisses"] = r.Memory.Misses,
-            ["memoryChunks"] = r.Memory.Count,
-            ["memoryBuffers"] = r.Memory.Allocated,
-            ["dirHandles"] = _mount.FileSystem.Directories.Open,
-            ["dirSnapshots"] = _mount.FileSystem.Directories.Snapshots,
-            ["dirSnapshotBytes"] = _mount.FileSystem.Directories.Bytes,
-            ["dirRefused"] = _mount.FileSystem.Directories.Refused,
         };
-        if (r.Disk is { } d)
-        {
-            o["diskHits"] = d.Hits;
-            o["diskChunks"] = d.Count;
-            o["diskBytes"] = d.Bytes;
-            o["diskCorrupt"] = d.Corrupt;
-        }
-
+        _mount.Cache.AddStats(o);
+        o["dirHandles"] = _mount.FileSystem.Directories.Open;
+        o["dirSnapshots"] = _mount.FileSystem.Directories.Snapshots;
+        o["dirSnapshotBytes"] = _mount.FileSystem.Directories.Bytes;
+        o["dirRefused"] = _mount.FileSystem.Directories.Refused;
         return o;
     }
 

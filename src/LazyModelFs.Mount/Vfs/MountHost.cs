@@ -43,16 +43,14 @@ public sealed record MountOptions
     public string? ControlSocket { get; init; }
 }
 
-/// <summary>A mounted volume: the caches, the chunk reader, the VFS and the FUSE session, wired together.</summary>
+/// <summary>A mounted volume: the chunk cache, the VFS and the FUSE session (and the control socket), wired together. The daemon's entry point.</summary>
 public sealed class MountHost : IDisposable
 {
-    private MountHost(Volume volume, MountOptions options, MemoryTier memory, DiskCache? disk, ChunkCache reader, LmfsFileSystem fs, FuseSession session)
+    private MountHost(Volume volume, MountOptions options, ChunkCache cache, LmfsFileSystem fs, FuseSession session)
     {
         Volume = volume;
         Options = options;
-        Memory = memory;
-        Disk = disk;
-        Reader = reader;
+        Cache = cache;
         FileSystem = fs;
         Session = session;
     }
@@ -63,11 +61,7 @@ public sealed class MountHost : IDisposable
 
     public MountControl? Control { get; private set; }
 
-    public MemoryTier Memory { get; }
-
-    public DiskCache? Disk { get; }
-
-    public ChunkCache Reader { get; }
+    public ChunkCache Cache { get; }
 
     public LmfsFileSystem FileSystem { get; }
 
@@ -78,29 +72,15 @@ public sealed class MountHost : IDisposable
     public static MountHost Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
     {
         loggers ??= NullLoggerFactory.Instance;
-        int chunk = volume.Settings.ChunkSize;
-        if (o.BufferSize < 4L * CachedChunk.BufferSizeFor(chunk))
+        var cache = ChunkCache.Open(volume, new ChunkCacheSetup
         {
-            throw new LmfsException($"--buffer-size {Sizes.Format(o.BufferSize)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);
-        }
-
-        var disk = o.CacheSize > 0
-            ? new DiskCache(new DiskCacheOptions { Directory = o.CacheDir, MaxBytes = o.CacheSize, FreeSpaceRatio = o.FreeSpaceRatio }, loggers.CreateLogger("cache"))
-            : null;
-        var memory = new MemoryTier(o.BufferSize, chunk);
-
-        // A file:// store on the cache's own filesystem is already a local copy: caching would write
-        // every byte a second time to the same disk (and compete with the reads for its bandwidth).
-        // A file:// store elsewhere (NFS, another disk) is cached like S3.
-        bool cacheStoreReads = true;
-        if (disk is not null && volume.Store is Storage.LocalObjectStore local && SameFilesystem(local.Root, disk.Root))
-        {
-            cacheStoreReads = false;
-            loggers.CreateLogger("cache").LogInformation("cache: the object store {Store} is on the cache's filesystem; chunks are read from it directly and not copied into {Cache}", local.Root, o.CacheDir);
-        }
-
-        var reader = new ChunkCache(volume.Chunks, memory, disk, new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts, CacheStoreReads = cacheStoreReads }, loggers.CreateLogger("read"));
-        var fs = new LmfsFileSystem(volume, reader, o.Vfs, loggers.CreateLogger("vfs"));
+            Directory = o.CacheDir,
+            DiskBytes = o.CacheSize,
+            FreeSpaceRatio = o.FreeSpaceRatio,
+            MemoryBytes = o.BufferSize,
+            Fetch = new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts },
+        }, loggers);
+        var fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
         var fuseOptions = new FuseMountOptions
         {
             FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
@@ -112,7 +92,7 @@ public sealed class MountHost : IDisposable
         try
         {
             var session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
-            var mount = new MountHost(volume, o, memory, disk, reader, fs, session);
+            var mount = new MountHost(volume, o, cache, fs, session);
             if (o.ControlSocket is not null)
             {
                 mount.Control = MountControl.Start(o.ControlSocket, mount, loggers.CreateLogger("control"));
@@ -122,8 +102,7 @@ public sealed class MountHost : IDisposable
         }
         catch (FuseMountException e)
         {
-            reader.Dispose();
-            memory.Dispose();
+            cache.Dispose();
             throw new LmfsException(e.Message, e.Hint, 2, e);
         }
     }
@@ -141,24 +120,11 @@ public sealed class MountHost : IDisposable
         }
     }
 
-    private static bool SameFilesystem(string a, string b)
-    {
-        try
-        {
-            return Posix.Stat(a).Dev == Posix.Stat(b).Dev;
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
-
     public void Dispose()
     {
         Control?.Dispose();
         Session.Unmount();
         Session.Dispose();
-        Reader.Dispose();
-        Memory.Dispose();
+        Cache.Dispose();
     }
 }

@@ -202,11 +202,11 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             Assert.NotNull(await ReadFailsAsync(() => File.ReadAllBytes(xPath)));
 
             // From the disk cache: out of memory, on disk.
-            Assert.True(SpinWait.SpinUntil(() => m.Reader.Busy == 0, 10_000));
+            Assert.True(SpinWait.SpinUntil(() => m.Cache.Busy == 0, 10_000));
             await m.FileSystem.ForgetCachedAsync(Posix.Stat(yPath).Ino, disk: false);
-            Assert.True(m.Disk!.Contains(yId));
+            Assert.True(m.Cache.Disk!.Contains(yId));
             Assert.NotNull(await ReadFailsAsync(() => File.ReadAllBytes(xPath)));
-            Assert.True(m.Disk.Contains(yId), "the damaged row cost the honest chunk its cached copy");
+            Assert.True(m.Cache.Disk.Contains(yId), "the damaged row cost the honest chunk its cached copy");
             Assert.Contains(log.Lines, l => l.Contains("CRC32C", StringComparison.Ordinal));
 
             // The honest file still reads, and `lmfs cat` refuses the damaged one with exit 3.

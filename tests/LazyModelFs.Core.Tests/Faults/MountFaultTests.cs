@@ -157,7 +157,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
         File.WriteAllBytes(Path.Combine(tiny, "filler"), new byte[(5 * Chunk) / 2]);
         var (m, log) = Mount(v, Path.Combine(tiny, "cache"), o => o with { FreeSpaceRatio = 0 });
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "d/big.bin")));
-        Assert.True(m.Disk!.Count < 12); // not everything fitted
+        Assert.True(m.Cache.Disk!.Count < 12); // not everything fitted
         var warnings = log.Lines.Count(l => l.Contains("caching paused", StringComparison.Ordinal));
         Assert.True(warnings <= 1, $"{warnings} warnings: {string.Join('\n', log.Lines)}");
     }
@@ -169,7 +169,7 @@ public sealed class MountFaultTests(PersistentRedisAndS3 servers) : IClassFixtur
         var (m, _) = Mount(v, _dir["cache2"]);
         string big = Path.Combine(m.MountPoint, "d/big.bin");
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(big));
-        Assert.True(SpinWait.SpinUntil(() => m.Reader.Busy == 0, 10_000));
+        Assert.True(SpinWait.SpinUntil(() => m.Cache.Busy == 0, 10_000));
         Directory.Delete(_dir["cache2"], recursive: true);
 
         // Drop the memory tier and the page cache for the file, so the next read needs the disk cache.

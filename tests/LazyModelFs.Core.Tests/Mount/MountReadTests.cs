@@ -126,15 +126,15 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         using var v = await VolumeAsync();
         var m = Mount(v, _dir["cache"]);
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin"))); // cold
-        Assert.True(m.Reader.StoreFetches >= 25);
-        SpinWait.SpinUntil(() => m.Disk!.Count >= 25, 10_000);
+        Assert.True(m.Cache.StoreFetches >= 25);
+        SpinWait.SpinUntil(() => m.Cache.Disk!.Count >= 25, 10_000);
         Unmount(m);
 
         await WithS3StoppedAsync(() =>
         {
             var warm = Mount(v, _dir["cache"]);
             Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(warm.MountPoint, "m/big.bin")));
-            Assert.Equal(0, warm.Reader.StoreFetches);
+            Assert.Equal(0, warm.Cache.StoreFetches);
             return Task.CompletedTask;
         });
     }
@@ -146,9 +146,9 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         var a = Mount(v, _dir["shared-cache"]);
         var b = Mount(v, _dir["shared-cache"]);
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(a.MountPoint, "m/big.bin")));
-        SpinWait.SpinUntil(() => a.Disk!.Count >= 25, 10_000);
+        SpinWait.SpinUntil(() => a.Cache.Disk!.Count >= 25, 10_000);
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(b.MountPoint, "m/big.bin")));
-        Assert.Equal(0, b.Reader.StoreFetches); // everything came from the files mount A wrote
+        Assert.Equal(0, b.Cache.StoreFetches); // everything came from the files mount A wrote
     }
 
     [MountFact]
@@ -157,7 +157,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         using var v = await VolumeAsync();
         var m = Mount(v, _dir["cache"]);
         File.ReadAllBytes(Path.Combine(m.MountPoint, "m/big.bin"));
-        SpinWait.SpinUntil(() => m.Disk!.Count >= 25, 10_000);
+        SpinWait.SpinUntil(() => m.Cache.Disk!.Count >= 25, 10_000);
         Unmount(m);
 
         string victim = Directory.GetFiles(_dir["cache/chunks"], "*", SearchOption.AllDirectories).First();
@@ -167,8 +167,8 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
 
         var again = Mount(v, _dir["cache"]);
         Assert.Equal(Source("big.bin"), File.ReadAllBytes(Path.Combine(again.MountPoint, "m/big.bin")));
-        Assert.Equal(1, again.Disk!.Corrupt);
-        Assert.Equal(1, again.Reader.StoreFetches); // only the damaged chunk came from S3
+        Assert.Equal(1, again.Cache.Disk!.Corrupt);
+        Assert.Equal(1, again.Cache.StoreFetches); // only the damaged chunk came from S3
     }
 
     [MountFact]
@@ -225,7 +225,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
                 Assert.Equal(Source(f), File.ReadAllBytes(Path.Combine(m.MountPoint, "m", f)));
             }
 
-            Assert.Equal(0, m.Reader.StoreFetches);
+            Assert.Equal(0, m.Cache.StoreFetches);
         });
     }
 
@@ -241,7 +241,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         }
 
         // Only 8 bytes were read; prefetch brings in every chunk of the file in the background.
-        Assert.True(SpinWait.SpinUntil(() => m.Disk!.Count >= 11, 30_000), $"prefetched {m.Disk!.Count} of 11 chunks");
+        Assert.True(SpinWait.SpinUntil(() => m.Cache.Disk!.Count >= 11, 30_000), $"prefetched {m.Cache.Disk!.Count} of 11 chunks");
     }
 
     [MountFact]
@@ -257,7 +257,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
             Assert.Equal(Source("big.bin")[(chunk * Chunk) + 1000], one[0]);
         }
 
-        Assert.Equal(5, m.Reader.StoreFetches);
+        Assert.Equal(5, m.Cache.StoreFetches);
     }
 
     [MountFact]
