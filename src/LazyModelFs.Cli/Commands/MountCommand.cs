@@ -75,8 +75,8 @@ internal static class MountCommand
                 mountOptions.Vfs.Prefetch);
 
             // Ctrl-C / SIGTERM cancel the token: unmount (lazily; open files finish, then the session ends).
-            using var reg = ct.Register(() => ThreadPool.QueueUserWorkItem(_ => mount.Session.Unmount()));
-            await mount.Session.Completion.ConfigureAwait(false);
+            using var reg = ct.Register(() => ThreadPool.QueueUserWorkItem(_ => mount.Unmount()));
+            await mount.Completion.ConfigureAwait(false);
 
             // A daemon that started at this path after ours died (a remount, the CSI plugin healing a
             // staged volume) owns the record and control socket now: leave them.

@@ -84,7 +84,7 @@ public sealed class ChunkCache : IDisposable
     private long _errors;
 
     /// <summary>A cache over tiers the caller made (and keeps: disposing the cache leaves <paramref name="memory"/> to the caller). <see cref="Open"/> is the usual way.</summary>
-    public ChunkCache(IChunkSource source, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
+    internal ChunkCache(IChunkSource source, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
         : this(source, memory, disk, options, logger, ownsMemory: false)
     {
     }

@@ -7,7 +7,7 @@ using Microsoft.Win32.SafeHandles;
 
 namespace LazyModelFs.Cache;
 
-public sealed record DiskCacheOptions
+internal sealed record DiskCacheOptions
 {
     public required string Directory { get; init; }
 
@@ -38,7 +38,7 @@ public sealed record DiskCacheOptions
 /// 0700 and its files 0600, and a file not owned by root or us (or writable by others, or hard
 /// linked) is discarded unread.
 /// </summary>
-public sealed class DiskCache
+internal sealed class DiskCache
 {
     private const string TempMarker = ".tmp-";
     private readonly ConcurrentDictionary<ChunkId, Entry> _index = new();

@@ -95,7 +95,7 @@ public sealed unsafe class CachedChunk : IDisposable
 /// excess is freed when released. Chunks published by prefetch go to the cold end of the LRU so a
 /// long prefetch does not push out what readers are using.
 /// </summary>
-public sealed class MemoryTier : IDisposable
+internal sealed class MemoryTier : IDisposable
 {
     private readonly Dictionary<ChunkId, CachedChunk> _map = [];
     private readonly LinkedList<CachedChunk> _lru = new(); // First = most recent

@@ -19,7 +19,7 @@ namespace LazyModelFs.Read;
 ///
 /// <see cref="OnRead"/> returns the byte range to fetch ahead, only the part not already requested.
 /// </summary>
-public sealed class AccessPattern(long chunkSize, long maxWindow)
+internal sealed class AccessPattern(long chunkSize, long maxWindow)
 {
     public const int MaxStreams = 8;
 

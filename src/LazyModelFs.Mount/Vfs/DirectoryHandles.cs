@@ -31,7 +31,7 @@ namespace LazyModelFs.Vfs;
 /// larger than the budget can still be listed.</item>
 /// </list>
 /// </summary>
-public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogger log)
+internal sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogger log)
 {
     /// <summary>Listings fetched from the metadata engine at once.</summary>
     public const int ConcurrentListings = 4;
@@ -287,7 +287,7 @@ public sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogge
 }
 
 /// <summary>One directory listing, encoded once and shared by every handle that reads that version of the directory.</summary>
-public sealed class DirectorySnapshot
+internal sealed class DirectorySnapshot
 {
     private readonly byte[] _names;
     private readonly int[] _ends;

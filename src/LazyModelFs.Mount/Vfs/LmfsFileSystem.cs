@@ -77,7 +77,7 @@ public sealed record VfsOptions
 /// store unreachable past the fetch deadline) makes the READ fail with EIO — never short, never
 /// wrong bytes — and is logged with the inode and the chunk.
 /// </summary>
-public sealed class LmfsFileSystem : IFuseFileSystem
+internal sealed class LmfsFileSystem : IFuseFileSystem
 {
     private readonly Volume _volume;
     private readonly ChunkCache _reader;

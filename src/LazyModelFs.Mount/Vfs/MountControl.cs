@@ -21,7 +21,7 @@ namespace LazyModelFs.Vfs;
 ///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
 /// Errors answer {"error": "..."}. Nothing here returns file data or secrets.
 /// </summary>
-public sealed class MountControl : IDisposable
+internal sealed class MountControl : IDisposable
 {
     private readonly Socket _listener;
     private readonly MountHost _mount;

@@ -59,15 +59,21 @@ public sealed class MountHost : IDisposable
 
     public MountOptions Options { get; }
 
-    public MountControl? Control { get; private set; }
+    internal MountControl? Control { get; private set; }
 
     public ChunkCache Cache { get; }
 
-    public LmfsFileSystem FileSystem { get; }
+    internal LmfsFileSystem FileSystem { get; }
 
-    public FuseSession Session { get; }
+    internal FuseSession Session { get; }
 
     public string MountPoint => Session.MountPoint;
+
+    /// <summary>Completes when the kernel ends the session (unmounted, or the daemon aborted it).</summary>
+    public Task Completion => Session.Completion;
+
+    /// <summary>Asks the kernel to unmount (lazily: open files finish, then the session ends and <see cref="Completion"/> completes).</summary>
+    public void Unmount() => Session.Unmount();
 
     public static MountHost Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
     {
