@@ -214,7 +214,9 @@ public sealed class FuseSession : IDisposable
             ThreadPool.QueueUserWorkItem(_ => Unmount());
         }
 
+#pragma warning disable CA2000 // returned: the caller disposes the registrations
         return [PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)];
+#pragma warning restore CA2000
     }
 
     public void Dispose()

@@ -25,7 +25,9 @@ public static class MetaStores
 
         if (url == "memory://")
         {
+#pragma warning disable CA2000 // the store owns its key-value engine and disposes it
             return new KvMetaStore(new MemoryKv());
+#pragma warning restore CA2000
         }
 
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri))
@@ -48,7 +50,9 @@ public static class MetaStores
                     throw new LmfsException($"'{Redact.Url(url)}' has no database file name", "write sqlite:///var/lib/lmfs/meta.db", 2);
                 }
 
+#pragma warning disable CA2000 // the store owns its key-value engine and disposes it
                 return new KvMetaStore(SqliteKv.Open(path, create));
+#pragma warning restore CA2000
             case "redis":
             case "rediss":
                 return await RedisMetaStore.ConnectAsync(uri, url, redisPassword, ct).ConfigureAwait(false);

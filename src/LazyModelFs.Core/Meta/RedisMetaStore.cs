@@ -173,7 +173,7 @@ public sealed class RedisMetaStore : IMetaStore
         ConnectionMultiplexer conn;
         try
         {
-            var log = new StringWriter();
+            using var log = new StringWriter();
             conn = await ConnectionMultiplexer.ConnectAsync(opts, log).WaitAsync(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is RedisConnectionException or TimeoutException or RedisException)

@@ -28,7 +28,9 @@ public static class WalLog
         FileStream f;
         try
         {
+#pragma warning disable CA2000 // disposed by the using below; the try only turns "missing" into false
             f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1 << 16);
+#pragma warning restore CA2000
         }
         catch (FileNotFoundException)
         {

@@ -56,6 +56,7 @@ internal sealed class S3RangedGet : IDisposable
         bool pathStyle = s.PathStyle || s.Bucket.Contains('.', StringComparison.Ordinal);
         _host = pathStyle ? host : s.Bucket + "." + host;
         _pathPrefix = pathStyle ? "/" + Uri.EscapeDataString(s.Bucket) : "";
+#pragma warning disable CA2000 // the client owns its handler (disposeHandler) and is disposed with this object
         _http = new HttpClient(new SocketsHttpHandler
         {
             MaxConnectionsPerServer = 64,
@@ -66,12 +67,15 @@ internal sealed class S3RangedGet : IDisposable
         {
             Timeout = Timeout.InfiniteTimeSpan, // per attempt, below
         };
+#pragma warning restore CA2000
     }
 
     /// <summary>TCP_NODELAY and a large receive buffer, so a 4 MiB body arrives in few reads.</summary>
     private static async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext ctx, CancellationToken ct)
     {
+#pragma warning disable CA2000 // owned by the returned stream, or disposed in the catch
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4 << 20 };
+#pragma warning restore CA2000
         try
         {
             await socket.ConnectAsync(ctx.DnsEndPoint, ct).ConfigureAwait(false);

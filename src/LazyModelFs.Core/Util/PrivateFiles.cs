@@ -172,7 +172,9 @@ public static class PrivateFiles
         Microsoft.Win32.SafeHandles.SafeFileHandle h;
         try
         {
+#pragma warning disable CA2000 // disposed by the using below; the try only explains a failed open
             h = Posix.Open(path, Posix.ORdonly | Posix.ONoFollow | Posix.ONonblock | Posix.OCloexec);
+#pragma warning restore CA2000
         }
         catch (IOException ex) when (ex.HResult == ENoent)
         {

@@ -74,6 +74,7 @@ public sealed class ChunkCache : IDisposable
     private readonly Dictionary<ChunkId, Fetch> _inflight = [];
     private readonly PriorityQueue<Fetch, (int Priority, long Seq)> _queue = new();
     private readonly Lock _lock = new();
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA2213", Justification = "cancelled, never disposed: fetches still running after Dispose read its token; without CancelAfter it holds nothing to free")]
     private readonly CancellationTokenSource _shutdown = new();
     private readonly int _backgroundSlots;
     private int _running;

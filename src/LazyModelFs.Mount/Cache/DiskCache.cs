@@ -112,6 +112,7 @@ internal sealed class DiskCache
         bool direct = _direct && dest.Length >= aligned && IsAligned(dest);
         try
         {
+#pragma warning disable CA2000 // opened in the try, disposed by the using (h) below
             if (direct)
             {
                 h = Posix.OpenDirect(path, write: false);
@@ -123,6 +124,7 @@ internal sealed class DiskCache
             }
 
             h ??= File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+#pragma warning restore CA2000
         }
         catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
         {
@@ -220,7 +222,9 @@ internal sealed class DiskCache
             SafeFileHandle? direct = null;
             if (_direct && data.Length >= aligned && IsAligned(data))
             {
+#pragma warning disable CA2000 // disposed by the using (direct) below
                 direct = Posix.OpenDirect(tmp, write: true);
+#pragma warning restore CA2000
                 if (direct is null)
                 {
                     DirectRefused();

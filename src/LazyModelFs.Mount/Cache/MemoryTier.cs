@@ -201,7 +201,9 @@ internal sealed class MemoryTier : IDisposable
 
             if (c is null)
             {
+#pragma warning disable CA2000 // the tier owns every buffer it makes: leased out here, freed by Release or Dispose
                 c = new CachedChunk(this, _bufferSize);
+#pragma warning restore CA2000
                 c.LruNode = new LinkedListNode<CachedChunk>(c);
                 _allocated++;
             }

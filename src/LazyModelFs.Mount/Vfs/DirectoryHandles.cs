@@ -31,6 +31,7 @@ namespace LazyModelFs.Vfs;
 /// larger than the budget can still be listed.</item>
 /// </list>
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "its one disposable, a SemaphoreSlim whose wait handle is never asked for, holds nothing to free; it lives as long as the mount")]
 internal sealed class DirectoryHandles(IMetaStore meta, VfsOptions options, ILogger log)
 {
     /// <summary>Listings fetched from the metadata engine at once.</summary>

@@ -26,6 +26,7 @@ internal sealed class MountControl : IDisposable
     private readonly Socket _listener;
     private readonly MountHost _mount;
     private readonly ILogger _log;
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA2213", Justification = "cancelled, never disposed: connections still being served read its token; without CancelAfter it holds nothing to free")]
     private readonly CancellationTokenSource _stop = new();
 
     private MountControl(Socket listener, string path, MountHost mount, ILogger log)
