@@ -6,7 +6,6 @@ using LazyModelFs.Fuse;
 using LazyModelFs.Meta;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;

@@ -5,7 +5,6 @@ using LazyModelFs.Import;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using Xunit;
 
