@@ -1,4 +1,4 @@
-namespace LazyModelFs.Testing;
+namespace LazyModelFs.Mount.Tests;
 
 /// <summary>Tear-down of in-process mounts made on temporary mount points.</summary>
 public static class TestMounts

@@ -10,7 +10,7 @@ using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Cli.Tests.Faults;
 
 /// <summary>
 /// Processes that die (the mount daemon, an import) and input that is hostile (damaged metadata,

@@ -8,7 +8,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Import;
+namespace LazyModelFs.Core.Tests.Import;
 
 /// <summary>
 /// Import → read round trips and the import rules, over any engine pair. The in-memory subclass

@@ -10,7 +10,7 @@ using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>
 /// The read path under a misbehaving object store (the fault-injecting decorator over the in-memory

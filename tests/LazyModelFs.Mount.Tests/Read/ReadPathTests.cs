@@ -8,7 +8,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Read;
+namespace LazyModelFs.Mount.Tests.Read;
 
 /// <summary>The read path below the VFS, over the in-memory twins: caches, single flight, priorities, integrity.</summary>
 public sealed class ReadPathTests : IDisposable

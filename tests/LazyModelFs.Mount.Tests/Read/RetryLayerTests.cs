@@ -7,7 +7,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Storage;
+namespace LazyModelFs.Mount.Tests.Read;
 
 /// <summary>
 /// One retry layer on every read path (issue 12, item 2): the store makes one attempt per call and
