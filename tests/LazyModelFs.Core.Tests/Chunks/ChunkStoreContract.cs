@@ -5,7 +5,7 @@ using LazyModelFs.Storage;
 using LazyModelFs.Testing;
 using Xunit;
 
-namespace LazyModelFs.Tests.Chunks;
+namespace LazyModelFs.Core.Tests.Chunks;
 
 /// <summary>
 /// <see cref="ChunkStore"/> in both directions over every object store (memory twin, local

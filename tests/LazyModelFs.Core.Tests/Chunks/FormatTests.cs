@@ -4,7 +4,7 @@ using LazyModelFs.Meta;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Chunks;
+namespace LazyModelFs.Core.Tests.Chunks;
 
 public class FormatTests
 {

@@ -8,7 +8,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Import;
+namespace LazyModelFs.Core.Tests.Import;
 
 /// <summary>
 /// Import → read round trips and the import rules, over any engine pair. The in-memory subclass
@@ -410,18 +410,6 @@ public sealed class MemoryImportTests : ImportContract
             return b;
         };
         await Assert.ThrowsAsync<ChunkCorruptException>(() => ReadAsync(v, "/w.bin"));
-    }
-}
-
-/// <summary>Builds a formatted volume over the in-memory twins (memory:// URLs cannot be reopened).</summary>
-internal static class TwinVolume
-{
-    public static async Task<Volume> CreateAsync(IObjectStore store, int chunkSize, string compression)
-    {
-        var meta = new KvMetaStore(new MemoryKv());
-        var settings = new VolumeSettings { Name = "twin", Uuid = Guid.NewGuid(), ChunkSize = chunkSize, Compression = compression, Storage = "memory://", CreatedAt = DateTimeOffset.UtcNow };
-        await meta.FormatAsync(settings, new Node(Node.RootIno, NodeType.Directory, 0x1ED, 0, 0, 2, 0, 0, 0, Node.RootIno));
-        return Volume.Create(meta, settings, store);
     }
 }
 

@@ -2,7 +2,7 @@ using LazyModelFs.Chunks;
 using LazyModelFs.Meta;
 using Xunit;
 
-namespace LazyModelFs.Tests.Meta;
+namespace LazyModelFs.Core.Tests.Meta;
 
 /// <summary>
 /// The one contract every metadata engine passes (in-memory twin, SQLite, Redis). Each test

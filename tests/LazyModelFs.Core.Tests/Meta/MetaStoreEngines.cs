@@ -3,7 +3,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Meta;
+namespace LazyModelFs.Core.Tests.Meta;
 
 public sealed class MemoryMetaStoreTests : MetaStoreContract
 {

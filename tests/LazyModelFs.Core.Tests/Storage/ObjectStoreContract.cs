@@ -3,7 +3,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Storage;
+namespace LazyModelFs.Core.Tests.Storage;
 
 /// <summary>The one contract every object store passes (memory twin, local directory, S3 via s3rver).</summary>
 public abstract class ObjectStoreContract

@@ -5,7 +5,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Cli.Tests.Faults;
 
 /// <summary>
 /// Issue 11, item 13: nothing lmfs writes or trusts may sit where another user can plant a name first

@@ -2,7 +2,7 @@ using System.Security.Cryptography;
 using LazyModelFs.Testing;
 using Xunit;
 
-namespace LazyModelFs.Tests.Cli;
+namespace LazyModelFs.Cli.Tests;
 
 /// <summary>The `lmfs` executable as users run it: a separate process, real engines, real exit codes.</summary>
 public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, IDisposable

@@ -4,7 +4,7 @@ using LazyModelFs.Cli.Commands;
 using LazyModelFs.Testing;
 using Xunit;
 
-namespace LazyModelFs.Tests.Cli;
+namespace LazyModelFs.Cli.Tests;
 
 /// <summary>
 /// Issue 11, item 8: every numeric option of every command has one range, checked by the shared

@@ -2,7 +2,7 @@ using System.Text.Json;
 using LazyModelFs.Bench;
 using Xunit;
 
-namespace LazyModelFs.Tests.Bench;
+namespace LazyModelFs.Bench.Tests;
 
 /// <summary>The statistics, the targets and the report formats of `lmfs bench`, on reports built by hand.</summary>
 public sealed class BenchReportTests

@@ -5,7 +5,7 @@ using LazyModelFs.Vfs;
 using Microsoft.Extensions.Logging;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>A redis-server that keeps its data across a kill and restart (AOF, fsync always), and an s3rver.</summary>
 public sealed class PersistentRedisAndS3 : IDisposable

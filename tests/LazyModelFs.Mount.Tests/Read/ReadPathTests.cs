@@ -5,11 +5,10 @@ using LazyModelFs.Import;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Read;
+namespace LazyModelFs.Mount.Tests.Read;
 
 /// <summary>The read path below the VFS, over the in-memory twins: caches, single flight, priorities, integrity.</summary>
 public sealed class ReadPathTests : IDisposable
@@ -157,7 +156,7 @@ public sealed class ReadPathTests : IDisposable
             (await reader.GetAsync(table[i])).Dispose();
         }
 
-        SpinWait.SpinUntil(() => false, 300);
+        Assert.True(SpinWait.SpinUntil(() => reader.Busy == 0, 30_000), "disk cache writes still pending"); // its writes (and evictions) finish after GetAsync returns
         long onDisk = Directory.GetFiles(disk.Root, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
         Assert.True(onDisk <= 4L * Chunk, $"cache holds {onDisk} bytes");
         Assert.True(disk.Contains(table[^1].Id), "the most recent chunk was evicted");

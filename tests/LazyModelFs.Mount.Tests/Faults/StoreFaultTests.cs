@@ -6,12 +6,11 @@ using LazyModelFs.Meta;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>
 /// The read path under a misbehaving object store (the fault-injecting decorator over the in-memory

@@ -6,7 +6,7 @@ using LazyModelFs.Vfs;
 using Microsoft.Extensions.Logging;
 using Xunit;
 
-namespace LazyModelFs.Tests.Mount;
+namespace LazyModelFs.Mount.Tests;
 
 /// <summary>
 /// Directory handles of an `--allow-other` mount opened by an unprivileged user (issue 11, item 10):

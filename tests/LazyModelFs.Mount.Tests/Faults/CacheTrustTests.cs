@@ -4,7 +4,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>
 /// The disk cache's trust model (issue 11, item 3): CRC32C finds damage, not forgery, so nobody but

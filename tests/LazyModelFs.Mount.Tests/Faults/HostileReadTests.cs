@@ -10,7 +10,7 @@ using LazyModelFs.Vfs;
 using Microsoft.Extensions.Logging;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>
 /// Issue 11's read-path defects, each on a real mount (redis-server, s3rver, /dev/fuse): metadata

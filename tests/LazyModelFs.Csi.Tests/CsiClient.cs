@@ -7,7 +7,7 @@ using Google.Protobuf;
 using LazyModelFs.Csi.Grpc;
 using LazyModelFs.Testing;
 
-namespace LazyModelFs.Tests.Csi;
+namespace LazyModelFs.Csi.Tests;
 
 /// <summary>
 /// A gRPC client as a CO speaks it: HTTP/2 (prior knowledge) over the plugin's unix socket, one

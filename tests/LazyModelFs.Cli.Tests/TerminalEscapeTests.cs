@@ -4,7 +4,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Cli;
+namespace LazyModelFs.Cli.Tests;
 
 /// <summary>
 /// Issue 11, item 14: names from an untrusted tree (ESC, BEL, newline, C1 and bidi controls) never

@@ -2,7 +2,7 @@ using System.Text.Json;
 using LazyModelFs.Testing;
 using Xunit;
 
-namespace LazyModelFs.Tests.Bench;
+namespace LazyModelFs.Bench.Tests;
 
 /// <summary>
 /// `lmfs bench` for real: a volume on redis-server and s3rver, mounted with `lmfs mount --background`,

@@ -4,7 +4,7 @@ using LazyModelFs.Testing;
 using Xunit;
 using Mode = LazyModelFs.Csi.V1.VolumeCapability.Types.AccessMode.Types.Mode;
 
-namespace LazyModelFs.Tests.Csi;
+namespace LazyModelFs.Csi.Tests;
 
 /// <summary>
 /// The CSI node plugin as the kubelet sees it: `lmfs csi` in its own process, called over its unix

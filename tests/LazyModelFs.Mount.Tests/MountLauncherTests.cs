@@ -3,7 +3,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Mount;
+namespace LazyModelFs.Mount.Tests;
 
 /// <summary>
 /// `lmfs mount --background` through <see cref="Vfs.MountLauncher"/>: failures that only the daemon can

@@ -4,7 +4,7 @@ using LazyModelFs.Vfs;
 using SQLitePCL;
 using Xunit;
 
-namespace LazyModelFs.Tests.Meta;
+namespace LazyModelFs.Cli.Tests;
 
 /// <summary>
 /// SQLite metadata that this process cannot write (issue 11, item 16): a read-only bind mount, a

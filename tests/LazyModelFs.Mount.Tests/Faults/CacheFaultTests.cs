@@ -4,7 +4,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Mount.Tests.Faults;
 
 /// <summary>The disk cache when its files are cut short or its directory is shared by caches evicting at once.</summary>
 public sealed class CacheFaultTests : IDisposable

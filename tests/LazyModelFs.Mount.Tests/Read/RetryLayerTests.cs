@@ -4,11 +4,10 @@ using LazyModelFs.Import;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using Xunit;
 
-namespace LazyModelFs.Tests.Storage;
+namespace LazyModelFs.Mount.Tests.Read;
 
 /// <summary>
 /// One retry layer on every read path (issue 12, item 2): the store makes one attempt per call and

@@ -6,12 +6,11 @@ using LazyModelFs.Fuse;
 using LazyModelFs.Meta;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;
 
-namespace LazyModelFs.Tests.Faults;
+namespace LazyModelFs.Cli.Tests.Faults;
 
 /// <summary>
 /// Processes that die (the mount daemon, an import) and input that is hostile (damaged metadata,

@@ -7,7 +7,7 @@ using LazyModelFs.Testing;
 using LazyModelFs.Vfs;
 using Xunit;
 
-namespace LazyModelFs.Tests.Mount;
+namespace LazyModelFs.Mount.Tests;
 
 /// <summary>
 /// `lmfs mount` for real: volumes on redis-server and s3rver, mounted through /dev/fuse, read by

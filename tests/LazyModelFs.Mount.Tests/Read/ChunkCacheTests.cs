@@ -3,10 +3,9 @@ using LazyModelFs.Chunks;
 using LazyModelFs.Import;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
-using LazyModelFs.Tests.Import;
 using Xunit;
 
-namespace LazyModelFs.Tests.Read;
+namespace LazyModelFs.Mount.Tests.Read;
 
 /// <summary>The chunk cache port's administration: Check, Fill (waits for the disk writes), Evict, over the in-memory twins and a real disk tier.</summary>
 public sealed class ChunkCacheTests : IDisposable
