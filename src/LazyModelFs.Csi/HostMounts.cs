@@ -3,8 +3,7 @@ using System.Runtime.InteropServices;
 namespace LazyModelFs.Csi;
 
 /// <summary>
-/// What the node plugin does to the host's mount table (read through <see cref="Fuse.FuseMount.MountTable"/>): bind mounts into pods, unmounts,
-/// and resolving paths without following them out of where they belong.
+/// What the node plugin does to the host's mount table (read through <see cref="Fuse.FuseMount.MountTable"/>): bind mounts into pods and unmounts.
 /// </summary>
 public static partial class HostMounts
 {
@@ -56,21 +55,9 @@ public static partial class HostMounts
         throw new IOException($"unmounting {target} failed: {Marshal.GetPInvokeErrorMessage(errno == 16 ? Marshal.GetLastPInvokeError() : errno)}");
     }
 
-    /// <summary>The path with every symlink resolved (realpath(3)), or null when it does not exist.</summary>
-    public static unsafe string? RealPath(string path)
-    {
-        byte* buf = stackalloc byte[4097];
-        // SAFETY: realpath writes at most PATH_MAX (4096) bytes plus the NUL into buf.
-        byte* r = realpath(path, buf);
-        return r == null ? null : Marshal.PtrToStringUTF8((nint)r);
-    }
-
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int mount(string? source, string target, string? fstype, nuint flags, string? data);
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int umount2(string target, int flags);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial byte* realpath(string path, byte* resolved);
 }
