@@ -212,6 +212,17 @@ public static class FuseMount
         return true;
     }
 
+    /// <summary>
+    /// mount(2) as it is, for the layers above that mount other things (the CSI plugin's bind
+    /// mounts): OK, or the errno. The call is declared once, here, where FUSE mounts are made.
+    /// </summary>
+    public static Errno MountSyscall(string? source, string target, string? fsType, ulong flags, string? data) =>
+        Native.Mount(source, target, fsType, (nuint)flags, data) == 0 ? Errno.OK : Native.LastErrno;
+
+    /// <summary>umount2(2) as it is (flags 0, or MNT_DETACH = 2): OK, or the errno.</summary>
+    public static Errno UnmountSyscall(string target, int flags) =>
+        Native.Umount2(target, flags) == 0 ? Errno.OK : Native.LastErrno;
+
     internal static int MountDirect(string target, FuseMountOptions o)
     {
         int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC);

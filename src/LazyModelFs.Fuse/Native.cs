@@ -105,7 +105,7 @@ internal static unsafe partial class Native
     public static partial int Ioctl(int fd, nuint request, void* arg);
 
     [LibraryImport("libc", EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int Mount(string source, string target, string fstype, nuint flags, string data);
+    public static partial int Mount(string? source, string target, string? fstype, nuint flags, string? data);
 
     [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Umount2(string target, int flags);
