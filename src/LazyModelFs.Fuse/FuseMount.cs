@@ -223,8 +223,10 @@ public static class FuseMount
     public static Errno UnmountSyscall(string target, int flags) =>
         Native.Umount2(target, flags) == 0 ? Errno.OK : Native.LastErrno;
 
+    /// <summary>mount(2) of a new FUSE connection, as root only (<see cref="FuseSession.IsRoot"/>; others go through fusermount3).</summary>
     internal static int MountDirect(string target, FuseMountOptions o)
     {
+        Debug.Assert(FuseSession.IsRoot, "a direct mount needs root");
         int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC);
         if (fd < 0)
         {
@@ -232,7 +234,8 @@ public static class FuseMount
             throw new FuseMountException($"cannot open /dev/fuse: {Native.Describe(e)}", "load the fuse module (modprobe fuse) and make /dev/fuse available to this process");
         }
 
-        var data = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"fd={fd},rootmode=40000,user_id={Native.Geteuid()},group_id={Native.Getegid()}"));
+        // Only root mounts directly (FuseSession.Mount), so the owner's uid is 0; the group is the effective one.
+        var data = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"fd={fd},rootmode=40000,user_id=0,group_id={Native.Getegid()}"));
         if (o.DefaultPermissions)
         {
             data.Append(",default_permissions");

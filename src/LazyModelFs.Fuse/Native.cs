@@ -118,9 +118,6 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint nfds, int timeout);
 
-    [LibraryImport("libc", EntryPoint = "geteuid")]
-    public static partial uint Geteuid();
-
     [LibraryImport("libc", EntryPoint = "getegid")]
     public static partial uint Getegid();
 
