@@ -52,7 +52,7 @@ public static class FuseMount
             }
 
             string candidate = resolved + "/" + c;
-            var (err, link) = Native.Readlink(candidate);
+            var (err, link) = ReadLink(candidate);
             if (err == Errno.OK && link is { Length: > 0 } && ++links <= 40)
             {
                 if (link.StartsWith('/'))
@@ -86,6 +86,25 @@ public static class FuseMount
         }
 
         return resolved.Length == 0 ? "/" : resolved;
+    }
+
+    /// <summary>
+    /// readlink(2) through .NET: the target, or EINVAL for a component that is not a link (ResolveLinkTarget
+    /// answers null only for that errno), or EIO for any other failure (ENOENT, ENOTCONN, EACCES, ELOOP:
+    /// the exception .NET makes of it). A link is read twice (ResolveLinkTarget, then its text).
+    /// </summary>
+    private static (Errno Error, string? Target) ReadLink(string path)
+    {
+        try
+        {
+            return File.ResolveLinkTarget(path, returnFinalTarget: false) is null
+                ? (Errno.EINVAL, null)
+                : (Errno.OK, new FileInfo(path).LinkTarget);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return (Errno.EIO, null);
+        }
     }
 
     /// <summary>

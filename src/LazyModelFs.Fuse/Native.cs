@@ -170,22 +170,5 @@ internal static unsafe partial class Native
         return StatfsRaw(path, buf) == 0 ? Errno.OK : LastErrno;
     }
 
-    [LibraryImport("libc", EntryPoint = "readlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial nint ReadlinkRaw(string path, byte* buf, nuint size);
-
-    /// <summary>readlink(2): the link's target, or the errno (EINVAL: not a symbolic link).</summary>
-    public static (Errno Error, string? Target) Readlink(string path)
-    {
-        byte* buf = stackalloc byte[4096];
-        // SAFETY: buf has 4096 bytes (PATH_MAX) and readlink writes at most the size it is given.
-        nint n = ReadlinkRaw(path, buf, 4096);
-        if (n < 0)
-        {
-            return (LastErrno, null);
-        }
-
-        return n >= 4096 ? (Errno.ERANGE, null) : (Errno.OK, System.Text.Encoding.UTF8.GetString(buf, (int)n));
-    }
-
     public static string Describe(Errno e) => $"{e} ({Marshal.GetPInvokeErrorMessage((int)e)})";
 }
