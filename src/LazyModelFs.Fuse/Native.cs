@@ -40,6 +40,11 @@ public enum Errno
 /// <summary>
 /// The system calls the protocol layer makes, through LibraryImport with SetLastError. Raw
 /// open/read/writev/ioctl on /dev/fuse, never FileStream (fuse-protocol.md section 11).
+/// Each call is declared once in the tree; layers above use this one through public helpers
+/// (<see cref="FuseMount.MountSyscall"/>). Two are also declared in Core's Posix, which this layer
+/// may not reference nor Core this one: open (here for /dev/fuse, which .NET would flock; there for
+/// O_DIRECT and O_NOFOLLOW, which .NET cannot ask for) and statx (here for a mount point's errno,
+/// mode and device; there for owner, mode and times; .NET gives neither the errno nor st_dev).
 /// </summary>
 internal static unsafe partial class Native
 {
