@@ -1,4 +1,5 @@
 using LazyModelFs.Csi.Grpc;
+using LazyModelFs.Util;
 
 namespace LazyModelFs.Csi;
 
@@ -89,7 +90,7 @@ public static class CsiPaths
         }
 
         string joined = staging + "/" + string.Join('/', parts);
-        string? real = HostMounts.RealPath(joined);
+        string? real = Posix.TryRealPath(joined);
         if (real is null)
         {
             throw RpcException.NotFound($"subPath '{subPath}' does not exist in the volume");

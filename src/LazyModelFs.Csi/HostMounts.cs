@@ -1,29 +1,28 @@
 using System.Runtime.InteropServices;
+using LazyModelFs.Fuse;
 
 namespace LazyModelFs.Csi;
 
 /// <summary>
-/// What the node plugin does to the host's mount table (read through <see cref="Fuse.FuseMount.MountTable"/>): bind mounts into pods, unmounts,
-/// and resolving paths without following them out of where they belong.
+/// What the node plugin does to the host's mount table (read through <see cref="Fuse.FuseMount.MountTable"/>): bind mounts into pods and unmounts.
 /// </summary>
-public static partial class HostMounts
+public static class HostMounts
 {
-    private const nuint MsRdonly = 1, MsNosuid = 2, MsNodev = 4, MsRemount = 32, MsBind = 4096, MsPrivate = 1 << 18;
+    private const ulong MsRdonly = 1, MsNosuid = 2, MsNodev = 4, MsRemount = 32, MsBind = 4096, MsPrivate = 1 << 18;
     private const int MntDetach = 2;
 
     /// <summary>Bind-mounts <paramref name="source"/> on <paramref name="target"/>; read-only needs a second, remounting call (mount(8) does the same).</summary>
     public static void Bind(string source, string target, bool readOnly)
     {
-        if (mount(source, target, null, MsBind, null) != 0)
+        if (FuseMount.MountSyscall(source, target, null, MsBind, null) is var bind and not Errno.OK)
         {
-            throw new IOException($"bind mount of {source} on {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+            throw new IOException($"bind mount of {source} on {target} failed: {Message(bind)}");
         }
 
-        if (readOnly && mount(null, target, null, MsBind | MsRemount | MsRdonly | MsNosuid | MsNodev, null) != 0)
+        if (readOnly && FuseMount.MountSyscall(null, target, null, MsBind | MsRemount | MsRdonly | MsNosuid | MsNodev, null) is var remount and not Errno.OK)
         {
-            string why = Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError());
-            _ = umount2(target, MntDetach);
-            throw new IOException($"making the bind mount at {target} read-only failed: {why}");
+            _ = FuseMount.UnmountSyscall(target, MntDetach);
+            throw new IOException($"making the bind mount at {target} read-only failed: {Message(remount)}");
         }
     }
 
@@ -33,44 +32,26 @@ public static partial class HostMounts
     /// </summary>
     public static void MakePrivate(string target)
     {
-        if (mount(null, target, null, MsPrivate, null) != 0)
+        if (FuseMount.MountSyscall(null, target, null, MsPrivate, null) is var e and not Errno.OK)
         {
-            throw new IOException($"making the mount at {target} private failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+            throw new IOException($"making the mount at {target} private failed: {Message(e)}");
         }
     }
 
     /// <summary>Unmounts <paramref name="target"/>; a busy mount is detached (it goes when its last user closes it).</summary>
     public static void Unmount(string target)
     {
-        if (umount2(target, 0) == 0)
+        var e = FuseMount.UnmountSyscall(target, 0);
+        if (e == Errno.EBUSY)
         {
-            return;
+            e = FuseMount.UnmountSyscall(target, MntDetach);
         }
 
-        int errno = Marshal.GetLastPInvokeError();
-        if (errno == 16 && umount2(target, MntDetach) == 0) // EBUSY
+        if (e != Errno.OK)
         {
-            return;
+            throw new IOException($"unmounting {target} failed: {Message(e)}");
         }
-
-        throw new IOException($"unmounting {target} failed: {Marshal.GetPInvokeErrorMessage(errno == 16 ? Marshal.GetLastPInvokeError() : errno)}");
     }
 
-    /// <summary>The path with every symlink resolved (realpath(3)), or null when it does not exist.</summary>
-    public static unsafe string? RealPath(string path)
-    {
-        byte* buf = stackalloc byte[4097];
-        // SAFETY: realpath writes at most PATH_MAX (4096) bytes plus the NUL into buf.
-        byte* r = realpath(path, buf);
-        return r == null ? null : Marshal.PtrToStringUTF8((nint)r);
-    }
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int mount(string? source, string target, string? fstype, nuint flags, string? data);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int umount2(string target, int flags);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial byte* realpath(string path, byte* resolved);
+    private static string Message(Errno e) => Marshal.GetPInvokeErrorMessage((int)e);
 }

@@ -202,7 +202,11 @@ public sealed class FuseDirBuffer
     private readonly Memory<byte> _buffer;
     private List<ulong>? _referenced;
 
-    internal FuseDirBuffer(Memory<byte> buffer, bool plus)
+    /// <summary>
+    /// A reply buffer of <paramref name="buffer"/>'s size. The dispatcher makes one per request; a
+    /// filesystem's own tests make theirs to call <see cref="IFuseFileSystem.ReadDirAsync"/> without a kernel.
+    /// </summary>
+    public FuseDirBuffer(Memory<byte> buffer, bool plus)
     {
         _buffer = buffer;
         Plus = plus;
@@ -217,7 +221,8 @@ public sealed class FuseDirBuffer
 
     internal IReadOnlyList<ulong> Referenced => (IReadOnlyList<ulong>?)_referenced ?? [];
 
-    internal ReadOnlyMemory<byte> Written => _buffer[..Length];
+    /// <summary>The records added so far, as the reply carries them.</summary>
+    public ReadOnlyMemory<byte> Written => _buffer[..Length];
 
     /// <summary>Adds a READDIR record; false when it does not fit (stop there).</summary>
     /// <param name="type">File type: <c>(mode &amp; S_IFMT) &gt;&gt; 12</c> (DT_DIR 4, DT_REG 8, DT_LNK 10).</param>

@@ -52,7 +52,7 @@ public static class FuseMount
             }
 
             string candidate = resolved + "/" + c;
-            var (err, link) = Native.Readlink(candidate);
+            var (err, link) = ReadLink(candidate);
             if (err == Errno.OK && link is { Length: > 0 } && ++links <= 40)
             {
                 if (link.StartsWith('/'))
@@ -86,6 +86,25 @@ public static class FuseMount
         }
 
         return resolved.Length == 0 ? "/" : resolved;
+    }
+
+    /// <summary>
+    /// readlink(2) through .NET: the target, or EINVAL for a component that is not a link (ResolveLinkTarget
+    /// answers null only for that errno), or EIO for any other failure (ENOENT, ENOTCONN, EACCES, ELOOP:
+    /// the exception .NET makes of it). A link is read twice (ResolveLinkTarget, then its text).
+    /// </summary>
+    private static (Errno Error, string? Target) ReadLink(string path)
+    {
+        try
+        {
+            return File.ResolveLinkTarget(path, returnFinalTarget: false) is null
+                ? (Errno.EINVAL, null)
+                : (Errno.OK, new FileInfo(path).LinkTarget);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return (Errno.EIO, null);
+        }
     }
 
     /// <summary>
@@ -212,8 +231,21 @@ public static class FuseMount
         return true;
     }
 
+    /// <summary>
+    /// mount(2) as it is, for the layers above that mount other things (the CSI plugin's bind
+    /// mounts): OK, or the errno. The call is declared once, here, where FUSE mounts are made.
+    /// </summary>
+    public static Errno MountSyscall(string? source, string target, string? fsType, ulong flags, string? data) =>
+        Native.Mount(source, target, fsType, (nuint)flags, data) == 0 ? Errno.OK : Native.LastErrno;
+
+    /// <summary>umount2(2) as it is (flags 0, or MNT_DETACH = 2): OK, or the errno.</summary>
+    public static Errno UnmountSyscall(string target, int flags) =>
+        Native.Umount2(target, flags) == 0 ? Errno.OK : Native.LastErrno;
+
+    /// <summary>mount(2) of a new FUSE connection, as root only (<see cref="FuseSession.IsRoot"/>; others go through fusermount3).</summary>
     internal static int MountDirect(string target, FuseMountOptions o)
     {
+        Debug.Assert(FuseSession.IsRoot, "a direct mount needs root");
         int fd = Native.Open("/dev/fuse", Native.O_RDWR | Native.O_CLOEXEC);
         if (fd < 0)
         {
@@ -221,7 +253,8 @@ public static class FuseMount
             throw new FuseMountException($"cannot open /dev/fuse: {Native.Describe(e)}", "load the fuse module (modprobe fuse) and make /dev/fuse available to this process");
         }
 
-        var data = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"fd={fd},rootmode=40000,user_id={Native.Geteuid()},group_id={Native.Getegid()}"));
+        // Only root mounts directly (FuseSession.Mount), so the owner's uid is 0; the group is the effective one.
+        var data = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"fd={fd},rootmode=40000,user_id=0,group_id={Native.Getegid()}"));
         if (o.DefaultPermissions)
         {
             data.Append(",default_permissions");

@@ -53,7 +53,8 @@ public sealed class FuseSession : IDisposable
     /// <summary>Completes when every reader thread has stopped (unmounted, aborted or destroyed).</summary>
     public Task Completion => _ended.Task;
 
-    public static bool IsRoot => Native.Geteuid() == 0;
+    /// <summary>Whether the effective uid is 0 (.NET's geteuid() == 0, read once: this process never changes its ids).</summary>
+    public static bool IsRoot => Environment.IsPrivilegedProcess;
 
     /// <summary>Mounts <paramref name="fs"/> at <paramref name="mountPoint"/> and returns once INIT has been answered.</summary>
     public static FuseSession Mount(string mountPoint, IFuseFileSystem fs, FuseMountOptions? options = null, ILogger? logger = null)

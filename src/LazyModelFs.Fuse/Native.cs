@@ -40,6 +40,11 @@ public enum Errno
 /// <summary>
 /// The system calls the protocol layer makes, through LibraryImport with SetLastError. Raw
 /// open/read/writev/ioctl on /dev/fuse, never FileStream (fuse-protocol.md section 11).
+/// Each call is declared once in the tree; layers above use this one through public helpers
+/// (<see cref="FuseMount.MountSyscall"/>). Two are also declared in Core's Posix, which this layer
+/// may not reference nor Core this one: open (here for /dev/fuse, which .NET would flock; there for
+/// O_DIRECT and O_NOFOLLOW, which .NET cannot ask for) and statx (here for a mount point's errno,
+/// mode and device; there for owner, mode and times; .NET gives neither the errno nor st_dev).
 /// </summary>
 internal static unsafe partial class Native
 {
@@ -105,7 +110,7 @@ internal static unsafe partial class Native
     public static partial int Ioctl(int fd, nuint request, void* arg);
 
     [LibraryImport("libc", EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int Mount(string source, string target, string fstype, nuint flags, string data);
+    public static partial int Mount(string? source, string target, string? fstype, nuint flags, string? data);
 
     [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Umount2(string target, int flags);
@@ -117,9 +122,6 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint nfds, int timeout);
-
-    [LibraryImport("libc", EntryPoint = "geteuid")]
-    public static partial uint Geteuid();
 
     [LibraryImport("libc", EntryPoint = "getegid")]
     public static partial uint Getegid();
@@ -171,23 +173,6 @@ internal static unsafe partial class Native
         byte* buf = stackalloc byte[256];
         // SAFETY: struct statfs is 120 bytes on LP64 Linux; buf has 256.
         return StatfsRaw(path, buf) == 0 ? Errno.OK : LastErrno;
-    }
-
-    [LibraryImport("libc", EntryPoint = "readlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial nint ReadlinkRaw(string path, byte* buf, nuint size);
-
-    /// <summary>readlink(2): the link's target, or the errno (EINVAL: not a symbolic link).</summary>
-    public static (Errno Error, string? Target) Readlink(string path)
-    {
-        byte* buf = stackalloc byte[4096];
-        // SAFETY: buf has 4096 bytes (PATH_MAX) and readlink writes at most the size it is given.
-        nint n = ReadlinkRaw(path, buf, 4096);
-        if (n < 0)
-        {
-            return (LastErrno, null);
-        }
-
-        return n >= 4096 ? (Errno.ERANGE, null) : (Errno.OK, System.Text.Encoding.UTF8.GetString(buf, (int)n));
     }
 
     public static string Describe(Errno e) => $"{e} ({Marshal.GetPInvokeErrorMessage((int)e)})";

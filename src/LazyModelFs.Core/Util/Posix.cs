@@ -96,6 +96,7 @@ public static partial class Posix
 
     public static unsafe void Unmap(byte* p, nuint size) => _ = munmap(p, (size + 4095) & ~(nuint)4095);
 
+    // open and statx are also declared in the FUSE layer (Fuse/Native.cs says why): neither project may reference the other.
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags, int mode);
 

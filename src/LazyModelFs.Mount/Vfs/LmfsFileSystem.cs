@@ -111,6 +111,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         }
     }
 
+    /// <summary>Node ids the daemon holds state for: those the kernel holds references to (a node forgotten to zero is dropped).</summary>
+    public int Nodes => _nodes.Count;
+
     public int OpenFiles => _files.Count;
 
     /// <summary>
