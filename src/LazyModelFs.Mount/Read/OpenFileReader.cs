@@ -26,7 +26,7 @@ namespace LazyModelFs.Read;
 /// and is logged with the file's name, inode and chunk. Chunk geometry is the table's
 /// (<see cref="ChunkTable.Locate"/>, <see cref="ChunkTable.ChunkRange"/>).
 /// </summary>
-public sealed class OpenFileReader
+internal sealed class OpenFileReader
 {
     private readonly Node _node;
     private readonly ChunkCache _cache;
