@@ -56,7 +56,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
     private readonly Action<string> _progress = progress ?? (_ => { });
 
     /// <summary>The file's chunk table and the store, for the object-store ceiling (lmfs only).</summary>
-    public (Storage.IObjectStore Store, IReadOnlyList<ChunkEntry> Chunks, int ChunkSize)? Store { get; init; }
+    public (Storage.IObjectStore Store, ChunkTable Table)? Store { get; init; }
 
     public async Task<BenchReport> RunAsync(CancellationToken ct = default)
     {
@@ -75,7 +75,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         var ceilings = new Ceilings();
         if (Store is { } st)
         {
-            ceilings = ceilings with { Store = await StoreCeilingAsync(st.Store, st.Chunks, st.ChunkSize, ct).ConfigureAwait(false) };
+            ceilings = ceilings with { Store = await StoreCeilingAsync(st.Store, st.Table, ct).ConfigureAwait(false) };
         }
 
         if (o.LocalDir is not null)
@@ -118,24 +118,24 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
 
     // ------------------------------------------------------------------ ceilings
 
-    private async Task<StoreCeiling> StoreCeilingAsync(Storage.IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, CancellationToken ct)
+    private async Task<StoreCeiling> StoreCeilingAsync(Storage.IObjectStore store, ChunkTable table, CancellationToken ct)
     {
         // The server reads its objects from a disk too (s3rver, a local-directory store): its page cache
         // is dropped before each measurement (as root), as the mount's is before each cold one.
         var server = o.ServerPid is { } sp ? new ProcessMeter(sp) : null;
         PageCache.Drop();
         double? s0 = server?.CpuSeconds();
-        var parallel = await StoreProbes.ParallelAsync(store, chunks, o.GetStreams, ct).ConfigureAwait(false);
+        var parallel = await StoreProbes.ParallelAsync(store, table, o.GetStreams, ct).ConfigureAwait(false);
         double? s1 = server?.CpuSeconds();
         _progress($"ceiling: {o.GetStreams} parallel GETs {parallel.MBps:0} MB/s");
         PageCache.Drop();
-        var single = await StoreProbes.ParallelAsync(store, chunks, 1, ct).ConfigureAwait(false);
+        var single = await StoreProbes.ParallelAsync(store, table, 1, ct).ConfigureAwait(false);
         _progress($"ceiling: 1 stream of GETs {single.MBps:0} MB/s");
         PageCache.Drop();
-        var random = await StoreProbes.RandomAsync(store, chunks, chunkSize, o.RandomReads, o.ReadSize, o.Seed, ct).ConfigureAwait(false);
+        var random = await StoreProbes.RandomAsync(store, table, o.RandomReads, o.ReadSize, o.Seed, ct).ConfigureAwait(false);
         _progress($"ceiling: random {Sizes.Format(o.ReadSize)} GETs p50 {random.Latency.P50Ms:0.0} ms, p99 {random.Latency.P99Ms:0.0} ms");
         PageCache.Drop();
-        var first = await StoreProbes.FirstMiBAsync(store, chunks, chunkSize, ct).ConfigureAwait(false);
+        var first = await StoreProbes.FirstMiBAsync(store, table, ct).ConfigureAwait(false);
         _progress($"ceiling: first MiB {first:0.0} ms");
         return new StoreCeiling(parallel, single, random, first, s0 is { } a && s1 is { } b ? (b - a) / (parallel.Bytes / 1e9) : null);
     }

@@ -162,8 +162,9 @@ public static class FileProbes
 /// </summary>
 public static class StoreProbes
 {
-    public static async Task<SeqResult> ParallelAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int streams, CancellationToken ct = default)
+    public static async Task<SeqResult> ParallelAsync(IObjectStore store, ChunkTable table, int streams, CancellationToken ct = default)
     {
+        var chunks = table.Entries;
         int next = -1;
         long bytes = 0;
         int max = chunks.Count == 0 ? 1 : chunks.Max(c => c.StoredLength);
@@ -190,9 +191,9 @@ public static class StoreProbes
     }
 
     /// <summary>Ranged GETs of <paramref name="ioSize"/> plain bytes at random file offsets (two GETs when the range spans two chunks).</summary>
-    public static async Task<RandomResult> RandomAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, int count, int ioSize, int seed, CancellationToken ct = default)
+    public static async Task<RandomResult> RandomAsync(IObjectStore store, ChunkTable table, int count, int ioSize, int seed, CancellationToken ct = default)
     {
-        long size = chunks.Sum(c => (long)c.PlainLength);
+        long size = table.PlainSize;
         int len = (int)Math.Min(ioSize, size);
         var buf = new byte[len];
         var ms = new List<double>(count);
@@ -200,7 +201,7 @@ public static class StoreProbes
         foreach (long off in FileProbes.RandomOffsets(size, len, count, seed))
         {
             long ts = Stopwatch.GetTimestamp();
-            bytes += await GetPlainRangeAsync(store, chunks, chunkSize, off, buf, ct).ConfigureAwait(false);
+            bytes += await GetPlainRangeAsync(store, table, off, buf, ct).ConfigureAwait(false);
             ms.Add(Stopwatch.GetElapsedTime(ts).TotalMilliseconds);
         }
 
@@ -208,26 +209,25 @@ public static class StoreProbes
     }
 
     /// <summary>Milliseconds for one ranged GET of the file's first MiB.</summary>
-    public static async Task<double> FirstMiBAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, CancellationToken ct = default)
+    public static async Task<double> FirstMiBAsync(IObjectStore store, ChunkTable table, CancellationToken ct = default)
     {
-        long size = chunks.Sum(c => (long)c.PlainLength);
+        long size = table.PlainSize;
         var buf = new byte[(int)Math.Min(FileProbes.IoSize, Math.Max(1, size))];
         long ts = Stopwatch.GetTimestamp();
-        await GetPlainRangeAsync(store, chunks, chunkSize, 0, buf, ct).ConfigureAwait(false);
+        await GetPlainRangeAsync(store, table, 0, buf, ct).ConfigureAwait(false);
         return Stopwatch.GetElapsedTime(ts).TotalMilliseconds;
     }
 
     private static Task<int> GetAsync(IObjectStore store, string key, long offset, Memory<byte> dest, CancellationToken ct) =>
         RetryPolicy.Bounded.RunAsync(t => store.GetAsync(key, offset, dest, t), ct);
 
-    private static async Task<int> GetPlainRangeAsync(IObjectStore store, IReadOnlyList<ChunkEntry> chunks, int chunkSize, long offset, byte[] dest, CancellationToken ct)
+    private static async Task<int> GetPlainRangeAsync(IObjectStore store, ChunkTable table, long offset, byte[] dest, CancellationToken ct)
     {
         int done = 0;
         while (done < dest.Length)
         {
-            long pos = offset + done;
-            var c = chunks[(int)(pos / chunkSize)];
-            int within = (int)(pos % chunkSize);
+            var (index, within) = table.Locate(offset + done);
+            var c = table[index];
             int want = Math.Min(dest.Length - done, c.PlainLength - within);
             // A plain object is the 16-byte header and the bytes; a compressed one must be read whole.
             int n = c.Codec == ChunkCodec.None

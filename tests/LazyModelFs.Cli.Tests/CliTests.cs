@@ -57,6 +57,7 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
         Assert.Contains("3145745 ", ls.Stdout, StringComparison.Ordinal);
         var stat = Ok(LmfsRunner.Run("stat", Meta, "/models/model/model.safetensors", "--chunks"));
         Assert.Contains("chunks:   4 of 1.0 MiB", stat.Stdout, StringComparison.Ordinal);
+        Assert.Contains("     3 @       3145728 ", stat.Stdout, StringComparison.Ordinal); // the last chunk starts at 3 × 1 MiB
 
         var cat = LmfsRunner.RunBytes(["cat", Meta, "/models/model/model.safetensors"]);
         Assert.Equal(0, cat.ExitCode);

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using LazyModelFs.Import;
+using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
 using LazyModelFs.Vfs;

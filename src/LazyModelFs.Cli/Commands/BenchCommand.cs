@@ -134,7 +134,7 @@ internal static class BenchCommand
 
             var lmfs = await LmfsBenchTarget.ConnectAsync(mountPoint, ct).ConfigureAwait(false);
             o = o with { LocalDir = p.GetValue(noCeilings) ? null : p.GetValue(localDir) ?? lmfs.State.CacheDir };
-            (Storage.IObjectStore, IReadOnlyList<Chunks.ChunkEntry>, int)? store = null;
+            (Storage.IObjectStore, Chunks.ChunkTable)? store = null;
             Volume? volume = null;
             try
             {
@@ -143,7 +143,7 @@ internal static class BenchCommand
                     volume = await Volume.OpenAsync(lmfs.State.MetaUrl, creds.Read(p), ct).ConfigureAwait(false);
                     var table = await volume.Meta.GetChunkTableAsync(Posix.Stat(o.File).Ino, volume.Settings.ChunkSize, ct).ConfigureAwait(false)
                         ?? throw new LmfsException($"the volume has no chunk table for {o.File}", "is the file still in the volume? (lmfs ls)", 2);
-                    store = (volume.Store, table.Entries, volume.Settings.ChunkSize);
+                    store = (volume.Store, table);
                     if (o.AwsBaseline is not null && p.GetValue(awsEndpoint) is null && Storage.ObjectStores.EndpointOf(volume.Settings.Storage) is { } ep)
                     {
                         o = o with { AwsEndpoint = ep };

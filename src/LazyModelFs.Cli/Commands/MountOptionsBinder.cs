@@ -1,4 +1,5 @@
 using System.CommandLine;
+using LazyModelFs.Read;
 using LazyModelFs.Vfs;
 
 namespace LazyModelFs.Cli.Commands;

@@ -46,7 +46,7 @@ internal static class StatCommand
 
             if (n.Type == NodeType.File)
             {
-                var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty;
+                var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty(settings.ChunkSize);
                 int zstd = t.Entries.Count(e => e.Codec == ChunkCodec.Zstd);
                 Console.WriteLine($"chunks:   {t.Count} of {Sizes.Format(settings.ChunkSize)}; {zstd} zstd, {t.Count - zstd} plain; stored {Sizes.Format(t.StoredSize)} for {Sizes.Format(t.PlainSize)}");
                 if (p.GetValue(chunks))
@@ -54,7 +54,7 @@ internal static class StatCommand
                     for (int i = 0; i < t.Count; i++)
                     {
                         var e = t[i];
-                        Console.WriteLine($"  {i,6} @{(long)i * settings.ChunkSize,14} {e.Id} plain {e.PlainLength} stored {e.StoredLength} {e.Codec.ToString().ToLowerInvariant()} crc32c {e.Crc32C:x8}");
+                        Console.WriteLine($"  {i,6} @{t.StartOf(i),14} {e.Id} plain {e.PlainLength} stored {e.StoredLength} {e.Codec.ToString().ToLowerInvariant()} crc32c {e.Crc32C:x8}");
                     }
                 }
             }

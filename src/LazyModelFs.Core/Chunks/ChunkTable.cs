@@ -18,8 +18,15 @@ public enum ChunkCodec : byte
 /// <param name="Crc32C">CRC-32C of the plain bytes, for cheap checks of cached copies.</param>
 public readonly record struct ChunkEntry(ChunkId Id, int PlainLength, int StoredLength, ChunkCodec Codec, uint Crc32C);
 
+/// <summary>Where one byte of a file lives: <see cref="Within"/> bytes into chunk <see cref="Index"/>.</summary>
+public readonly record struct ChunkPosition(int Index, int Within);
+
 /// <summary>
-/// A file's chunk table. Chunk i covers file bytes [i × chunkSize, i × chunkSize + PlainLength).
+/// A file's chunk table. Chunk i covers file bytes [i × chunkSize, i × chunkSize + PlainLength):
+/// every chunk but the last is exactly the volume's chunk size, the last one is 1 to chunk size
+/// bytes (an empty file has no chunks). The table knows its chunk size, so it alone works out which
+/// chunk holds a byte (<see cref="Locate"/>, <see cref="ChunkRange"/>, <see cref="StartOf"/>);
+/// readers never divide by the chunk size themselves (issue 12).
 ///
 /// Encoding (little-endian), see docs/data-format.md:
 /// <code>
@@ -39,9 +46,24 @@ public sealed class ChunkTable
     private const uint Magic = 0x54434D4C; // "LMCT" little-endian
     private const ushort Version = 1;
 
-    public ChunkTable(IReadOnlyList<ChunkEntry> entries) => Entries = entries;
+    /// <param name="entries">The rows, complete (they are not changed afterwards).</param>
+    /// <param name="chunkSize">The volume's chunk size: chunk i starts at byte i × chunkSize.</param>
+    public ChunkTable(IReadOnlyList<ChunkEntry> entries, int chunkSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkSize);
+        Entries = entries;
+        ChunkSize = chunkSize;
+        long total = 0;
+        foreach (var e in entries)
+        {
+            total += e.PlainLength;
+        }
 
-    public static ChunkTable Empty { get; } = new([]);
+        PlainSize = total;
+    }
+
+    /// <summary>The table of an empty file: no chunks.</summary>
+    public static ChunkTable Empty(int chunkSize) => new([], chunkSize);
 
     public IReadOnlyList<ChunkEntry> Entries { get; }
 
@@ -49,19 +71,60 @@ public sealed class ChunkTable
 
     public ChunkEntry this[int i] => Entries[i];
 
-    public long PlainSize
-    {
-        get
-        {
-            long total = 0;
-            foreach (var e in Entries)
-            {
-                total += e.PlainLength;
-            }
+    /// <summary>The volume's chunk size, which the table was decoded (or built) with.</summary>
+    public int ChunkSize { get; }
 
-            return total;
+    /// <summary>Bytes of the file the rows cover (the sum of their plain lengths).</summary>
+    public long PlainSize { get; }
+
+    /// <summary>
+    /// The chunk holding byte <paramref name="offset"/> of the file, and the offset within it. Only
+    /// bytes of the file have a place: an offset below 0 or at or past <see cref="PlainSize"/>
+    /// (every offset of an empty file) throws <see cref="ArgumentOutOfRangeException"/>, never a
+    /// position past the last row. No allocation; the READ hit path calls it.
+    /// </summary>
+    public ChunkPosition Locate(long offset)
+    {
+        if ((ulong)offset >= (ulong)PlainSize)
+        {
+            throw OutsideTheFile(nameof(offset), offset);
         }
+
+        int index = (int)(offset / ChunkSize);
+        return new ChunkPosition(index, (int)(offset - ((long)index * ChunkSize)));
     }
+
+    /// <summary>
+    /// The first and last chunk holding any byte of [<paramref name="from"/>, <paramref name="to"/>),
+    /// after cutting the range to the file: a range that holds no byte of the file (empty, reversed,
+    /// or wholly past the end) gives First &gt; Last, so <c>for (i = First; i &lt;= Last; i++)</c> runs
+    /// no turn.
+    /// </summary>
+    public (int First, int Last) ChunkRange(long from, long to)
+    {
+        from = Math.Max(from, 0);
+        to = Math.Min(to, PlainSize);
+        if (from >= to)
+        {
+            return (0, -1);
+        }
+
+        return ((int)(from / ChunkSize), (int)((to - 1) / ChunkSize));
+    }
+
+    /// <summary>The file offset where chunk <paramref name="index"/> begins (0 ≤ index &lt; <see cref="Count"/>).</summary>
+    public long StartOf(int index)
+    {
+        if ((uint)index >= (uint)Count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(index), index, $"the table has {Count} chunks");
+        }
+
+        return (long)index * ChunkSize;
+    }
+
+    private ArgumentOutOfRangeException OutsideTheFile(string name, long offset) =>
+        new(name, offset, $"the file has {PlainSize} bytes");
 
     public long StoredSize
     {
@@ -149,7 +212,7 @@ public sealed class ChunkTable
             entries[i] = e;
         }
 
-        return new ChunkTable(entries);
+        return new ChunkTable(entries, chunkSize);
     }
 
     public bool ContentEquals(ChunkTable other)

@@ -586,7 +586,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             throw new LmfsException($"source '{Posix.ShowName(f.Source)}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
         }
 
-        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries), null, ct).ConfigureAwait(false);
+        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize), null, ct).ConfigureAwait(false);
         Interlocked.Increment(ref Progress._filesDone);
     }
 

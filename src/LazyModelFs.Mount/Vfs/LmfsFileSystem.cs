@@ -11,21 +11,6 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace LazyModelFs.Vfs;
 
-public enum PrefetchMode
-{
-    /// <summary>Fetch only what READs touch.</summary>
-    None,
-
-    /// <summary>Readahead that grows while a reader stays sequential.</summary>
-    Sequential,
-
-    /// <summary>Sequential, plus the whole file fetched in the background at its first open.</summary>
-    WholeFile,
-
-    /// <summary>Sequential, plus for *.safetensors: the header first, then tensor data in file order.</summary>
-    Safetensors,
-}
-
 public sealed record VfsOptions
 {
     public PrefetchMode Prefetch { get; init; } = PrefetchMode.Safetensors;
@@ -70,12 +55,10 @@ public sealed record VfsOptions
 /// OPEN re-reads the record beside the chunk table, so a name looked up before the change cannot
 /// open the other file's bytes (ESTALE). Issue 11, item 1.
 ///
-/// READ maps the byte range to chunks; a range inside one chunk is answered straight from the
-/// chunk's buffer in the memory tier (no copy), a range across two is copied. Every READ also feeds
-/// the inode's <see cref="AccessPattern"/>, which may ask for readahead; the first open of a file
-/// may start whole-file or safetensors prefetch. A chunk that cannot be had (missing, damaged,
-/// store unreachable past the fetch deadline) makes the READ fail with EIO — never short, never
-/// wrong bytes — and is logged with the inode and the chunk.
+/// READ is the read side's: each file the daemon tracks has one <see cref="OpenFileReader"/>, shared
+/// by every handle the kernel opens on it (readahead streams and prefetch are per file, not per
+/// handle), and a handle maps straight to it. This class keeps filesystem semantics only: inodes
+/// and their generations, lookup counts, handles, directory snapshots, attributes.
 /// </summary>
 internal sealed class LmfsFileSystem : IFuseFileSystem
 {
@@ -85,7 +68,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new(); // changed under _nodesLock; read without it
     private readonly Lock _nodesLock = new();
-    private readonly ConcurrentDictionary<ulong, NodeState> _files = new();
+    private readonly ConcurrentDictionary<ulong, OpenFileReader> _files = new(); // handle → its file's read side
     private readonly int _chunkSize;
     private long _nextFh;
 
@@ -125,7 +108,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         public long Count;
     }
 
-    private sealed class NodeState(Node node, long chunkSize, long readaheadMax, LookupCounter lookups)
+    private sealed class NodeState(Node node, LookupCounter lookups, OpenFileReader? reads)
     {
         public Node Node { get; } = node;
 
@@ -133,18 +116,12 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
         public LookupCounter Lookups { get; } = lookups;
 
-        public ChunkTable? Table;
-
-        public int PrefetchStarted;
-
-        /// <summary>Named *.safetensors (names live in directory entries, so lookups set it).</summary>
-        public bool IsSafetensors;
-
-        /// <summary>The name it was last looked up by, for log lines (an inode may have several).</summary>
-        public string? Name;
-
-        public AccessPattern Pattern { get; } = new(chunkSize, readaheadMax);
+        /// <summary>A file's read side (chunk table, readahead, prefetch, its name for log lines); null for directories and symlinks.</summary>
+        public OpenFileReader? Reads { get; } = reads;
     }
+
+    private NodeState NewState(Node n, LookupCounter lookups) =>
+        new(n, lookups, n.Type == NodeType.File ? new OpenFileReader(n, _chunkSize, _reader, _options.Prefetch, _options.ReadaheadMax, _log) : null);
 
     // ------------------------------------------------------------------ attributes
 
@@ -230,7 +207,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         {
             if (!_nodes.TryGetValue(n.Ino, out st!))
             {
-                st = new NodeState(n, _chunkSize, _options.ReadaheadMax, new LookupCounter());
+                st = NewState(n, new LookupCounter());
                 _nodes[n.Ino] = st;
             }
             else if (!ReferenceEquals(st.Node, n) && !SameFile(st.Node, n))
@@ -238,7 +215,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                 // Another file under a number the daemon knows (metadata went back in time and the number
                 // was handed out again): forget everything about the old one but the kernel's references.
                 replaced = st;
-                st = new NodeState(n, _chunkSize, _options.ReadaheadMax, st.Lookups);
+                st = NewState(n, st.Lookups);
                 _nodes[n.Ino] = st;
             }
 
@@ -260,11 +237,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
         if (name is not null)
         {
-            st.Name = name;
-            if (name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            {
-                st.IsSafetensors = true;
-            }
+            st.Reads?.NameSeen(name);
         }
 
         return st;
@@ -477,7 +450,8 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             var st = Track(node);
-            if (st.Table is null)
+            var reads = st.Reads ?? throw new InvalidOperationException($"inode {nodeId} is a file without a read side"); // Track gives every file one
+            if (reads.Table is null)
             {
                 // The record is read again beside the table (in parallel: no extra round trip), so a
                 // table that belongs to another file under this number is never attached to this one.
@@ -488,7 +462,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                 var table = await tableTask.ConfigureAwait(false);
                 if (current is null || !SameFile(current, st.Node))
                 {
-                    _log.LogWarning("vfs: inode {Ino} ('{Name}') changed or vanished in the metadata since the kernel looked it up; open refused (ESTALE)", nodeId, st.Name ?? "?");
+                    _log.LogWarning("vfs: inode {Ino} ('{Name}') changed or vanished in the metadata since the kernel looked it up; open refused (ESTALE)", nodeId, reads.Name ?? "?");
                     return Errno.ESTALE;
                 }
 
@@ -498,15 +472,12 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                     return Errno.EIO;
                 }
 
-                st.Table = table;
+                reads.Attach(table);
             }
 
             ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
-            _files[fh] = st;
-            if (Interlocked.Exchange(ref st.PrefetchStarted, 1) == 0)
-            {
-                StartPrefetch(st);
-            }
+            _files[fh] = reads;
+            reads.Opened(); // the file's first open starts prefetch
 
             return new FuseOpen(fh, FopenFlags.KEEP_CACHE | FopenFlags.NOFLUSH);
         }
@@ -522,223 +493,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         return ValueTask.FromResult(Errno.OK);
     }
 
-    public ValueTask<FuseReadResult> ReadAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, Memory<byte> buffer)
-    {
-        if (!_files.TryGetValue(fh, out var st) || st.Table is not { } table)
-        {
-            return ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
-        }
-
-        long size = (long)st.Node.Size;
-        if (offset >= size || buffer.Length == 0)
-        {
-            return ValueTask.FromResult(FuseReadResult.InBuffer(0));
-        }
-
-        int len = (int)Math.Min(buffer.Length, size - offset);
-        if (_options.Prefetch != PrefetchMode.None && st.Pattern.OnRead(offset, len, size) is { } ahead)
-        {
-            Readahead(table, ahead.From, ahead.To);
-        }
-
-        int first = (int)(offset / _chunkSize);
-        int last = (int)((offset + len - 1) / _chunkSize);
-        if (first == last)
-        {
-            int within = (int)(offset - ((long)first * _chunkSize));
-            var vt = _reader.GetAsync(table[first], FetchPriority.Demand);
-            if (!vt.IsCompletedSuccessfully)
-            {
-                return ReadOneAsync(vt, within, len, st, first);
-            }
-
-            var c = vt.Result;
-            if (within + len > c.Data.Length)
-            {
-                c.Dispose();
-                return ValueTask.FromResult(ReadFailed(ShortChunk(st, first, c.Data.Length, within + len), st, first));
-            }
-
-            return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(within, len), c)); // zero copy; released after the reply
-        }
-
-        return ReadSpanningAsync(table, offset, buffer[..len], st);
-    }
-
-    private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, NodeState st, int index)
-    {
-        CachedChunk? c = null;
-        try
-        {
-            c = await vt.ConfigureAwait(false);
-            if (within + len > c.Data.Length)
-            {
-                throw ShortChunk(st, index, c.Data.Length, within + len);
-            }
-
-            return FuseReadResult.FromMemory(c.Data.Slice(within, len), c);
-        }
-        catch (Exception ex)
-        {
-            c?.Dispose();
-            return ReadFailed(ex, st, index);
-        }
-    }
-
-    /// <summary>
-    /// Never reached while the reader checks every chunk against its row and tables are checked at
-    /// decode and open; kept so that a chunk shorter than the range is an error, never a loop or a short reply.
-    /// </summary>
-    private static Util.ChunkRowMismatchException ShortChunk(NodeState st, int index, int have, int need) =>
-        new($"inode {st.Node.Ino}: chunk {index} has {have} bytes where the chunk table needs {need}");
-
-    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, NodeState st)
-    {
-        int done = 0;
-        while (done < dest.Length)
-        {
-            long pos = offset + done;
-            int index = (int)(pos / _chunkSize);
-            int within = (int)(pos - ((long)index * _chunkSize));
-            CachedChunk c;
-            try
-            {
-                c = await _reader.GetAsync(table[index], FetchPriority.Demand).ConfigureAwait(false);
-            }
-            catch (Exception ex)
-            {
-                return ReadFailed(ex, st, index);
-            }
-
-            using (c)
-            {
-                int n = Math.Min(dest.Length - done, c.Data.Length - within);
-                if (n <= 0 || (n < dest.Length - done && within + n != _chunkSize))
-                {
-                    return ReadFailed(ShortChunk(st, index, c.Data.Length, Math.Min(_chunkSize, within + dest.Length - done)), st, index);
-                }
-
-                c.Data.Span.Slice(within, n).CopyTo(dest.Span[done..]);
-                done += n;
-            }
-        }
-
-        return FuseReadResult.InBuffer(done);
-    }
-
-    private FuseReadResult ReadFailed(Exception ex, NodeState st, int index)
-    {
-        _log.LogError(
-            "vfs: READ of '{Name}' (inode {Ino}) failed at chunk {Index} ({Chunk}): {Message}",
-            st.Name ?? "?",
-            st.Node.Ino,
-            index,
-            st.Table is { } t && index < t.Count ? t[index].Id.ToString() : "?",
-            ex.Message);
-        return Errno.EIO;
-    }
-
-    // ------------------------------------------------------------------ readahead and prefetch
-
-    private void Readahead(ChunkTable table, long from, long to)
-    {
-        int a = (int)(from / _chunkSize);
-        int b = (int)Math.Min(table.Count - 1, (to - 1) / _chunkSize);
-        for (int i = a; i <= b; i++)
-        {
-            _reader.Prefetch(table[i], FetchPriority.Readahead);
-        }
-    }
-
-    private void StartPrefetch(NodeState st)
-    {
-        if (!_reader.CachesStoreReads || st.Table is not { Count: > 0 } table)
-        {
-            return; // without a disk cache to fill, whole-file prefetch would only churn the memory tier
-        }
-
-        if (_options.Prefetch == PrefetchMode.WholeFile)
-        {
-            for (int i = 0; i < table.Count; i++)
-            {
-                _reader.Prefetch(table[i], FetchPriority.Prefetch);
-            }
-        }
-        else if (_options.Prefetch == PrefetchMode.Safetensors && st.IsSafetensors)
-        {
-            _ = PrefetchSafetensorsAsync(st, table);
-        }
-    }
-
-    /// <summary>
-    /// The header chunk(s) first (readahead priority), then the chunks holding tensor data, in file
-    /// order, at prefetch priority: the scheduler runs them at full concurrency while demand READs
-    /// jump the queue. A header that does not parse falls back to whole-file order.
-    /// </summary>
-    private async Task PrefetchSafetensorsAsync(NodeState st, ChunkTable table)
-    {
-        long size = (long)st.Node.Size;
-        try
-        {
-            long? n;
-            using (var c0 = await _reader.GetAsync(table[0], FetchPriority.Readahead).ConfigureAwait(false))
-            {
-                n = SafetensorsHeader.HeaderLength(c0.Data.Span, size);
-            }
-
-            List<(long Begin, long End)>? ranges = null;
-            if (n is { } headerLen)
-            {
-                var json = new byte[headerLen];
-                for (long pos = 8; pos < 8 + headerLen;)
-                {
-                    int idx = (int)(pos / _chunkSize);
-                    using var c = await _reader.GetAsync(table[idx], FetchPriority.Readahead).ConfigureAwait(false);
-                    int within = (int)(pos - ((long)idx * _chunkSize));
-                    int take = (int)Math.Min(c.Data.Length - within, 8 + headerLen - pos);
-                    if (take <= 0)
-                    {
-                        throw new Util.ChunkRowMismatchException($"inode {st.Node.Ino}: chunk {idx} is shorter than the safetensors header needs");
-                    }
-
-                    c.Data.Span.Slice(within, take).CopyTo(json.AsSpan((int)(pos - 8)));
-                    pos += take;
-                }
-
-                ranges = SafetensorsHeader.TensorRanges(json, size);
-            }
-
-            var order = new List<int>();
-            var seen = new HashSet<int>();
-            if (ranges is null)
-            {
-                _log.LogInformation("vfs: inode {Ino} has no readable safetensors header; prefetching it whole", st.Node.Ino);
-                order.AddRange(Enumerable.Range(0, table.Count));
-            }
-            else
-            {
-                foreach (var (b, e) in ranges.Where(r => r.End > r.Begin))
-                {
-                    for (int i = (int)(b / _chunkSize); i <= (int)((e - 1) / _chunkSize); i++)
-                    {
-                        if (seen.Add(i))
-                        {
-                            order.Add(i);
-                        }
-                    }
-                }
-            }
-
-            foreach (int i in order)
-            {
-                _reader.Prefetch(table[i], FetchPriority.Prefetch);
-            }
-        }
-        catch (Exception ex)
-        {
-            _log.LogWarning("vfs: safetensors prefetch of inode {Ino} stopped: {Message}", st.Node.Ino, ex.Message);
-        }
-    }
+    /// <summary>The handle's file answers (<see cref="OpenFileReader.ReadAsync"/>): a memory hit stays synchronous and allocation-free.</summary>
+    public ValueTask<FuseReadResult> ReadAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, Memory<byte> buffer) =>
+        _files.TryGetValue(fh, out var reads) ? reads.ReadAsync(offset, buffer) : ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
 
     // ------------------------------------------------------------------ control (lmfs bench)
 
@@ -752,15 +509,11 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     public async Task<(int Memory, int Disk)> ForgetCachedAsync(ulong ino, bool disk, CancellationToken ct = default)
     {
         var st = _nodes.TryGetValue(ino, out var s) ? s : null;
-        var table = st?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
+        var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
             ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
         var (memory, removed) = _reader.Evict(table.Entries.Select(e => e.Id).ToList(), disk);
 
-        if (st is not null)
-        {
-            st.Pattern.Reset();
-            Interlocked.Exchange(ref st.PrefetchStarted, 0);
-        }
+        st?.Reads?.Reset(); // its readahead streams forgotten, its next open prefetches again
 
         return (memory, removed);
     }

@@ -164,7 +164,7 @@ public sealed class ProcessFaultTests : IDisposable
         var link = new Node(8, NodeType.Symlink, 0x1FF, 0, 0, 1, 0, 1, 2, 1, "target/é").Encode();
         var entry = new DirEntry("x", 7, NodeType.File).EncodeValue();
         var rows = Enumerable.Range(0, 5).Select(i => new ChunkEntry(ChunkId.Of(BitConverter.GetBytes(i)), i < 4 ? 1 << 20 : 5, (i < 4 ? 1 << 20 : 5) + ChunkObject.HeaderSize, ChunkCodec.None, (uint)i)).ToList();
-        var table = new ChunkTable(rows).Encode();
+        var table = new ChunkTable(rows, 1 << 20).Encode();
         var settings = SettingsCodec.Encode(new VolumeSettings { Name = "v", Uuid = Guid.NewGuid(), ChunkSize = 1 << 20, Compression = "none", Storage = "file:///x", CreatedAt = DateTimeOffset.UnixEpoch });
         Assert.Equal(5, ChunkTable.Decode(table, 1 << 20).Count); // the originals decode
 

@@ -51,7 +51,7 @@ public class FormatTests
     public void ChunkTable_encoding_matches_the_documented_layout()
     {
         var id = ChunkId.Of("abc"u8);
-        var t = new ChunkTable([new ChunkEntry(id, 3, 19, ChunkCodec.None, 0x11223344)]);
+        var t = new ChunkTable([new ChunkEntry(id, 3, 19, ChunkCodec.None, 0x11223344)], 1 << 20);
         byte[] b = t.Encode();
         Assert.Equal(ChunkTable.HeaderSize + ChunkTable.EntrySize, b.Length);
         Assert.Equal("LMCT"u8.ToArray(), b[..4]);
@@ -71,7 +71,7 @@ public class FormatTests
     public void ChunkTable_decode_refuses_damaged_tables(int damage, string expected)
     {
         var e = new ChunkEntry(ChunkId.Of("x"u8), 1024, 1040, ChunkCodec.None, 1);
-        byte[] b = new ChunkTable([e with { PlainLength = 4096, StoredLength = 4112 }, e]).Encode();
+        byte[] b = new ChunkTable([e with { PlainLength = 4096, StoredLength = 4112 }, e], 4096).Encode();
         switch (damage)
         {
             case 0: b[0] = (byte)'X'; break;

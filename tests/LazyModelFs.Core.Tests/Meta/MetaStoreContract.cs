@@ -39,7 +39,7 @@ public abstract class MetaStoreContract
         {
             int plain = i == contents.Length - 1 ? c.Length : ChunkSize;
             return new ChunkEntry(ChunkId.Of(System.Text.Encoding.UTF8.GetBytes(c)), plain, plain + ChunkObject.HeaderSize, ChunkCodec.None, 0);
-        }).ToList());
+        }).ToList(), ChunkSize);
 
     private static async Task<Node> NewFile(IMetaStore m, ulong parent, ulong size) =>
         new(await m.AllocateInodeAsync(), NodeType.File, 0x1A4, 1000, 1000, 1, size, 5, 6, parent);
@@ -167,7 +167,7 @@ public abstract class MetaStoreContract
         Assert.Equal(MetaResult.Ok, await ns.LinkAsync(Node.RootIno, "link", link, null, overwrite: false));
         Assert.Equal("../blobs/abc", (await ns.ResolveAsync("/link"))!.SymlinkTarget);
         var empty = await NewFile(m, Node.RootIno, 0);
-        Assert.Equal(MetaResult.Ok, await ns.LinkAsync(Node.RootIno, "empty", empty, ChunkTable.Empty, overwrite: false));
+        Assert.Equal(MetaResult.Ok, await ns.LinkAsync(Node.RootIno, "empty", empty, ChunkTable.Empty(ChunkSize), overwrite: false));
         Assert.Equal(0, (await m.GetChunkTableAsync(empty.Ino, ChunkSize))!.Count);
         Assert.Null(await ns.ResolveAsync("/link/below")); // a symlink is not walked into
     }

@@ -190,7 +190,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             await ImportAsync(v, "x.bin", x);
             await ImportAsync(v, "y.bin", y);
             var yId = (await TableAsync(v, "y.bin"))[0].Id;
-            await ForgeAsync(v, "x.bin", t => new ChunkTable([t[0] with { Id = yId }])); // x's row, y's id: x's CRC32C stays
+            await ForgeAsync(v, "x.bin", t => new ChunkTable([t[0] with { Id = yId }], Chunk)); // x's row, y's id: x's CRC32C stays
             var (m, log) = Mount(v);
             string xPath = Path.Combine(m.MountPoint, "d/x.bin"), yPath = Path.Combine(m.MountPoint, "d/y.bin");
 
@@ -231,7 +231,7 @@ public sealed class HostileReadTests(RedisAndS3 servers) : IClassFixture<RedisAn
             await ImportAsync(v, "s.bin", s);
             await ImportAsync(v, "t.bin", t);
             var tLast = (await TableAsync(v, "t.bin"))[1]; // 50 bytes
-            await ForgeAsync(v, "s.bin", tab => new ChunkTable([tab[0], tab[1] with { Id = tLast.Id }])); // 100-byte row, 50-byte chunk
+            await ForgeAsync(v, "s.bin", tab => new ChunkTable([tab[0], tab[1] with { Id = tLast.Id }], Chunk)); // 100-byte row, 50-byte chunk
             var (m, _) = Mount(v);
             Assert.Equal(t, File.ReadAllBytes(Path.Combine(m.MountPoint, "d/t.bin"))); // the short chunk is now in memory
 

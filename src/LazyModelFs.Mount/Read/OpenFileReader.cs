@@ -1,0 +1,303 @@
+using LazyModelFs.Cache;
+using LazyModelFs.Chunks;
+using LazyModelFs.Fuse;
+using LazyModelFs.Meta;
+using Microsoft.Extensions.Logging;
+
+namespace LazyModelFs.Read;
+
+/// <summary>
+/// The read side of one file of the mount: turns the kernel's READs into chunk leases, and plans
+/// what to fetch before it is asked for (readahead, whole-file and safetensors prefetch).
+///
+/// One per file the daemon knows (per inode incarnation: a number the metadata hands out again to
+/// another file gets another one), not one per handle. The kernel opens one file many times —
+/// several processes, a loader opening each shard twice, tensor-parallel ranks — and all of them
+/// feed the same <see cref="AccessPattern"/>, whose streams tell those readers apart, and share one
+/// prefetch, started by the first open (issue 4). <see cref="Vfs.LmfsFileSystem"/> makes it when it
+/// first tracks a file, attaches the chunk table at the first open, and maps every handle of the
+/// file to it; the VFS keeps inodes, handles, directories and attributes, this class keeps reading.
+///
+/// A READ inside one chunk whose buffer is in the memory tier is answered synchronously, with no
+/// allocation, straight from that buffer (<see cref="FuseReadResult.FromMemory"/>, the lease released
+/// after the reply is written); everything else goes through an async path. A READ across two chunks
+/// is copied into the kernel's buffer. A chunk that cannot be had (missing, damaged, store
+/// unreachable past the fetch deadline) fails the READ with EIO — never short, never wrong bytes —
+/// and is logged with the file's name, inode and chunk. Chunk geometry is the table's
+/// (<see cref="ChunkTable.Locate"/>, <see cref="ChunkTable.ChunkRange"/>).
+/// </summary>
+internal sealed class OpenFileReader
+{
+    private readonly Node _node;
+    private readonly ChunkCache _cache;
+    private readonly PrefetchMode _prefetch;
+    private readonly ILogger _log;
+    private readonly AccessPattern _pattern;
+    private ChunkTable? _table;
+    private int _prefetchStarted;
+
+    public OpenFileReader(Node node, int chunkSize, ChunkCache cache, PrefetchMode prefetch, long readaheadMax, ILogger log)
+    {
+        _node = node;
+        _cache = cache;
+        _prefetch = prefetch;
+        _log = log;
+        _pattern = new AccessPattern(chunkSize, readaheadMax);
+    }
+
+    /// <summary>The file's chunk table, once the first open attached it (checked there against the record).</summary>
+    public ChunkTable? Table => _table;
+
+    /// <summary>The name the file was last looked up by, for log lines (an inode may have several).</summary>
+    public string? Name { get; private set; }
+
+    /// <summary>Named *.safetensors by some lookup (names live in directory entries, so lookups tell).</summary>
+    public bool IsSafetensors { get; private set; }
+
+    /// <summary>A lookup or READDIRPLUS found the file under <paramref name="name"/>.</summary>
+    public void NameSeen(string name)
+    {
+        Name = name;
+        if (name.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            IsSafetensors = true;
+        }
+    }
+
+    /// <summary>Gives the file its chunk table (at OPEN, before any handle can READ).</summary>
+    public void Attach(ChunkTable table) => _table = table;
+
+    /// <summary>A handle was opened: the first open (or the first after <see cref="Reset"/>) starts prefetch.</summary>
+    public void Opened()
+    {
+        if (Interlocked.Exchange(ref _prefetchStarted, 1) == 0)
+        {
+            StartPrefetch();
+        }
+    }
+
+    /// <summary>
+    /// Back to how a fresh mount would find the file: readahead streams forgotten, prefetch started
+    /// again by the next open (the control socket's <c>forget</c>; the caches are its caller's).
+    /// </summary>
+    public void Reset()
+    {
+        _pattern.Reset();
+        Interlocked.Exchange(ref _prefetchStarted, 0);
+    }
+
+    // ------------------------------------------------------------------ READ
+
+    public ValueTask<FuseReadResult> ReadAsync(long offset, Memory<byte> buffer)
+    {
+        if (_table is not { } table)
+        {
+            return ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
+        }
+
+        long size = (long)_node.Size;
+        if (offset >= size || buffer.Length == 0)
+        {
+            return ValueTask.FromResult(FuseReadResult.InBuffer(0));
+        }
+
+        int len = (int)Math.Min(buffer.Length, size - offset);
+        if (_prefetch != PrefetchMode.None && _pattern.OnRead(offset, len, size) is { } ahead)
+        {
+            Readahead(table, ahead.From, ahead.To);
+        }
+
+        var at = table.Locate(offset);
+        if (at.Index == table.Locate(offset + len - 1).Index)
+        {
+            var vt = _cache.GetAsync(table[at.Index], FetchPriority.Demand);
+            if (!vt.IsCompletedSuccessfully)
+            {
+                return ReadOneAsync(vt, at.Within, len, at.Index);
+            }
+
+            var c = vt.Result;
+            if (at.Within + len > c.Data.Length)
+            {
+                c.Dispose();
+                return ValueTask.FromResult(ReadFailed(ShortChunk(at.Index, c.Data.Length, at.Within + len), at.Index));
+            }
+
+            return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(at.Within, len), c)); // zero copy; released after the reply
+        }
+
+        return ReadSpanningAsync(table, offset, buffer[..len]);
+    }
+
+    private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, int index)
+    {
+        CachedChunk? c = null;
+        try
+        {
+            c = await vt.ConfigureAwait(false);
+            if (within + len > c.Data.Length)
+            {
+                throw ShortChunk(index, c.Data.Length, within + len);
+            }
+
+            return FuseReadResult.FromMemory(c.Data.Slice(within, len), c);
+        }
+        catch (Exception ex)
+        {
+            c?.Dispose();
+            return ReadFailed(ex, index);
+        }
+    }
+
+    /// <summary>
+    /// Never reached while the reader checks every chunk against its row and tables are checked at
+    /// decode and open; kept so that a chunk shorter than the range is an error, never a loop or a short reply.
+    /// </summary>
+    private Util.ChunkRowMismatchException ShortChunk(int index, int have, int need) =>
+        new($"inode {_node.Ino}: chunk {index} has {have} bytes where the chunk table needs {need}");
+
+    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest)
+    {
+        int done = 0;
+        while (done < dest.Length)
+        {
+            var (index, within) = table.Locate(offset + done);
+            CachedChunk c;
+            try
+            {
+                c = await _cache.GetAsync(table[index], FetchPriority.Demand).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                return ReadFailed(ex, index);
+            }
+
+            using (c)
+            {
+                int n = Math.Min(dest.Length - done, c.Data.Length - within);
+                if (n <= 0 || (n < dest.Length - done && within + n != table.ChunkSize))
+                {
+                    return ReadFailed(ShortChunk(index, c.Data.Length, Math.Min(table.ChunkSize, within + dest.Length - done)), index);
+                }
+
+                c.Data.Span.Slice(within, n).CopyTo(dest.Span[done..]);
+                done += n;
+            }
+        }
+
+        return FuseReadResult.InBuffer(done);
+    }
+
+    private FuseReadResult ReadFailed(Exception ex, int index)
+    {
+        _log.LogError(
+            "vfs: READ of '{Name}' (inode {Ino}) failed at chunk {Index} ({Chunk}): {Message}",
+            Name ?? "?",
+            _node.Ino,
+            index,
+            _table is { } t && index < t.Count ? t[index].Id.ToString() : "?",
+            ex.Message);
+        return Errno.EIO;
+    }
+
+    // ------------------------------------------------------------------ readahead and prefetch
+
+    private void Readahead(ChunkTable table, long from, long to)
+    {
+        var (first, last) = table.ChunkRange(from, to);
+        for (int i = first; i <= last; i++)
+        {
+            _cache.Prefetch(table[i], FetchPriority.Readahead);
+        }
+    }
+
+    private void StartPrefetch()
+    {
+        if (!_cache.CachesStoreReads || _table is not { Count: > 0 } table)
+        {
+            return; // without a disk cache to fill, whole-file prefetch would only churn the memory tier
+        }
+
+        if (_prefetch == PrefetchMode.WholeFile)
+        {
+            for (int i = 0; i < table.Count; i++)
+            {
+                _cache.Prefetch(table[i], FetchPriority.Prefetch);
+            }
+        }
+        else if (_prefetch == PrefetchMode.Safetensors && IsSafetensors)
+        {
+            _ = PrefetchSafetensorsAsync(table);
+        }
+    }
+
+    /// <summary>
+    /// The header chunk(s) first (readahead priority), then the chunks holding tensor data, in file
+    /// order, at prefetch priority: the scheduler runs them at full concurrency while demand READs
+    /// jump the queue. A header that does not parse falls back to whole-file order.
+    /// </summary>
+    private async Task PrefetchSafetensorsAsync(ChunkTable table)
+    {
+        long size = (long)_node.Size;
+        try
+        {
+            long? n;
+            using (var c0 = await _cache.GetAsync(table[0], FetchPriority.Readahead).ConfigureAwait(false))
+            {
+                n = SafetensorsHeader.HeaderLength(c0.Data.Span, size);
+            }
+
+            List<(long Begin, long End)>? ranges = null;
+            if (n is { } headerLen)
+            {
+                var json = new byte[headerLen];
+                for (long pos = 8; pos < 8 + headerLen;)
+                {
+                    var (idx, within) = table.Locate(pos);
+                    using var c = await _cache.GetAsync(table[idx], FetchPriority.Readahead).ConfigureAwait(false);
+                    int take = (int)Math.Min(c.Data.Length - within, 8 + headerLen - pos);
+                    if (take <= 0)
+                    {
+                        throw new Util.ChunkRowMismatchException($"inode {_node.Ino}: chunk {idx} is shorter than the safetensors header needs");
+                    }
+
+                    c.Data.Span.Slice(within, take).CopyTo(json.AsSpan((int)(pos - 8)));
+                    pos += take;
+                }
+
+                ranges = SafetensorsHeader.TensorRanges(json, size);
+            }
+
+            var order = new List<int>();
+            var seen = new HashSet<int>();
+            if (ranges is null)
+            {
+                _log.LogInformation("vfs: inode {Ino} has no readable safetensors header; prefetching it whole", _node.Ino);
+                order.AddRange(Enumerable.Range(0, table.Count));
+            }
+            else
+            {
+                foreach (var (b, e) in ranges.Where(r => r.End > r.Begin))
+                {
+                    var (first, last) = table.ChunkRange(b, e);
+                    for (int i = first; i <= last; i++)
+                    {
+                        if (seen.Add(i))
+                        {
+                            order.Add(i);
+                        }
+                    }
+                }
+            }
+
+            foreach (int i in order)
+            {
+                _cache.Prefetch(table[i], FetchPriority.Prefetch);
+            }
+        }
+        catch (Exception ex)
+        {
+            _log.LogWarning("vfs: safetensors prefetch of inode {Ino} stopped: {Message}", _node.Ino, ex.Message);
+        }
+    }
+}
