@@ -5,6 +5,7 @@ using LazyModelFs.Fuse;
 using LazyModelFs.Fuse.Abi;
 using LazyModelFs.Import;
 using LazyModelFs.Meta;
+using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
 using LazyModelFs.Util;

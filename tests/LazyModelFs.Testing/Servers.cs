@@ -194,9 +194,17 @@ public abstract class ServerProcess : IDisposable
 
     public void Dispose()
     {
-        Stop();
-        Data.Dispose();
+        Dispose(true);
         GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            Stop();
+            Data.Dispose();
+        }
     }
 
     private void Append(string? line)

@@ -334,8 +334,16 @@ public abstract class ImportContract : IDisposable
 
     public void Dispose()
     {
-        Dir.Dispose();
+        Dispose(true);
         GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            Dir.Dispose();
+        }
     }
 }
 
