@@ -42,6 +42,31 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
     }
 
     [Fact]
+    public void Warmup_into_a_cache_that_cannot_take_the_chunks_fails_and_reports_nothing_cached_that_is_not()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "1M"));
+        Ok(LmfsRunner.Run("import", Meta, Source("w.bin", (3 << 20) + 5), "/w.bin"));
+
+        // Where every chunk's shard directory would go, a file: no chunk can be written (root too).
+        string chunks = Path.Combine(_dir["cache"], "chunks");
+        Directory.CreateDirectory(chunks, (UnixFileMode)0x1C0);
+        File.SetUnixFileMode(_dir["cache"], (UnixFileMode)0x1C0);
+        for (int i = 0; i < 256; i++)
+        {
+            File.WriteAllText(Path.Combine(chunks, i.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)), "not a directory");
+        }
+
+        var r = Fails(LmfsRunner.Run("warmup", Meta, "/w.bin", "--cache-dir", _dir["cache"]), 1, "4 of 4 chunks could not be written to the cache");
+        Assert.DoesNotContain("warmed up", r.Stdout, StringComparison.Ordinal);
+        Assert.Contains("cached: 0 B of", Ok(LmfsRunner.Run("warmup", Meta, "/w.bin", "--cache-dir", _dir["cache"], "--check")).Stdout, StringComparison.Ordinal);
+
+        // Once the cache can take them, warmup fills it and says so.
+        Directory.Delete(chunks, recursive: true);
+        Assert.Contains("warmed up", Ok(LmfsRunner.Run("warmup", Meta, "/w.bin", "--cache-dir", _dir["cache"])).Stdout, StringComparison.Ordinal);
+        Assert.Contains("(100.0%)", Ok(LmfsRunner.Run("warmup", Meta, "/w.bin", "--cache-dir", _dir["cache"], "--check")).Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Format_import_ls_stat_cat_rm_on_the_embedded_default()
     {
         Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "1M"));
