@@ -47,7 +47,7 @@ public sealed record ChunkCacheOptions
 /// (<see cref="DiskCache"/>, optional), then the source (<see cref="IChunkSource"/>: the object
 /// store's <see cref="ChunkStore"/>; a peer tier goes in front of the store there). Operations:
 /// <see cref="GetAsync"/> (a lease), <see cref="Prefetch"/>, <see cref="FillAsync"/> (into the disk
-/// tier, waiting until the bytes are written), <see cref="Check"/>, <see cref="Evict"/>, <see cref="Stats"/>.
+/// tier, waiting until the bytes are written), <see cref="Check"/>, <see cref="Evict"/>, <see cref="AddStats"/>.
 /// Build one with <see cref="Open"/>.
 ///
 /// - Single flight: one fetch per chunk id however many readers wait; each waiter gets its own
