@@ -34,6 +34,7 @@ public static class Cli
         root.Add(StatCommand.Build());
         root.Add(CatCommand.Build());
         root.Add(RemoveCommand.Build());
+        root.Add(FsckCommand.Build());
         root.Add(MountCommand.Build());
         root.Add(UmountCommand.Build());
         root.Add(WarmupCommand.Build());

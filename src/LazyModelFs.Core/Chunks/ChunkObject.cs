@@ -165,6 +165,45 @@ public static class ChunkObject
         && ChunkId.Of(obj[HeaderSize..]) == id;
 
     /// <summary>
+    /// Whether <paramref name="obj"/> is a complete, self-consistent object (plain or zstd) whose plain
+    /// bytes hash to <paramref name="id"/>, whatever any row says: what <c>lmfs fsck --repair</c> asks
+    /// before it deletes an object, so that an object some row merely disagrees with is never deleted.
+    /// </summary>
+    public static bool IsWholeObjectOf(ReadOnlySpan<byte> obj, ChunkId id)
+    {
+        if (obj.Length < HeaderSize || BinaryPrimitives.ReadUInt32LittleEndian(obj) != Magic || obj[4] != Version
+            || BinaryPrimitives.ReadInt32LittleEndian(obj[12..]) != obj.Length - HeaderSize)
+        {
+            return false;
+        }
+
+        int plainLen = BinaryPrimitives.ReadInt32LittleEndian(obj[8..]);
+        if (plainLen < 0 || plainLen > Volume.MaxChunkSize)
+        {
+            return false;
+        }
+
+        switch ((ChunkCodec)obj[5])
+        {
+            case ChunkCodec.None:
+                return plainLen == obj.Length - HeaderSize && ChunkId.Of(obj[HeaderSize..]) == id;
+            case ChunkCodec.Zstd:
+                var plain = new byte[plainLen];
+                try
+                {
+                    return Zstd.Decompress(obj[HeaderSize..], plain) == plainLen && ChunkId.Of(plain) == id;
+                }
+                catch (ChunkCorruptException)
+                {
+                    return false;
+                }
+
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>
     /// Throws unless <paramref name="plain"/> is what the whole row says: its length, its SHA-256 id
     /// and its CRC32C. The id alone is not enough: a damaged row whose id names another chunk of the
     /// same length would verify against that chunk's object, and the row's CRC32C is what tells

@@ -140,13 +140,18 @@ public sealed class ChunkStore(IObjectStore store) : IChunkSource
     /// A chunk stored plain is sent from the slot itself, its header written into the room: the
     /// importer reads a chunk right behind a header slot, so the bytes it read are the bytes sent.
     /// </param>
-    public async Task<StoredChunk> StoreAsync(ChunkId id, Memory<byte> slot, ChunkCodec wanted, CancellationToken ct = default)
+    /// <param name="reuse">
+    /// False: store the object even when one of a plausible size exists (it is known damaged: the
+    /// importer repairing a file whose object has not the size its row says). A PUT replaces an
+    /// object whole, so readers of the old one see it or the new one, never a mix.
+    /// </param>
+    public async Task<StoredChunk> StoreAsync(ChunkId id, Memory<byte> slot, ChunkCodec wanted, bool reuse, CancellationToken ct = default)
     {
         var plain = slot[ChunkObject.HeaderSize..];
         int len = plain.Length;
         Debug.Assert(ChunkId.Of(plain.Span) == id, "the id names other bytes");
         uint crc = Crc32C.Compute(plain.Span);
-        if (await FindAsync(id, len, ct).ConfigureAwait(false) is { } found)
+        if (reuse && await FindAsync(id, len, ct).ConfigureAwait(false) is { } found)
         {
             return new StoredChunk(new ChunkEntry(id, len, found.StoredLength, found.Codec, crc), Uploaded: false);
         }
@@ -182,6 +187,9 @@ public sealed class ChunkStore(IObjectStore store) : IChunkSource
             }
         }
     }
+
+    /// <inheritdoc cref="StoreAsync(ChunkId, Memory{byte}, ChunkCodec, bool, CancellationToken)"/>
+    public Task<StoredChunk> StoreAsync(ChunkId id, Memory<byte> slot, ChunkCodec wanted, CancellationToken ct = default) => StoreAsync(id, slot, wanted, reuse: true, ct);
 
     /// <summary>Stores a chunk given as plain bytes alone (a copy into a header slot; the importer uses the slot form).</summary>
     public Task<StoredChunk> StoreAsync(ReadOnlyMemory<byte> plain, ChunkCodec wanted, CancellationToken ct = default)

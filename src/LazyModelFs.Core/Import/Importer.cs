@@ -80,6 +80,9 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
     private readonly ConcurrentDictionary<ChunkId, Lazy<Task<StoredChunk>>> _inFlight = new();
 
+    /// <summary>Chunk ids whose objects are known broken (missing or of the wrong size for a row of a file being repaired): stored again, never deduplicated against.</summary>
+    private readonly ConcurrentDictionary<ChunkId, bool> _storeAgain = new();
+
     // Directory path → inode, filled as directories are made, so committing a file does not walk its
     // parent path from the root again (one metadata round trip per level, per file).
     private readonly ConcurrentDictionary<string, ulong> _dirs = new(StringComparer.Ordinal) { ["/"] = Node.RootIno };
@@ -144,6 +147,9 @@ public sealed class Importer(Volume volume, ImportOptions options)
         public int ChunkCount { get; } = (int)((stat.Size + chunkSize - 1) / chunkSize);
 
         public bool Unchanged { get; set; }
+
+        /// <summary>The volume has this file with the same bytes, but some of its objects are missing or of the wrong size: it is imported again in place.</summary>
+        public bool Repair { get; set; }
 
         public ChunkEntry[] Entries { get; set; } = [];
 
@@ -409,7 +415,22 @@ public sealed class Importer(Volume volume, ImportOptions options)
                 var table = await volume.Meta.GetChunkTableAsync(n.Ino, ChunkSize, ct).ConfigureAwait(false);
                 if (table is not null && await SameContentAsync(f, table, ct).ConfigureAwait(false))
                 {
-                    f.Unchanged = true;
+                    // Same bytes, but the file is unchanged only if its objects are there with the
+                    // sizes its rows say: otherwise this import repairs it (stores them again, and
+                    // does not deduplicate against the ones of the wrong size).
+                    var broken = await BrokenObjectsAsync(table, ct).ConfigureAwait(false);
+                    if (broken.Count == 0)
+                    {
+                        f.Unchanged = true;
+                        continue;
+                    }
+
+                    f.Repair = true;
+                    foreach (var id in broken)
+                    {
+                        _storeAgain.TryAdd(id, true);
+                    }
+
                     continue;
                 }
             }
@@ -446,6 +467,20 @@ public sealed class Importer(Volume volume, ImportOptions options)
                 conflicts.Any(c => c.Contains("directory", StringComparison.Ordinal)) ? "choose another destination, or remove the existing entries with lmfs rm" : "add --overwrite to replace them, or choose another destination",
                 2);
         }
+    }
+
+    /// <summary>The chunks of <paramref name="table"/> whose object is missing or not of the row's stored size (one HEAD each, in parallel).</summary>
+    private async Task<List<ChunkId>> BrokenObjectsAsync(ChunkTable table, CancellationToken ct)
+    {
+        var broken = new ConcurrentBag<ChunkId>();
+        await Parallel.ForEachAsync(table.Entries.Distinct(), new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Concurrency), CancellationToken = ct }, async (e, t) =>
+        {
+            if (await volume.Store.HeadAsync(e.Id.ObjectKey(), t).ConfigureAwait(false) != e.StoredLength)
+            {
+                broken.Add(e.Id);
+            }
+        }).ConfigureAwait(false);
+        return [.. broken.Distinct()];
     }
 
     /// <summary>Hashes the source (reading only) and compares with an existing chunk table.</summary>
@@ -565,7 +600,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
     /// <summary>Stores the chunk read into <paramref name="slot"/> (behind its header room) unless the store has it; counts what was uploaded.</summary>
     private async Task<StoredChunk> StoreChunkAsync(ChunkId id, Memory<byte> slot, CancellationToken ct)
     {
-        var stored = await volume.Chunks.StoreAsync(id, slot, volume.Codec, ct).ConfigureAwait(false);
+        var stored = await volume.Chunks.StoreAsync(id, slot, volume.Codec, reuse: !_storeAgain.ContainsKey(id), ct).ConfigureAwait(false);
         if (stored.Uploaded)
         {
             Interlocked.Add(ref _uploaded, stored.Entry.StoredLength);
@@ -586,11 +621,11 @@ public sealed class Importer(Volume volume, ImportOptions options)
             throw new LmfsException($"source '{Posix.ShowName(f.Source)}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
         }
 
-        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize), null, ct).ConfigureAwait(false);
+        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize), null, ct, f.Repair).ConfigureAwait(false);
         Interlocked.Increment(ref Progress._filesDone);
     }
 
-    private async Task CommitAsync(string path, NodeType type, PosixStat st, ulong size, ChunkTable? chunks, string? target, CancellationToken ct)
+    private async Task CommitAsync(string path, NodeType type, PosixStat st, ulong size, ChunkTable? chunks, string? target, CancellationToken ct, bool replace = false)
     {
         var parts = Namespace.SplitPath(path);
         string parentPath = Namespace.Join(parts[..^1]);
@@ -605,7 +640,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             }
 
             var node = new Node(ino, type, st.Mode & 0xFFF, st.Uid, st.Gid, 1, size, st.MtimeNs, Namespace.NowNs(), parent, target);
-            r = await volume.Namespace.LinkAsync(parent, parts[^1], node, chunks, options.Overwrite, ct).ConfigureAwait(false);
+            r = await volume.Namespace.LinkAsync(parent, parts[^1], node, chunks, options.Overwrite || replace, ct).ConfigureAwait(false);
             if (r != MetaResult.NoParent || !known)
             {
                 break;

@@ -20,7 +20,7 @@ public class LmfsException : Exception
 }
 
 /// <summary>Stored data failed an integrity check (chunk id, CRC32C, header). Never returned as data.</summary>
-public sealed class ChunkCorruptException(string message) : LmfsException(message, "the stored object is damaged; restore it from a backup of the object store, or import the file's source again (docs/operations.md, failure modes)", 3);
+public sealed class ChunkCorruptException(string message) : LmfsException(message, "the stored object is damaged: run lmfs fsck --verify --repair META_URL to remove it, then import the file's source again with lmfs import --overwrite (docs/operations.md, failure modes)", 3);
 
 /// <summary>
 /// A chunk's bytes verified against its id, but the chunk-table row asking for them says another
@@ -39,7 +39,7 @@ public sealed class StoreRefusedException(string message, string hint, Exception
 }
 
 /// <summary>An object the metadata references is missing from the object store.</summary>
-public sealed class ObjectNotFoundException(string key) : LmfsException($"object '{key}' is missing from the object store", "the volume references data that is gone; check the bucket/prefix, or re-import the file", 3)
+public sealed class ObjectNotFoundException(string key) : LmfsException($"object '{key}' is missing from the object store", "the volume references data that is gone: check the bucket/prefix, or import the file's source again with lmfs import --overwrite (lmfs fsck lists every file affected)", 3)
 {
     public string Key { get; } = key;
 }
