@@ -254,6 +254,52 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
     }
 
     [Fact]
+    public void A_mistyped_option_is_refused_with_a_suggestion_and_changes_nothing()
+    {
+        // `lmfs import META file --overwite` imported the file as /--overwite and exited 0 (issue 18, item 8).
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        string a = Source("a.bin", 1000);
+        var r = Fails(LmfsRunner.Run("import", Meta, a, "--overwite"), 2, "unknown option '--overwite' for `lmfs import`");
+        Assert.Contains("hint: did you mean --overwrite?", r.Stderr, StringComparison.Ordinal);
+        Fails(LmfsRunner.Run("import", Meta, a, "/a.bin", "--overwrite=yes", "--dereferense"), 2, "did you mean --dereference?");
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+
+        // Every command: an option it does not have is a usage error, never an argument.
+        foreach (string[] cmd in new string[][]
+        {
+            ["format", Meta, "--storage", Objects], ["import", Meta, a, "/a.bin"], ["ls", Meta], ["stat", Meta], ["cat", Meta, "/a.bin"], ["rm", Meta, "/a.bin"],
+            ["mount", Meta, _dir["mp"]], ["umount", _dir["mp"]], ["warmup", Meta, "/a.bin"], ["cache", "stats"], ["bench", a], ["bench", "compare", a], ["csi", "--node-id", "n"],
+        })
+        {
+            var bad = Fails(LmfsRunner.Run([.. cmd, "--no-such-option"]), 2, "unknown option '--no-such-option'");
+            Assert.DoesNotContain("did you mean", bad.Stderr, StringComparison.Ordinal);
+            Assert.Contains("goes after `--`", bad.Stderr, StringComparison.Ordinal);
+        }
+
+        Fails(LmfsRunner.Run("umount", _dir["mp"], "--forse"), 2, "did you mean --force?");
+        Fails(LmfsRunner.Run("ls", "--verbos", Meta), 2, "did you mean --verbose?");
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+        Assert.False(Directory.Exists(_dir["mp"]));
+
+        // A negative number is an option's value, not an unknown option.
+        Fails(LmfsRunner.Run("bench", a, "--seed", "-5", "--runs", "0"), 2, "--runs 0 is out of range");
+    }
+
+    [Fact]
+    public void A_destination_must_be_absolute_and_a_name_that_starts_with_a_dash_goes_after_double_dash()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        Source("-dash.bin", 1000);
+        Fails(LmfsRunner.Run(["import", Meta, "--", "-dash.bin", "relative.bin"], cwd: _dir.Path), 2, "destination 'relative.bin' is not allowed: a destination is an absolute path in the volume");
+        Fails(LmfsRunner.Run(["import", Meta, "-dash.bin", "/d.bin"], cwd: _dir.Path), 2, "unknown option '-dash.bin'");
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+
+        Ok(LmfsRunner.Run(["import", Meta, "--", "-dash.bin", "/-dash.bin"], cwd: _dir.Path));
+        Assert.Equal(File.ReadAllBytes(_dir["-dash.bin"]), LmfsRunner.RunBytes(["cat", Meta, "--", "/-dash.bin"]).Stdout);
+        Assert.Equal("-dash.bin", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout.Trim());
+    }
+
+    [Fact]
     public void Every_command_has_help_with_an_example_and_usage_errors_exit_2()
     {
         foreach (var cmd in new[] { "format", "import", "ls", "stat", "cat", "rm" })
