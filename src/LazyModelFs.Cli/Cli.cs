@@ -46,7 +46,18 @@ public static class Cli
     public static async Task<int> RunAsync(string[] args)
     {
         var root = Build();
+        if (args.Length == 0)
+        {
+            await Console.Error.WriteAsync(Usage.Short(root)).ConfigureAwait(false);
+            return 2;
+        }
+
         var parse = root.Parse(args);
+        if (Usage.UnknownCommand(parse) is { } command)
+        {
+            return await UsageErrorAsync([command.Message], command.Hint).ConfigureAwait(false);
+        }
+
         if (Usage.UnknownOption(parse) is { } unknown)
         {
             return await UsageErrorAsync([unknown.Message], unknown.Hint).ConfigureAwait(false);

@@ -8,7 +8,7 @@ namespace LazyModelFs.Cli;
 /// them. The parser takes a token it does not know as an option for the next positional argument, so
 /// `lmfs import META file --overwite` imported `file` as `/--overwite` and exited 0 (issue 18,
 /// item 8). Here every token before `--` that starts with '-' and that no option claimed is refused
-/// (exit 2), with the closest option of that command when exactly one is close; after `--` every
+/// (exit 2), another command's option too, with the closest option of that command when exactly one is close; after `--` every
 /// token is an argument, so a name that starts with '-' stays possible (`lmfs import META -- -x /d/`).
 /// </summary>
 internal static class Usage
@@ -25,7 +25,7 @@ internal static class Usage
                 break;
             }
 
-            if (t.Type != TokenType.Argument || t.Value.Length < 2 || t.Value[0] != '-' || claimed.Contains(t) || IsNumber(t.Value))
+            if (t.Type is not (TokenType.Argument or TokenType.Option) || t.Value.Length < 2 || t.Value[0] != '-' || claimed.Contains(t) || IsNumber(t.Value))
             {
                 continue;
             }
@@ -40,6 +40,71 @@ internal static class Usage
         }
 
         return null;
+    }
+
+    /// <summary>What `lmfs` alone prints (to stderr, exit 2): every command on one line, and where the rest is.</summary>
+    public static string Short(RootCommand root)
+    {
+        var sb = new System.Text.StringBuilder("usage: lmfs COMMAND [ARGUMENTS] [OPTIONS]\n\ncommands:\n");
+        int width = root.Subcommands.Max(c => c.Name.Length);
+        foreach (var c in root.Subcommands.Where(c => !c.Hidden))
+        {
+            sb.Append("  ").Append(c.Name.PadRight(width + 2)).Append(FirstLine(c.Description)).Append('\n');
+        }
+
+        sb.Append("\nrun `lmfs COMMAND --help` for a command's arguments, options and examples (`lmfs --help` for a quick start)\n");
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// A word where a command was expected that names none (`lmfs moutn`, `lmfs cache stat`), with the
+    /// closest command when exactly one is close; null when the command line names a command.
+    /// </summary>
+    public static (string Message, string Hint)? UnknownCommand(ParseResult parse)
+    {
+        var at = parse.CommandResult;
+        var subcommands = at.Command.Subcommands.Where(c => !c.Hidden).ToList();
+        if (subcommands.Count == 0 || at.Children.Any(c => c is ArgumentResult { Tokens.Count: > 0 }))
+        {
+            return null;
+        }
+
+        if (parse.UnmatchedTokens.Count == 0)
+        {
+            return at.Command.Action is null && at.Command is not RootCommand && parse.Action is not System.CommandLine.Help.HelpAction
+                ? ($"`{CommandLine(parse)}` needs a command: {string.Join(", ", subcommands.Select(c => c.Name))}", $"see `{CommandLine(parse)} --help`")
+                : null;
+        }
+
+        string word = parse.UnmatchedTokens[0];
+        if (word.StartsWith('-'))
+        {
+            return null;
+        }
+
+        string cmd = CommandLine(parse);
+        var names = subcommands.SelectMany(c => c.Aliases.Prepend(c.Name)).ToList();
+        string list = $"`{cmd}` commands: {string.Join(", ", subcommands.Select(c => c.Name))}";
+        return Closest(word, names) is { } near
+            ? ($"'{word}' is not a command of `{cmd}`", $"did you mean `{cmd} {near}`? {list}")
+            : ($"'{word}' is not a command of `{cmd}`", list);
+    }
+
+    /// <summary>The description's first clause: up to the first '.', ':', ';' or " (" of its first paragraph.</summary>
+    private static string FirstLine(string? description)
+    {
+        string text = (description ?? "").Split("\n\n", 2)[0].Replace('\n', ' ');
+        int end = text.Length;
+        foreach (string stop in new[] { ". ", ":", ";", " (" })
+        {
+            int i = text.IndexOf(stop, StringComparison.Ordinal);
+            if (i > 0 && i < end)
+            {
+                end = i;
+            }
+        }
+
+        return text[..end].TrimEnd('.', ' ');
     }
 
     /// <summary>`lmfs import`, `lmfs cache stats`: the command as typed, for messages and hints.</summary>
@@ -118,13 +183,22 @@ internal static class Usage
         }
     }
 
-    /// <summary>Collects the tokens that options took as their values (`--seed -5`: "-5" is the option's).</summary>
+    /// <summary>
+    /// Collects the options the command line gave and the tokens they took as values (`--seed -5`:
+    /// "-5" is the option's). An option of another command (`lmfs warmup … --buffer-size 5X`) is a
+    /// token of type Option that no option of this command claims: it went to an argument.
+    /// </summary>
     private static void Claim(CommandResult r, HashSet<Token> claimed)
     {
         foreach (var child in r.Children)
         {
             if (child is OptionResult o)
             {
+                if (o.IdentifierToken is { } id)
+                {
+                    claimed.Add(id);
+                }
+
                 foreach (var t in o.Tokens)
                 {
                     claimed.Add(t);

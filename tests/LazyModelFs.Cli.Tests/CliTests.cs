@@ -278,6 +278,7 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
 
         Fails(LmfsRunner.Run("umount", _dir["mp"], "--forse"), 2, "did you mean --force?");
         Fails(LmfsRunner.Run("ls", "--verbos", Meta), 2, "did you mean --verbose?");
+        Fails(LmfsRunner.Run("warmup", Meta, "/a.bin", "--buffer-size", "5X"), 2, "unknown option '--buffer-size' for `lmfs warmup`"); // mount's option, not warmup's
         Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
         Assert.False(Directory.Exists(_dir["mp"]));
 
@@ -297,6 +298,57 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
         Ok(LmfsRunner.Run(["import", Meta, "--", "-dash.bin", "/-dash.bin"], cwd: _dir.Path));
         Assert.Equal(File.ReadAllBytes(_dir["-dash.bin"]), LmfsRunner.RunBytes(["cat", Meta, "--", "/-dash.bin"]).Stdout);
         Assert.Equal("-dash.bin", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout.Trim());
+    }
+
+    [Fact]
+    public void Lmfs_alone_prints_the_commands_and_a_mistyped_command_gets_a_suggestion()
+    {
+        // `lmfs` printed "Required command was not provided" and "see `lmfs  --help`" (issue 18, item 9).
+        var usage = LmfsRunner.Run();
+        Assert.True(usage.ExitCode == 2, usage.ToString());
+        Assert.StartsWith("usage: lmfs COMMAND", usage.Stderr, StringComparison.Ordinal);
+        foreach (var cmd in new[] { "format", "import", "ls", "stat", "cat", "rm", "mount", "umount", "warmup", "cache", "bench", "csi" })
+        {
+            Assert.Single(usage.Stderr.Split('\n'), l => l.StartsWith($"  {cmd} ", StringComparison.Ordinal) && l.Length <= 100);
+        }
+
+        Assert.Contains("`lmfs COMMAND --help`", usage.Stderr, StringComparison.Ordinal);
+        Assert.True(usage.Stderr.Split('\n').Length <= 20, usage.Stderr);
+
+        Assert.Contains("hint: did you mean `lmfs mount`?", Fails(LmfsRunner.Run("moutn", Meta, _dir["mp"]), 2, "'moutn' is not a command of `lmfs`").Stderr, StringComparison.Ordinal);
+        Assert.Contains("hint: did you mean `lmfs cache stats`?", Fails(LmfsRunner.Run("cache", "stat"), 2, "'stat' is not a command of `lmfs cache`").Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("did you mean", Fails(LmfsRunner.Run("xyzzy"), 2, "'xyzzy' is not a command of `lmfs`").Stderr, StringComparison.Ordinal);
+        Fails(LmfsRunner.Run("cache"), 2, "`lmfs cache` needs a command: stats, clear");
+        Assert.False(Directory.Exists(_dir["mp"]));
+    }
+
+    [MountFact]
+    public void The_smallest_buffer_size_is_stated_as_one_that_is_accepted()
+    {
+        // "--buffer-size 16 MiB too small ... use at least 16.0 MiB" (issue 18, item 9): 4 buffers of a
+        // 4 MiB chunk are a little over 16 MiB; the hint now names a size that mounts.
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "4M"));
+        Ok(LmfsRunner.Run("import", Meta, Source("a.bin", 5000), "/a.bin"));
+        string mp = _dir["mp"];
+        Directory.CreateDirectory(mp);
+        string[] mount = ["mount", Meta, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]];
+        try
+        {
+            var r = Fails(LmfsRunner.Run([.. mount, "--buffer-size", "16M"]), 2, "--buffer-size 16M is too small for the volume's 4M chunks");
+            Assert.Contains("hint: use --buffer-size 17M or more", r.Stderr, StringComparison.Ordinal);
+            Assert.Null(Fuse.FuseMount.MountTypeAt(mp));
+            Fails(LmfsRunner.Run([.. mount, "--buffer-size", "5X"]), 2, "--buffer-size '5X' has an unknown unit 'X'");
+
+            Ok(LmfsRunner.Run([.. mount, "--buffer-size", "17M"]));
+            Assert.Equal(File.ReadAllBytes(_dir["a.bin"]), File.ReadAllBytes(Path.Combine(mp, "a.bin")));
+        }
+        finally
+        {
+            if (Fuse.FuseMount.MountTypeAt(mp) is not null)
+            {
+                Ok(LmfsRunner.Run("umount", mp));
+            }
+        }
     }
 
     [Fact]
