@@ -126,6 +126,32 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
     }
 
     [Fact]
+    public void A_bucket_or_a_directory_given_as_the_volume_is_answered_with_format_and_import()
+    {
+        // `lmfs mount s3://bucket/...` said only "scheme 's3' is not supported" (issue 18, item 13).
+        string mp = _dir["mp"];
+        Directory.CreateDirectory(mp);
+        string models = _dir["models"];
+        Directory.CreateDirectory(models);
+        foreach (var (url, what) in new[] { ("s3://my-bucket/models", "is an object-store URL, not a metadata URL"), ($"file://{models}", "is a directory, not a metadata URL"), (models, "is a directory, not a metadata URL") })
+        {
+            var r = Fails(LmfsRunner.Run("mount", url, mp), 2, $"'{url}' {what}: lmfs mounts a volume, which is formatted and imported first");
+            string hint = r.Stderr.Split('\n').Single(l => l.StartsWith("hint: ", StringComparison.Ordinal));
+            Assert.Contains("lmfs format sqlite:///var/lib/lmfs/meta.db --storage ", hint, StringComparison.Ordinal);
+            Assert.Contains("lmfs import sqlite:///var/lib/lmfs/meta.db ", hint, StringComparison.Ordinal);
+            Assert.Contains(url.StartsWith("s3:", StringComparison.Ordinal) ? "--storage s3://my-bucket/lmfs" : $"import sqlite:///var/lib/lmfs/meta.db {models}/ /models/", hint, StringComparison.Ordinal);
+        }
+
+        Assert.Null(Fuse.FuseMount.MountTypeAt(mp));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(mp));
+
+        // The SQLite file itself, without its scheme.
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        Fails(LmfsRunner.Run("ls", _dir["meta.db"]), 2, "is a file, not a metadata URL");
+        Assert.Contains($"hint: if it is a volume's SQLite database, write {Meta}", LmfsRunner.Run("ls", _dir["meta.db"]).Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Unreachable_services_missing_bucket_and_wrong_credentials_are_explained()
     {
         Fails(LmfsRunner.Run("format", $"redis://127.0.0.1:{Ports.Free()}/0", "--storage", Objects), 4, "cannot connect to Redis");
