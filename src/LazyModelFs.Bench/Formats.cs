@@ -167,27 +167,59 @@ public static class Formats
         return sb.ToString();
     }
 
-    /// <summary>Horizontal bars, MB/s, ceilings grey and phases blue, with the value written at the end of each bar.</summary>
+    /// <summary>
+    /// Horizontal bars, MB/s, ceilings grey and phases blue, with the value written at the end of each
+    /// bar, on a logarithmic scale with a line and label at each power of ten. The figures span three
+    /// or four orders of magnitude (a cold read from a store next to the page cache): on a linear
+    /// scale the mount's cold bar was about 5 px wide (issue 18, item 14); on this one equal ratios
+    /// are equal lengths, so "a tenth of the ceiling" reads the same wherever it is.
+    /// </summary>
     public static string Svg(IReadOnlyList<(string Label, double MBps, bool Ceiling)> bars)
     {
-        const int labelW = 170, barMax = 420, rowH = 26, top = 10;
-        double max = Math.Max(1, bars.Count == 0 ? 1 : bars.Max(b => b.MBps));
-        int h = top + (bars.Count * rowH) + 24;
+        const int labelW = 170, barMax = 420, rowH = 26, top = 10, axisH = 16;
+        var (lo, hi) = Decades(bars.Select(b => b.MBps));
+        int h = top + (bars.Count * rowH) + axisH + 24;
         var sb = new StringBuilder();
-        sb.Append(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{labelW + barMax + 90}\" height=\"{h}\" role=\"img\" aria-label=\"sequential MB/s of each phase and ceiling\">\n");
+        sb.Append(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{labelW + barMax + 90}\" height=\"{h}\" role=\"img\" aria-label=\"sequential MB/s of each phase and ceiling, logarithmic scale\">\n");
+        int axisY = top + (bars.Count * rowH);
+        for (double d = lo; d <= hi * 1.0001; d *= 10)
+        {
+            double x = labelW + BarWidth(d, lo, hi, barMax);
+            sb.Append(Inv, $"<line x1=\"{x:0.0}\" y1=\"{top}\" x2=\"{x:0.0}\" y2=\"{axisY}\" stroke=\"#ddd\"/>");
+            sb.Append(Inv, $"<text x=\"{x:0.0}\" y=\"{axisY + 12}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#555\">{d:0}</text>\n");
+        }
+
         for (int i = 0; i < bars.Count; i++)
         {
             var (label, mbps, ceiling) = bars[i];
             int y = top + (i * rowH);
-            double w = Math.Max(1, mbps / max * barMax);
+            double w = BarWidth(mbps, lo, hi, barMax);
             sb.Append(Inv, $"<text x=\"{labelW - 8}\" y=\"{y + 16}\" text-anchor=\"end\" font-size=\"13\">{E(label)}</text>");
             sb.Append(Inv, $"<rect x=\"{labelW}\" y=\"{y + 3}\" width=\"{w:0.0}\" height=\"{rowH - 8}\" fill=\"{(ceiling ? "#9aa0a6" : "#1a73e8")}\"/>");
             sb.Append(Inv, $"<text x=\"{labelW + w + 6:0.0}\" y=\"{y + 16}\" font-size=\"12\">{mbps:0} MB/s</text>\n");
         }
 
-        sb.Append(Inv, $"<text x=\"{labelW}\" y=\"{h - 6}\" font-size=\"11\" fill=\"#555\">grey: ceilings measured in the same run; blue: phases through the mount (1 reader)</text>\n</svg>\n");
+        sb.Append(Inv, $"<text x=\"{labelW}\" y=\"{h - 6}\" font-size=\"11\" fill=\"#555\">MB/s, logarithmic scale (each line ten times the last); grey: ceilings measured in the same run; blue: phases through the mount (1 reader)</text>\n</svg>\n");
         return sb.ToString();
     }
+
+    /// <summary>The power of ten below the smallest positive figure and the one at or above the largest.</summary>
+    internal static (double Lo, double Hi) Decades(IEnumerable<double> values)
+    {
+        var positive = values.Where(v => v > 0 && double.IsFinite(v)).ToList();
+        if (positive.Count == 0)
+        {
+            return (1, 10);
+        }
+
+        double lo = Math.Pow(10, Math.Ceiling(Math.Log10(positive.Min())) - 1); // below the smallest, so its bar has a length
+        double hi = Math.Max(lo * 10, Math.Pow(10, Math.Ceiling(Math.Log10(positive.Max()))));
+        return (lo, hi);
+    }
+
+    /// <summary>A bar's length on the log scale from <paramref name="lo"/> (0 px) to <paramref name="hi"/> (<paramref name="barMax"/> px); at least 1 px.</summary>
+    internal static double BarWidth(double mbps, double lo, double hi, int barMax) =>
+        mbps <= lo ? 1 : Math.Max(1, barMax * Math.Log10(mbps / lo) / Math.Log10(hi / lo));
 
     private static string E(string s) => WebUtility.HtmlEncode(s);
 

@@ -47,33 +47,44 @@ public static class Cli
     public static async Task<int> RunAsync(string[] args)
     {
         var root = Build();
+        if (args.Length == 0)
+        {
+            await Console.Error.WriteAsync(Usage.Short(root)).ConfigureAwait(false);
+            return 2;
+        }
+
         var parse = root.Parse(args);
+        if (Usage.UnknownCommand(parse) is { } command)
+        {
+            return await UsageErrorAsync([command.Message], command.Hint).ConfigureAwait(false);
+        }
+
+        if (Usage.UnknownOption(parse) is { } unknown)
+        {
+            return await UsageErrorAsync([unknown.Message], unknown.Hint).ConfigureAwait(false);
+        }
+
         if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
         {
-            foreach (var e in parse.Errors)
-            {
-                await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(e.Message))).ConfigureAwait(false);
-            }
-
-            string hint = $"see `lmfs {string.Join(' ', CommandPath(parse))} --help`";
-            await Console.Error.WriteLineAsync("hint: " + hint).ConfigureAwait(false);
-            MountRegistry.ReportFailed(2, TerminalText.Safe(Redact.Text(parse.Errors[0].Message)), TerminalText.Safe(hint));
-            return 2;
+            return await UsageErrorAsync(parse.Errors.Select(e => e.Message).ToList(), $"see `{Usage.CommandLine(parse)} --help`").ConfigureAwait(false);
         }
 
         // Ctrl-C / SIGTERM cancel the command's token; give a mount time to unmount before the process is ended.
         return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(30) }).ConfigureAwait(false);
     }
 
-    private static IEnumerable<string> CommandPath(ParseResult parse)
+    /// <summary>A command line that cannot run: each "error:" line, one "hint:" line, exit 2 (reported to a launching `lmfs mount` too).</summary>
+    private static async Task<int> UsageErrorAsync(IReadOnlyList<string> messages, string hint)
     {
-        var names = new List<string>();
-        for (var r = parse.CommandResult; r is not null && r.Command is not RootCommand; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+        foreach (var m in messages)
         {
-            names.Insert(0, r.Command.Name);
+            await Console.Error.WriteLineAsync("error: " + TerminalText.Safe(Redact.Text(m))).ConfigureAwait(false);
         }
 
-        return names;
+        string safeHint = TerminalText.Safe(Redact.Text(hint));
+        await Console.Error.WriteLineAsync("hint: " + safeHint).ConfigureAwait(false);
+        MountRegistry.ReportFailed(2, TerminalText.Safe(Redact.Text(messages[0])), safeHint);
+        return 2;
     }
 
     /// <summary>

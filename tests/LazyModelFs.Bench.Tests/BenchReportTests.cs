@@ -159,6 +159,30 @@ public sealed class BenchReportTests
     }
 
     [Fact]
+    public void The_chart_is_on_a_log_scale_so_a_cold_bar_is_readable_next_to_the_page_cache_ceiling()
+    {
+        // On the linear scale a 50 MB/s cold bar next to a 20,000 MB/s page-cache ceiling was 1 px of 420 (issue 18, item 14).
+        string svg = Formats.Svg([("a", 10, true), ("b", 100, true), ("c", 1000, true), ("d", 10000, true), ("cold", 50, false), ("local disk hot", 20000, true)]);
+        var w = System.Text.RegularExpressions.Regex.Matches(svg, "<rect x=\"170\" y=\"\\d+\" width=\"([0-9.]+)\"")
+            .Select(m => double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(6, w.Count);
+
+        // From 1 (0 px) to 100,000 (420 px): five decades of 84 px; equal ratios are equal lengths.
+        double decade = w[1] - w[0];
+        Assert.Equal(84, w[0], 0.06);
+        Assert.Equal(84, decade, 0.11);
+        Assert.Equal(decade, w[2] - w[1], 0.11);
+        Assert.Equal(decade, w[3] - w[2], 0.11);
+        Assert.Equal(84 * Math.Log10(50), w[4], 0.06); // the cold bar: 143 px
+        Assert.Equal(84 * Math.Log10(20000), w[5], 0.06);
+        Assert.Equal(Math.Log10(20000 / 50.0), (w[5] - w[4]) / decade, 0.01); // its ratio to the ceiling reads off the scale
+        foreach (var label in new[] { ">1<", ">10<", ">100<", ">1000<", ">10000<", ">100000<", "logarithmic scale" })
+        {
+            Assert.Contains(label, svg, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public void Compare_puts_systems_side_by_side_with_the_first_reports_ceilings_for_peers()
     {
         var lmfs = Report();

@@ -126,6 +126,32 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
     }
 
     [Fact]
+    public void A_bucket_or_a_directory_given_as_the_volume_is_answered_with_format_and_import()
+    {
+        // `lmfs mount s3://bucket/...` said only "scheme 's3' is not supported" (issue 18, item 13).
+        string mp = _dir["mp"];
+        Directory.CreateDirectory(mp);
+        string models = _dir["models"];
+        Directory.CreateDirectory(models);
+        foreach (var (url, what) in new[] { ("s3://my-bucket/models", "is an object-store URL, not a metadata URL"), ($"file://{models}", "is a directory, not a metadata URL"), (models, "is a directory, not a metadata URL") })
+        {
+            var r = Fails(LmfsRunner.Run("mount", url, mp), 2, $"'{url}' {what}: lmfs mounts a volume, which is formatted and imported first");
+            string hint = r.Stderr.Split('\n').Single(l => l.StartsWith("hint: ", StringComparison.Ordinal));
+            Assert.Contains("lmfs format sqlite:///var/lib/lmfs/meta.db --storage ", hint, StringComparison.Ordinal);
+            Assert.Contains("lmfs import sqlite:///var/lib/lmfs/meta.db ", hint, StringComparison.Ordinal);
+            Assert.Contains(url.StartsWith("s3:", StringComparison.Ordinal) ? "--storage s3://my-bucket/lmfs" : $"import sqlite:///var/lib/lmfs/meta.db {models}/ /models/", hint, StringComparison.Ordinal);
+        }
+
+        Assert.Null(Fuse.FuseMount.MountTypeAt(mp));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(mp));
+
+        // The SQLite file itself, without its scheme.
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        Fails(LmfsRunner.Run("ls", _dir["meta.db"]), 2, "is a file, not a metadata URL");
+        Assert.Contains($"hint: if it is a volume's SQLite database, write {Meta}", LmfsRunner.Run("ls", _dir["meta.db"]).Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Unreachable_services_missing_bucket_and_wrong_credentials_are_explained()
     {
         Fails(LmfsRunner.Run("format", $"redis://127.0.0.1:{Ports.Free()}/0", "--storage", Objects), 4, "cannot connect to Redis");
@@ -249,6 +275,104 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
             if (Fuse.FuseMount.MountTypeAt(mp) is not null)
             {
                 LmfsRunner.Run("umount", mp);
+            }
+        }
+    }
+
+    [Fact]
+    public void A_mistyped_option_is_refused_with_a_suggestion_and_changes_nothing()
+    {
+        // `lmfs import META file --overwite` imported the file as /--overwite and exited 0 (issue 18, item 8).
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        string a = Source("a.bin", 1000);
+        var r = Fails(LmfsRunner.Run("import", Meta, a, "--overwite"), 2, "unknown option '--overwite' for `lmfs import`");
+        Assert.Contains("hint: did you mean --overwrite?", r.Stderr, StringComparison.Ordinal);
+        Fails(LmfsRunner.Run("import", Meta, a, "/a.bin", "--overwrite=yes", "--dereferense"), 2, "did you mean --dereference?");
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+
+        // Every command: an option it does not have is a usage error, never an argument.
+        foreach (string[] cmd in new string[][]
+        {
+            ["format", Meta, "--storage", Objects], ["import", Meta, a, "/a.bin"], ["ls", Meta], ["stat", Meta], ["cat", Meta, "/a.bin"], ["rm", Meta, "/a.bin"],
+            ["mount", Meta, _dir["mp"]], ["umount", _dir["mp"]], ["warmup", Meta, "/a.bin"], ["cache", "stats"], ["bench", a], ["bench", "compare", a], ["csi", "--node-id", "n"],
+        })
+        {
+            var bad = Fails(LmfsRunner.Run([.. cmd, "--no-such-option"]), 2, "unknown option '--no-such-option'");
+            Assert.DoesNotContain("did you mean", bad.Stderr, StringComparison.Ordinal);
+            Assert.Contains("goes after `--`", bad.Stderr, StringComparison.Ordinal);
+        }
+
+        Fails(LmfsRunner.Run("umount", _dir["mp"], "--forse"), 2, "did you mean --force?");
+        Fails(LmfsRunner.Run("ls", "--verbos", Meta), 2, "did you mean --verbose?");
+        Fails(LmfsRunner.Run("warmup", Meta, "/a.bin", "--buffer-size", "5X"), 2, "unknown option '--buffer-size' for `lmfs warmup`"); // mount's option, not warmup's
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+        Assert.False(Directory.Exists(_dir["mp"]));
+
+        // A negative number is an option's value, not an unknown option.
+        Fails(LmfsRunner.Run("bench", a, "--seed", "-5", "--runs", "0"), 2, "--runs 0 is out of range");
+    }
+
+    [Fact]
+    public void A_destination_must_be_absolute_and_a_name_that_starts_with_a_dash_goes_after_double_dash()
+    {
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects));
+        Source("-dash.bin", 1000);
+        Fails(LmfsRunner.Run(["import", Meta, "--", "-dash.bin", "relative.bin"], cwd: _dir.Path), 2, "destination 'relative.bin' is not allowed: a destination is an absolute path in the volume");
+        Fails(LmfsRunner.Run(["import", Meta, "-dash.bin", "/d.bin"], cwd: _dir.Path), 2, "unknown option '-dash.bin'");
+        Assert.Equal("", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout);
+
+        Ok(LmfsRunner.Run(["import", Meta, "--", "-dash.bin", "/-dash.bin"], cwd: _dir.Path));
+        Assert.Equal(File.ReadAllBytes(_dir["-dash.bin"]), LmfsRunner.RunBytes(["cat", Meta, "--", "/-dash.bin"]).Stdout);
+        Assert.Equal("-dash.bin", Ok(LmfsRunner.Run("ls", Meta, "/")).Stdout.Trim());
+    }
+
+    [Fact]
+    public void Lmfs_alone_prints_the_commands_and_a_mistyped_command_gets_a_suggestion()
+    {
+        // `lmfs` printed "Required command was not provided" and "see `lmfs  --help`" (issue 18, item 9).
+        var usage = LmfsRunner.Run();
+        Assert.True(usage.ExitCode == 2, usage.ToString());
+        Assert.StartsWith("usage: lmfs COMMAND", usage.Stderr, StringComparison.Ordinal);
+        foreach (var cmd in new[] { "format", "import", "ls", "stat", "cat", "rm", "mount", "umount", "warmup", "cache", "bench", "csi" })
+        {
+            Assert.Single(usage.Stderr.Split('\n'), l => l.StartsWith($"  {cmd} ", StringComparison.Ordinal) && l.Length <= 100);
+        }
+
+        Assert.Contains("`lmfs COMMAND --help`", usage.Stderr, StringComparison.Ordinal);
+        Assert.True(usage.Stderr.Split('\n').Length <= 20, usage.Stderr);
+
+        Assert.Contains("hint: did you mean `lmfs mount`?", Fails(LmfsRunner.Run("moutn", Meta, _dir["mp"]), 2, "'moutn' is not a command of `lmfs`").Stderr, StringComparison.Ordinal);
+        Assert.Contains("hint: did you mean `lmfs cache stats`?", Fails(LmfsRunner.Run("cache", "stat"), 2, "'stat' is not a command of `lmfs cache`").Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("did you mean", Fails(LmfsRunner.Run("xyzzy"), 2, "'xyzzy' is not a command of `lmfs`").Stderr, StringComparison.Ordinal);
+        Fails(LmfsRunner.Run("cache"), 2, "`lmfs cache` needs a command: stats, clear");
+        Assert.False(Directory.Exists(_dir["mp"]));
+    }
+
+    [MountFact]
+    public void The_smallest_buffer_size_is_stated_as_one_that_is_accepted()
+    {
+        // "--buffer-size 16 MiB too small ... use at least 16.0 MiB" (issue 18, item 9): 4 buffers of a
+        // 4 MiB chunk are a little over 16 MiB; the hint now names a size that mounts.
+        Ok(LmfsRunner.Run("format", Meta, "--storage", Objects, "--chunk-size", "4M"));
+        Ok(LmfsRunner.Run("import", Meta, Source("a.bin", 5000), "/a.bin"));
+        string mp = _dir["mp"];
+        Directory.CreateDirectory(mp);
+        string[] mount = ["mount", Meta, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]];
+        try
+        {
+            var r = Fails(LmfsRunner.Run([.. mount, "--buffer-size", "16M"]), 2, "--buffer-size 16M is too small for the volume's 4M chunks");
+            Assert.Contains("hint: use --buffer-size 17M or more", r.Stderr, StringComparison.Ordinal);
+            Assert.Null(Fuse.FuseMount.MountTypeAt(mp));
+            Fails(LmfsRunner.Run([.. mount, "--buffer-size", "5X"]), 2, "--buffer-size '5X' has an unknown unit 'X'");
+
+            Ok(LmfsRunner.Run([.. mount, "--buffer-size", "17M"]));
+            Assert.Equal(File.ReadAllBytes(_dir["a.bin"]), File.ReadAllBytes(Path.Combine(mp, "a.bin")));
+        }
+        finally
+        {
+            if (Fuse.FuseMount.MountTypeAt(mp) is not null)
+            {
+                Ok(LmfsRunner.Run("umount", mp));
             }
         }
     }

@@ -14,9 +14,14 @@ public static class LmfsRunner
 {
     public static string Dll { get; } = Path.Combine(AppContext.BaseDirectory, "lmfs.dll");
 
-    public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null)
+    public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null, string? cwd = null)
     {
         var psi = Prepare(args, env);
+        if (cwd is not null)
+        {
+            psi.WorkingDirectory = cwd;
+        }
+
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();

@@ -11,7 +11,7 @@ internal static class ImportCommand
     public static Command Build()
     {
         var meta = Common.MetaUrl();
-        var paths = new Argument<string[]>("SRC... DEST") { Description = "Local files or directories, then the destination path in the volume", Arity = new ArgumentArity(2, 100_000) };
+        var paths = new Argument<string[]>("SRC... DEST") { Description = "Local files or directories, then the destination: an absolute path in the volume", Arity = new ArgumentArity(2, 100_000) };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace destination files that exist with other content" };
         var concurrency = Numeric.Int("--concurrency", "Chunks hashed and uploaded at once", 16, 1, 256, "-j");
         var dereference = new Option<bool>("--dereference", "-L") { Description = "Follow every symlink inside source directories (like cp -L); by default they are kept as symlinks" };
@@ -26,6 +26,12 @@ internal static class ImportCommand
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var all = p.GetValue(paths)!;
+            if (!all[^1].StartsWith('/'))
+            {
+                // A relative destination used to land under the root: `--overwite` became /--overwite (issue 18, item 8).
+                throw new LmfsException($"destination '{all[^1]}' is not allowed: a destination is an absolute path in the volume", $"start it with '/', e.g. /{all[^1].TrimStart('.', '/')} (the destination comes last; a source that starts with '-' goes after `--`)", 2);
+            }
+
             int jobs = p.GetValue(concurrency);
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
             var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Dereference = p.GetValue(dereference), Concurrency = jobs });

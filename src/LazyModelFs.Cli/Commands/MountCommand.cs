@@ -45,7 +45,7 @@ internal static class MountCommand
                     await v.Store.CheckReadableAsync(ct).ConfigureAwait(false);
                 }
 
-                return await StartBackgroundAsync(p, meta, mountPoint, background, target, p.GetValue(logFile), ct).ConfigureAwait(false);
+                return await StartBackgroundAsync(p, meta, mountPoint, background, opts.AllowOther, target, p.GetValue(logFile), ct).ConfigureAwait(false);
             }
 
             if (Redact.HasCredentials(metaUrl))
@@ -64,7 +64,7 @@ internal static class MountCommand
             MountRegistry.Save(new MountRecord(target, Redact.StripCredentials(metaUrl), Path.GetFullPath(mountOptions.CacheDir), Environment.ProcessId));
             MountRegistry.ReportReady(); // after the record: a launcher that reads ready finds the record and the control socket
             log.LogInformation(
-                "mounted volume '{Name}' ({Meta}) at {Target}: chunks {Chunk}, cache {Cache} ({CacheSize}), memory {Buffer}, prefetch {Prefetch}",
+                "mounted volume '{Name}' ({Meta}) at {Target}: chunks {Chunk}, cache {Cache} ({CacheSize}), memory {Buffer}, prefetch {Prefetch}; {Access}",
                 volume.Settings.Name,
                 Redact.Url(metaUrl),
                 target,
@@ -72,7 +72,8 @@ internal static class MountCommand
                 mountOptions.CacheSize > 0 ? mountOptions.CacheDir : "off",
                 Sizes.Format(mountOptions.CacheSize),
                 Sizes.Format(mountOptions.BufferSize),
-                mountOptions.Vfs.Prefetch);
+                mountOptions.Vfs.Prefetch,
+                mountOptions.AllowOther ? "other users may use it (--allow-other; file owners and modes apply)" : PrivateMountNote(target));
 
             // Ctrl-C / SIGTERM cancel the token: unmount (lazily; open files finish, then the session ends).
             using var reg = ct.Register(() => ThreadPool.QueueUserWorkItem(_ => mount.Unmount()));
@@ -98,7 +99,7 @@ internal static class MountCommand
     /// instead: a command line is readable by every user (/proc/PID/cmdline) for as long as the
     /// daemon runs.
     /// </summary>
-    private static async Task<int> StartBackgroundAsync(ParseResult p, Argument<string> meta, Argument<string> mountPoint, Option<bool> background, string target, string? logFile, CancellationToken ct)
+    private static async Task<int> StartBackgroundAsync(ParseResult p, Argument<string> meta, Argument<string> mountPoint, Option<bool> background, Option<bool> allowOther, string target, string? logFile, CancellationToken ct)
     {
         logFile ??= MountRegistry.LogFileFor(MountRegistry.DefaultLogDirectory, target);
         var (url, password) = Redact.SplitPassword(p.GetValue(meta)!);
@@ -130,8 +131,22 @@ internal static class MountCommand
         }
 
         Console.WriteLine($"mounted {target} in the background; log: {logFile}");
+        if (p.GetValue(allowOther) is false)
+        {
+            Console.WriteLine(PrivateMountNote(target));
+        }
+
         return 0;
     }
+
+    /// <summary>
+    /// What a mount without --allow-other says when it comes up (issue 18, item 12). The kernel lets
+    /// no other user into such a mount (fuse_allow_current_process, fs/fuse/dir.c) and answers them
+    /// EACCES itself: the daemon never sees those requests, so this line is the only hint lmfs can give.
+    /// </summary>
+    private static string PrivateMountNote(string target) =>
+        $"only uid {Posix.EUid} can use {target}: the kernel refuses every other user (Permission denied); to share it, mount with --allow-other"
+        + (Environment.IsPrivilegedProcess ? "" : " (as a user other than root that needs user_allow_other in /etc/fuse.conf)");
 }
 
 internal static class UmountCommand

@@ -30,9 +30,9 @@ public static class MetaStores
 #pragma warning restore CA2000
         }
 
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri))
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || url.StartsWith('/'))
         {
-            throw new LmfsException($"'{Redact.Url(url)}' is not a metadata URL", UrlHelp, 2);
+            throw NotAVolume(url, null) ?? new LmfsException($"'{Redact.Url(url)}' is not a metadata URL", UrlHelp, 2);
         }
 
         switch (uri.Scheme)
@@ -57,7 +57,50 @@ public static class MetaStores
             case "rediss":
                 return await RedisMetaStore.ConnectAsync(uri, url, redisPassword, ct).ConfigureAwait(false);
             default:
-                throw new LmfsException($"metadata URL scheme '{uri.Scheme}' is not supported", UrlHelp, 2);
+                throw NotAVolume(url, uri) ?? new LmfsException($"metadata URL scheme '{uri.Scheme}' is not supported", UrlHelp, 2);
         }
+    }
+
+    /// <summary>
+    /// Where an object store or a directory was given in place of a metadata URL (`lmfs mount
+    /// s3://bucket/models /models`, what an s3fs or rclone user types first; issue 18, item 13): lmfs
+    /// serves a volume, which `lmfs format` makes and `lmfs import` fills; the hint shows both commands.
+    /// An existing file is likely the SQLite database itself, named without its scheme.
+    /// </summary>
+    private static LmfsException? NotAVolume(string url, Uri? uri)
+    {
+        const string Meta = "sqlite:///var/lib/lmfs/meta.db";
+        string shown = Redact.Url(url);
+        if (uri?.Scheme is "s3" or "gs" or "s3a" or "http" or "https")
+        {
+            string bucket = uri.Scheme == "s3" && uri.Host.Length > 0 ? uri.Host : "BUCKET";
+            return new LmfsException(
+                $"'{shown}' is an object-store URL, not a metadata URL: lmfs mounts a volume, which is formatted and imported first (files already in a bucket are not served in place)",
+                $"make one whose chunks go to the bucket, then mount its metadata URL: lmfs format {Meta} --storage s3://{bucket}/lmfs [--endpoint URL]; lmfs import {Meta} ./my-model /models/; lmfs mount {Meta} MOUNTPOINT",
+                2);
+        }
+
+        string? path = uri?.Scheme == "file" && !url.StartsWith('/') ? Uri.UnescapeDataString(uri.AbsolutePath) : uri is null || url.StartsWith('/') ? url : null;
+        if (path is null)
+        {
+            return null;
+        }
+
+        string full = Path.GetFullPath(path);
+        if (File.Exists(full))
+        {
+            return new LmfsException($"'{shown}' is a file, not a metadata URL", $"if it is a volume's SQLite database, write sqlite://{full}", 2);
+        }
+
+        bool exists = Directory.Exists(full);
+        if (uri?.Scheme != "file" && !exists)
+        {
+            return null;
+        }
+
+        return new LmfsException(
+            $"'{shown}' is {(exists ? "a directory" : "a storage URL")}, not a metadata URL: lmfs mounts a volume, which is formatted and imported first",
+            $"make one from the directory's files, then mount its metadata URL: lmfs format {Meta} --storage file:///var/lib/lmfs/objects; lmfs import {Meta} {full}/ /models/; lmfs mount {Meta} MOUNTPOINT",
+            2);
     }
 }

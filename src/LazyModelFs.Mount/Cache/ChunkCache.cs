@@ -128,9 +128,16 @@ public sealed class ChunkCache : IDisposable
     {
         loggers ??= NullLoggerFactory.Instance;
         int chunk = volume.Settings.ChunkSize;
-        if (setup.MemoryBytes < 4L * CachedChunk.BufferSizeFor(chunk))
+        long needed = 4L * CachedChunk.BufferSizeFor(chunk);
+        if (setup.MemoryBytes < needed)
         {
-            throw new LmfsException($"--buffer-size {Sizes.Format(setup.MemoryBytes)} is too small for {Sizes.Format(chunk)} chunks", $"use at least {Sizes.Format(4L * CachedChunk.BufferSizeFor(chunk))}", 2);
+            // Stated as a size that is accepted, in the units users type: 4 buffers of a 4 MiB chunk are a
+            // little over 16 MiB, which read "16 MiB too small ... use at least 16.0 MiB" (issue 18, item 9).
+            long accepted = (needed + (1L << 20) - 1) & ~((1L << 20) - 1);
+            throw new LmfsException(
+                $"--buffer-size {Sizes.FormatExact(setup.MemoryBytes)} is too small for the volume's {Sizes.FormatExact(chunk)} chunks: the memory tier needs 4 chunk buffers ({Sizes.FormatExact(needed)} bytes)",
+                $"use --buffer-size {Sizes.FormatExact(accepted)} or more",
+                2);
         }
 
         var disk = setup.DiskBytes > 0

@@ -279,6 +279,41 @@ public sealed class ProcessFaultTests : IDisposable
     }
 
     [MountFact]
+    public void A_mount_without_allow_other_says_who_can_use_it_and_how_to_share_it()
+    {
+        // Other users got "Permission denied" and nothing anywhere named --allow-other (issue 18, item 12);
+        // the kernel answers them itself, so the mount says it when it comes up.
+        Volume();
+        foreach (bool allowOther in new[] { false, true })
+        {
+            string mp = Directory.CreateTempSubdirectory("lmfs-pnote-").FullName;
+            File.SetUnixFileMode(mp, (UnixFileMode)0x1ED);
+            File.Delete(_dir["mount.log"]);
+            try
+            {
+                string[] args = ["mount", Meta, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]];
+                var r = LmfsRunner.Run(allowOther ? [.. args, "--allow-other"] : args);
+                Ok(r);
+                string note = $"only uid 0 can use {mp}: the kernel refuses every other user (Permission denied); to share it, mount with --allow-other";
+                string log = File.ReadAllText(_dir["mount.log"]);
+                Assert.Equal(!allowOther, r.Stdout.Contains(note, StringComparison.Ordinal));
+                Assert.Equal(!allowOther, log.Contains(note, StringComparison.Ordinal));
+                Assert.Contains("mounted volume", log, StringComparison.Ordinal);
+                Assert.Equal(allowOther, As(65534, "cat", Path.Combine(mp, "d/m.bin")).Code == 0);
+            }
+            finally
+            {
+                if (FuseMount.MountTypeAt(mp) is not null)
+                {
+                    Ok(LmfsRunner.Run("umount", mp));
+                }
+
+                Directory.Delete(mp);
+            }
+        }
+    }
+
+    [MountFact]
     public void A_mount_through_a_symlink_comes_up_is_not_stacked_and_unmounts_through_the_link()
     {
         var data = Volume();
