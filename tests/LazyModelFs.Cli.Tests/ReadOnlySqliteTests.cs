@@ -79,7 +79,12 @@ public sealed class ReadOnlySqliteTests : IDisposable
         }
         finally
         {
+            int? pid = LazyModelFs.Vfs.MountRegistry.Load(mp)?.Pid;
             LmfsRunner.Run("umount", mp);
+
+            // The unmount is lazy: the daemon exits just after, and until then holds the database
+            // open on the read-only view, which the tear-down unmounts (it would be busy).
+            Assert.True(pid is null || SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{pid}"), 30_000), "the daemon did not exit after its unmount");
         }
 
         Assert.Equal(["meta.db", "objects"], Directory.GetFileSystemEntries(_dir["vol"]).Select(Path.GetFileName).Order(StringComparer.Ordinal));
