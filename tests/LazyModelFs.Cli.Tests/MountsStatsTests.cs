@@ -107,8 +107,34 @@ public sealed class MountsStatsTests : IDisposable
             Assert.Equal(1, s.ExitCode);
             Assert.Contains("is gone", s.Stderr, StringComparison.Ordinal);
 
+            Assert.True((bool)e["mounted"]!);
+
             Ok(LmfsRunner.Run("umount", mp)); // detaches the dead mount and removes its record
             Assert.Null(Listed(mp));
+        });
+    }
+
+    [MountFact]
+    public void Umount_removes_the_stale_record_of_a_killed_daemon_whose_mount_was_detached_by_hand()
+    {
+        Volume();
+        WithBackgroundMount(mp =>
+        {
+            int pid = MountRegistry.Load(mp)!.Pid;
+            Assert.Equal(0, Signals.Kill(pid, Signals.SIGKILL));
+            Assert.True(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{pid}"), 30_000), $"process {pid} did not exit");
+            Assert.Equal("", Proc.Run("umount", "-l", mp));
+
+            var e = Listed(mp);
+            Assert.NotNull(e);
+            Assert.Equal("stale", (string?)e["state"]);
+            Assert.False((bool)e["mounted"]!);
+
+            var r = LmfsRunner.Run("umount", mp);
+            Ok(r);
+            Assert.Contains("stale mount record", r.Stdout, StringComparison.Ordinal);
+            Assert.Null(Listed(mp));
+            Assert.Equal(2, LmfsRunner.Run("umount", mp).ExitCode); // nothing mounted, no record: as before
         });
     }
 

@@ -38,6 +38,7 @@ internal static class MountsCommand
                         ["pid"] = r.Record.Pid,
                         ["cacheDir"] = r.Record.CacheDir,
                         ["state"] = r.Live ? "live" : "stale",
+                        ["mounted"] = r.Mounted,
                         ["uptimeSeconds"] = r.Uptime is { } u ? Math.Floor(u.TotalSeconds) : null,
                         ["recordedAt"] = r.Written.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
                     });
@@ -71,7 +72,7 @@ internal static class MountsCommand
     }
 
     /// <summary>A record with what the mount table and /proc say of it now.</summary>
-    internal sealed record MountState(MountRecord Record, DateTime Written, bool Live, TimeSpan? Uptime);
+    internal sealed record MountState(MountRecord Record, DateTime Written, bool Mounted, bool Live, TimeSpan? Uptime);
 
     internal static MountState Describe(MountRecord r, DateTime written, IReadOnlyList<MountEntry> table)
     {
@@ -80,7 +81,7 @@ internal static class MountsCommand
         // The daemon writes its record after it started; a process that started later only reuses the pid (2 s: /proc's clock-tick rounding and the file time's).
         bool daemon = age is { } a && DateTime.UtcNow - a <= written + TimeSpan.FromSeconds(2);
         bool live = mounted && daemon;
-        return new MountState(r, written, live, live ? age : null);
+        return new MountState(r, written, mounted, live, live ? age : null);
     }
 
     /// <summary>How long process <paramref name="pid"/> has run: /proc/PID/stat's start time (field 22, in clock ticks since boot; USER_HZ is 100 on Linux) against /proc/uptime. Null when there is no such process.</summary>
