@@ -37,6 +37,8 @@ public static class Cli
         root.Add(FsckCommand.Build());
         root.Add(MountCommand.Build());
         root.Add(UmountCommand.Build());
+        root.Add(MountsCommand.Build());
+        root.Add(StatsCommand.Build());
         root.Add(WarmupCommand.Build());
         root.Add(CacheCommand.Build());
         root.Add(BenchCommand.Build());

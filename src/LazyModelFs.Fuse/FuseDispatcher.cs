@@ -59,6 +59,7 @@ public sealed class FuseDispatcher
     private readonly FuseConnection? _connection;
     private volatile FuseConnectionInfo? _info;
     private int _inFlight;
+    private long _reads, _readBytes, _readErrors;
 
     public FuseDispatcher(IFuseFileSystem fs, FuseProtocolOptions? options = null, ILogger? logger = null, FuseConnection? connection = null)
     {
@@ -80,6 +81,15 @@ public sealed class FuseDispatcher
 
     /// <summary>Requests whose handler went async and whose reply is not written yet.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>READ requests answered with data (a short or empty read at the end of a file counts), since the mount. Reads the kernel answers from its page cache, or through passthrough, never arrive here.</summary>
+    public long Reads => Interlocked.Read(ref _reads);
+
+    /// <summary>Bytes those READ answers carried to the kernel.</summary>
+    public long ReadBytes => Interlocked.Read(ref _readBytes);
+
+    /// <summary>READ requests answered with an error (EIO from a failed fetch, EBADF, ...).</summary>
+    public long ReadErrors => Interlocked.Read(ref _readErrors);
 
     /// <summary>Set when a DESTROY arrived; the session then stops.</summary>
     public bool Destroyed { get; private set; }
@@ -559,6 +569,7 @@ public sealed class FuseDispatcher
             {
                 Pool.Return(buf);
                 _log.LogError(ex, "fuse: READ on node {Node} failed", req.NodeId);
+                Interlocked.Increment(ref _readErrors);
                 SendError(sink, req, Errno.EIO);
                 return;
             }
@@ -575,17 +586,22 @@ public sealed class FuseDispatcher
     {
         try
         {
+            // The counters are lock-free (Interlocked): this runs on the memory-hit path, synchronously.
             if (r.Error != Errno.OK)
             {
+                Interlocked.Increment(ref _readErrors);
                 SendError(sink, req, r.Error);
             }
             else if (r.Length < 0 || r.Length > size)
             {
+                Interlocked.Increment(ref _readErrors);
                 _log.LogError("fuse: READ handler returned {Length} bytes for a {Size}-byte request", r.Length, size);
                 SendError(sink, req, Errno.EIO);
             }
             else
             {
+                Interlocked.Increment(ref _reads);
+                Interlocked.Add(ref _readBytes, r.Length);
                 Send(sink, req, r.IsExternal ? r.External.Span : buf.AsSpan(0, r.Length), default);
             }
         }

@@ -162,6 +162,14 @@ internal static class UmountCommand
             string target = FuseMount.ResolveMountPoint(given);
             string shown = target == Path.GetFullPath(given) ? target : $"{target} (where {given} leads)";
             var type = FuseMount.MountTypeAt(target);
+            if (type is null && MountRegistry.Load(target) is not null)
+            {
+                // The mount is gone but its record was left (a daemon killed, then the mount detached by hand): `lmfs mounts` lists it as stale until this.
+                MountRegistry.Remove(target);
+                Console.WriteLine($"nothing is mounted at {target}; removed its stale mount record");
+                return Task.FromResult(0);
+            }
+
             if (type is null)
             {
                 throw new LmfsException($"nothing is mounted at {shown}", "check the path (see /proc/mounts)", 2);

@@ -15,7 +15,7 @@ namespace LazyModelFs.Vfs;
 /// `lmfs bench` reads the daemon's counters and puts a file back to cold or warm without remounting.
 ///
 /// Commands:
-///   stats                       counters of the chunk reader, memory tier, disk cache and directory handles
+///   stats                       counters of READ requests (count, bytes to the kernel, errors), the chunk reader, memory tier, disk cache and directory handles
 ///   forget INO memory|disk      drop the file's queued background fetches, its chunks from the memory tier (and the disk cache),
 ///                               forget its readahead streams, restart prefetch at its next open
 ///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
@@ -159,6 +159,10 @@ internal sealed class MountControl : IDisposable
             ["chunkSize"] = _mount.Volume.Settings.ChunkSize,
             ["bufferSize"] = _mount.Options.BufferSize,
         };
+        var d = _mount.Session.Dispatcher;
+        o["reads"] = d.Reads;
+        o["readBytes"] = d.ReadBytes;
+        o["readErrors"] = d.ReadErrors;
         _mount.Cache.AddStats(o);
         o["dirHandles"] = _mount.FileSystem.Directories.Open;
         o["dirSnapshots"] = _mount.FileSystem.Directories.Snapshots;

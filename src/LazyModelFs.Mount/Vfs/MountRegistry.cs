@@ -105,14 +105,49 @@ public static class MountRegistry
         string full = Path.GetFullPath(mountPoint);
         try
         {
-            string? text = PrivateFiles.ReadTrusted(FileFor(full));
-            var d = text is null ? null : JsonSerializer.Deserialize<Dictionary<string, string>>(text);
-            return d is null || d["mountPoint"] != full ? null : new MountRecord(d["mountPoint"], d["metaUrl"], d["cacheDir"], int.Parse(d["pid"], CultureInfo.InvariantCulture));
+            var r = Parse(PrivateFiles.ReadTrusted(FileFor(full)));
+            return r is null || r.MountPoint != full ? null : r;
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or JsonException or KeyNotFoundException or FormatException or OverflowException)
         {
             return null;
         }
+    }
+
+    /// <summary>
+    /// Every mount record of this user (root: those in /run/lmfs), live or left by a daemon that was
+    /// killed, with the time its file was written (the daemon writes it once it serves). A record
+    /// that cannot be read, is damaged, or is not to be trusted is left out.
+    /// </summary>
+    public static IReadOnlyList<(MountRecord Record, DateTime Written)> All()
+    {
+        var list = new List<(MountRecord, DateTime)>();
+        foreach (var f in Directory.EnumerateFiles(RecordDirectory, "*.json"))
+        {
+            if (Path.GetFileName(f).StartsWith("launch-", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            try
+            {
+                if (Parse(PrivateFiles.ReadTrusted(f)) is { } r && FileFor(r.MountPoint) == f)
+                {
+                    list.Add((r, File.GetLastWriteTimeUtc(f)));
+                }
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or JsonException or KeyNotFoundException or FormatException or OverflowException)
+            {
+            }
+        }
+
+        return list.OrderBy(x => x.Item1.MountPoint, StringComparer.Ordinal).ToList();
+    }
+
+    private static MountRecord? Parse(string? text)
+    {
+        var d = text is null ? null : JsonSerializer.Deserialize<Dictionary<string, string>>(text);
+        return d is null ? null : new MountRecord(d["mountPoint"], d["metaUrl"], d["cacheDir"], int.Parse(d["pid"], CultureInfo.InvariantCulture));
     }
 
     public static void Remove(string mountPoint)
