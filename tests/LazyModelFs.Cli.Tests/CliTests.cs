@@ -31,15 +31,7 @@ public sealed class CliTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, ID
         return r;
     }
 
-    private string Source(string name, int size)
-    {
-        var b = new byte[size];
-        new Random(size).NextBytes(b);
-        string p = _dir[name];
-        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, b);
-        return p;
-    }
+    private string Source(string name, int size) => _dir.WriteRandom(name, size);
 
     [Fact]
     public void Warmup_into_a_cache_that_cannot_take_the_chunks_fails_and_reports_nothing_cached_that_is_not()

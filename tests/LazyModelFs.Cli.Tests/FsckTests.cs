@@ -10,15 +10,7 @@ public sealed class FsckTests(RedisAndS3 servers) : IClassFixture<RedisAndS3>, I
 {
     private readonly TempDir _dir = new("lmfs-fsck");
 
-    private string Source(string name, int size)
-    {
-        var b = new byte[size];
-        new Random(size).NextBytes(b);
-        string p = _dir[name];
-        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, b);
-        return p;
-    }
+    private string Source(string name, int size) => _dir.WriteRandom(name, size);
 
     private static RunResult Exit(int code, RunResult r)
     {

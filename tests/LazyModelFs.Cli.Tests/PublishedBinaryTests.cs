@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using LazyModelFs.Testing;
 using Xunit;
@@ -18,8 +17,8 @@ public sealed class PublishedBinaryTests : IDisposable
     [Fact]
     public void The_published_single_binary_alone_formats_imports_and_reads_a_sqlite_volume()
     {
-        var publish = Run("dotnet", ["publish", Path.Combine(Repo.Root, "src/LazyModelFs.Cli"), "-c", "Release", "-r", "linux-x64", "--self-contained", "-p:PublishSingleFile=true", "-o", _dir["pub"], "-nologo", "-v", "q"], null, TimeSpan.FromMinutes(8));
-        Assert.True(publish.Code == 0, publish.Output);
+        var publish = LmfsRunner.Run(["publish", Path.Combine(Repo.Root, "src/LazyModelFs.Cli"), "-c", "Release", "-r", "linux-x64", "--self-contained", "-p:PublishSingleFile=true", "-o", _dir["pub"], "-nologo", "-v", "q"], timeout: TimeSpan.FromMinutes(8), program: "dotnet");
+        Assert.True(publish.ExitCode == 0, publish.ToString());
 
         // Only the binary, nowhere near the build: no library beside it to lean on.
         Directory.CreateDirectory(_dir["solo"]);
@@ -39,40 +38,14 @@ public sealed class PublishedBinaryTests : IDisposable
             new[] { "ls", meta, "/m" },
         })
         {
-            var r = Run(lmfs, args, env, TimeSpan.FromMinutes(2));
-            Assert.True(r.Code == 0, $"lmfs {string.Join(' ', args)}: {r.Output}");
-            Assert.DoesNotContain("Exception", r.Output, StringComparison.Ordinal);
+            var r = LmfsRunner.Run(args, env, program: lmfs);
+            Assert.True(r.ExitCode == 0, $"lmfs {string.Join(' ', args)}: {r}");
+            Assert.DoesNotContain("Exception", r.Stdout + r.Stderr, StringComparison.Ordinal);
         }
 
-        string copy = _dir["out.bin"];
-        var cat = Run("sh", ["-c", $"'{lmfs}' cat '{meta}' /m/src.bin > '{copy}'"], env, TimeSpan.FromMinutes(2));
-        Assert.True(cat.Code == 0, cat.Output);
-        Assert.Equal(SHA256.HashData(data), SHA256.HashData(File.ReadAllBytes(copy)));
-    }
-
-    private static (int Code, string Output) Run(string file, IEnumerable<string> args, IDictionary<string, string?>? env, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        foreach (var (k, v) in env ?? new Dictionary<string, string?>())
-        {
-            psi.Environment[k] = v;
-        }
-
-        using var p = Process.Start(psi)!;
-        var stderr = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            return (-1, $"{file} timed out after {timeout}");
-        }
-
-        return (p.ExitCode, stdout.Result + stderr.Result);
+        var cat = LmfsRunner.RunBytes(["cat", meta, "/m/src.bin"], env, program: lmfs);
+        Assert.True(cat.ExitCode == 0, cat.Stderr);
+        Assert.Equal(SHA256.HashData(data), SHA256.HashData(cat.Stdout));
     }
 
     public void Dispose() => _dir.Dispose();

@@ -14,9 +14,10 @@ public static class LmfsRunner
 {
     public static string Dll { get; } = Path.Combine(AppContext.BaseDirectory, "lmfs.dll");
 
-    public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null, string? cwd = null)
+    /// <param name="program">Another program to run instead of the built lmfs.dll (a published `lmfs` binary, `dotnet publish`), with the same environment rules.</param>
+    public static RunResult Run(IEnumerable<string> args, IDictionary<string, string?>? env = null, TimeSpan? timeout = null, byte[]? stdin = null, string? cwd = null, string? program = null)
     {
-        var psi = Prepare(args, env);
+        var psi = Prepare(args, env, program);
         if (cwd is not null)
         {
             psi.WorkingDirectory = cwd;
@@ -75,9 +76,9 @@ public static class LmfsRunner
     public static string[] AsUser(int uid) => ["setpriv", $"--reuid={uid}", $"--regid={uid}", "--clear-groups"];
 
     /// <summary>Like <see cref="Run(IEnumerable{string}, IDictionary{string, string}?, TimeSpan?, byte[]?)"/>, keeping stdout as bytes (for `lmfs cat`).</summary>
-    public static BytesResult RunBytes(IEnumerable<string> args, IDictionary<string, string?>? env = null)
+    public static BytesResult RunBytes(IEnumerable<string> args, IDictionary<string, string?>? env = null, string? program = null)
     {
-        var psi = Prepare(args, env);
+        var psi = Prepare(args, env, program);
         using var p = Process.Start(psi)!;
         using var ms = new MemoryStream();
         var copy = p.StandardOutput.BaseStream.CopyToAsync(ms);
@@ -116,16 +117,20 @@ public static class LmfsRunner
         return new RunResult(p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private static ProcessStartInfo Prepare(IEnumerable<string> args, IDictionary<string, string?>? env)
+    private static ProcessStartInfo Prepare(IEnumerable<string> args, IDictionary<string, string?>? env, string? program = null)
     {
-        var psi = new ProcessStartInfo("dotnet")
+        var psi = new ProcessStartInfo(program ?? "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
-        psi.ArgumentList.Add(Dll);
+        if (program is null)
+        {
+            psi.ArgumentList.Add(Dll);
+        }
+
         foreach (var a in args)
         {
             psi.ArgumentList.Add(a);

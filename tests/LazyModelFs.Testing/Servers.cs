@@ -62,6 +62,15 @@ public sealed class TempDir : IDisposable
 
     public string this[string relative] => System.IO.Path.Combine(Path, relative);
 
+    /// <summary>Writes <paramref name="size"/> random bytes (seeded by the size: the same size, the same bytes) at <paramref name="relative"/>, making its directory; returns the full path.</summary>
+    public string WriteRandom(string relative, int size)
+    {
+        string p = this[relative];
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(p)!);
+        File.WriteAllBytes(p, TestData.Random(size, size));
+        return p;
+    }
+
     public void Dispose()
     {
         try

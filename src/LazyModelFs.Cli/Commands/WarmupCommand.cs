@@ -68,7 +68,7 @@ internal static class WarmupCommand
             }
 
             long done = 0;
-            var work = cache.FillAsync(entries, j, n => Interlocked.Add(ref done, n), ct);
+            var work = cache.FillAsync(have, j, n => Interlocked.Add(ref done, n), ct);
             if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
             {
                 await AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn()).StartAsync(async ctx =>

@@ -101,13 +101,8 @@ public sealed class VolumeCheck(Volume volume, CheckOptions options)
         var ids = files.SelectMany(f => f.Table.Entries).Select(e => e.Id).Distinct().ToList();
         var rows = files.SelectMany(f => f.Table.Entries).Distinct().ToList();
         Progress.TotalObjects = ids.Count + (options.Verify ? rows.Count : 0);
-        var sizes = new ConcurrentDictionary<ChunkId, long?>();
+        var sizes = await volume.Chunks.StoredSizesAsync(ids, options.Concurrency, () => Interlocked.Increment(ref Progress._objectsDone), ct).ConfigureAwait(false);
         var par = new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Concurrency), CancellationToken = ct };
-        await Parallel.ForEachAsync(ids, par, async (id, t) =>
-        {
-            sizes[id] = await volume.Store.HeadAsync(id.ObjectKey(), t).ConfigureAwait(false);
-            Interlocked.Increment(ref Progress._objectsDone);
-        }).ConfigureAwait(false);
 
         var bad = new ConcurrentDictionary<ChunkEntry, (ChunkProblem Problem, string Detail)>();
         foreach (var e in rows)

@@ -130,6 +130,22 @@ public sealed class ChunkStore(IObjectStore store) : IChunkSource
     }
 
     /// <summary>
+    /// The stored size of each chunk's object (null: missing), one HEAD per id, <paramref name="concurrency"/>
+    /// at a time (<c>lmfs fsck</c>, and an import deciding whether an unchanged file's objects are all there).
+    /// <paramref name="onEach"/> is called as each HEAD completes.
+    /// </summary>
+    public async Task<IReadOnlyDictionary<ChunkId, long?>> StoredSizesAsync(IEnumerable<ChunkId> ids, int concurrency, Action? onEach = null, CancellationToken ct = default)
+    {
+        var sizes = new System.Collections.Concurrent.ConcurrentDictionary<ChunkId, long?>();
+        await Parallel.ForEachAsync(ids.Distinct(), new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, concurrency), CancellationToken = ct }, async (id, t) =>
+        {
+            sizes[id] = await Store.HeadAsync(id.ObjectKey(), t).ConfigureAwait(false);
+            onEach?.Invoke();
+        }).ConfigureAwait(false);
+        return sizes;
+    }
+
+    /// <summary>
     /// Stores a chunk unless the store already has its object (a HEAD, <see cref="FindAsync"/>), and
     /// returns its chunk-table row. With zstd wanted, the object is compressed only when that makes it
     /// smaller (<see cref="ChunkObject.TryCompress"/>).

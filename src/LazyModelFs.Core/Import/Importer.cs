@@ -469,18 +469,11 @@ public sealed class Importer(Volume volume, ImportOptions options)
         }
     }
 
-    /// <summary>The chunks of <paramref name="table"/> whose object is missing or not of the row's stored size (one HEAD each, in parallel).</summary>
+    /// <summary>The chunks of <paramref name="table"/> whose object is missing or not of the row's stored size (one HEAD per object, ChunkStore.StoredSizesAsync).</summary>
     private async Task<List<ChunkId>> BrokenObjectsAsync(ChunkTable table, CancellationToken ct)
     {
-        var broken = new ConcurrentBag<ChunkId>();
-        await Parallel.ForEachAsync(table.Entries.Distinct(), new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Concurrency), CancellationToken = ct }, async (e, t) =>
-        {
-            if (await volume.Store.HeadAsync(e.Id.ObjectKey(), t).ConfigureAwait(false) != e.StoredLength)
-            {
-                broken.Add(e.Id);
-            }
-        }).ConfigureAwait(false);
-        return [.. broken.Distinct()];
+        var sizes = await volume.Chunks.StoredSizesAsync(table.Entries.Select(e => e.Id), options.Concurrency, ct: ct).ConfigureAwait(false);
+        return table.Entries.Where(e => sizes[e.Id] != e.StoredLength).Select(e => e.Id).Distinct().ToList();
     }
 
     /// <summary>Hashes the source (reading only) and compares with an existing chunk table.</summary>

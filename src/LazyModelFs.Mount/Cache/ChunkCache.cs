@@ -485,15 +485,15 @@ public sealed class ChunkCache : IDisposable
     }
 
     /// <summary>
-    /// Brings these chunks into the disk tier (<c>lmfs warmup</c>), <paramref name="concurrency"/> at a
+    /// Brings the chunks <paramref name="check"/> found missing (<see cref="Check"/>: the caller has
+    /// usually shown it already, so the disk is not asked twice) into the disk tier (<c>lmfs warmup</c>), <paramref name="concurrency"/> at a
     /// time, and returns when each is written or known not to be: a chunk the disk would not take
     /// (full, unwritable) is counted in <see cref="FillResult.NotStored"/>, never reported as cached.
     /// <paramref name="progress"/> gets the plain bytes of each chunk done.
     /// </summary>
-    public async Task<FillResult> FillAsync(IReadOnlyCollection<ChunkEntry> entries, int concurrency, Action<long>? progress = null, CancellationToken ct = default)
+    public async Task<FillResult> FillAsync(CacheCheck check, int concurrency, Action<long>? progress = null, CancellationToken ct = default)
     {
         var disk = _disk ?? throw new LmfsException("this cache has no disk tier to fill", "give a --cache-dir (and a --cache-size above 0)", 2);
-        var check = Check(entries);
         int stored = 0, notStored = 0;
         await Parallel.ForEachAsync(check.Missing, new ParallelOptions { MaxDegreeOfParallelism = concurrency, CancellationToken = ct }, async (e, _) =>
         {

@@ -36,14 +36,14 @@ public sealed class ChunkCacheTests : IDisposable
         Assert.Equal((4, 4L * Chunk, 4), (before.Chunks, before.Bytes, before.Missing.Count));
 
         long progress = 0;
-        var r = await cache.FillAsync(table.Entries.ToList(), 3, n => Interlocked.Add(ref progress, n));
+        var r = await cache.FillAsync(cache.Check(table.Entries), 3, n => Interlocked.Add(ref progress, n));
         Assert.Equal((4, 0), (r.Stored, r.NotStored));
         Assert.Equal(4L * Chunk, progress);
         Assert.Empty(cache.Check(table.Entries).Missing); // at once: the fill waited for the writes, nobody polls
         Assert.Equal(4, cache.StoreFetches);
 
         // A second fill finds everything and fetches nothing; a fresh cache over the same directory sees it all.
-        var again = await cache.FillAsync(table.Entries.ToList(), 3);
+        var again = await cache.FillAsync(cache.Check(table.Entries), 3);
         Assert.Equal((0, 0, 0), (again.Before.Missing.Count, again.Stored, again.NotStored));
         Assert.Equal(4, cache.StoreFetches);
         using var fresh = Open(v);
@@ -64,7 +64,7 @@ public sealed class ChunkCacheTests : IDisposable
         }
 
         int expectRefused = table.Entries.Select(e => e.Id).Distinct().Count(id => refused.Any(x => x.ToHex()[..2] == id.ToHex()[..2]));
-        var r = await cache.FillAsync(table.Entries.ToList(), 1);
+        var r = await cache.FillAsync(cache.Check(table.Entries), 1);
         // A failed write also pauses the disk tier for a while (a full disk is not asked again at every
         // chunk), so the chunks after it are not stored either: each is counted, none reported cached.
         Assert.InRange(r.NotStored, expectRefused, 4);
@@ -77,7 +77,7 @@ public sealed class ChunkCacheTests : IDisposable
     {
         var (v, table) = await ImportedAsync();
         using var cache = Open(v);
-        await cache.FillAsync(table.Entries.ToList(), 2);
+        await cache.FillAsync(cache.Check(table.Entries), 2);
         using (await cache.GetAsync(table[1]))
         {
         }
