@@ -48,7 +48,10 @@ public static class Cli
 
     public static async Task<int> RunAsync(string[] args)
     {
-        if (MountHelper.InvokedAs() is { } helper)
+        var root = Build();
+        // A binary copied (not linked) to a helper's name starts its daemon under that name too: a
+        // command word first means an lmfs command line, never mount(8)'s SOURCE MOUNTPOINT.
+        if (MountHelper.InvokedAs() is { } helper && !(args.Length > 0 && root.Subcommands.Any(c => c.Name == args[0])))
         {
             // mount(8) / mount.fuse3 running us as /sbin/mount.fuse.lazymodelfs or lazymodelfs (Commands/MountHelper.cs).
             // mount(8) runs helpers without PATH (and HOME): the daemon is started through setsid, and
@@ -73,7 +76,6 @@ public static class Cli
             }
         }
 
-        var root = Build();
         if (args.Length == 0)
         {
             await Console.Error.WriteAsync(Usage.Short(root)).ConfigureAwait(false);

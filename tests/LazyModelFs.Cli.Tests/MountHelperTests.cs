@@ -99,6 +99,29 @@ public sealed class MountHelperTests : IDisposable
         Assert.Contains("same-bytes", output, StringComparison.Ordinal);
     }
 
+    [MountFact]
+    public void A_binary_copied_to_the_helper_name_mounts_and_its_daemon_is_not_taken_for_a_helper()
+    {
+        // The daemon is started as this same executable (its real path, not the link's): a copy named
+        // lazymodelfs starts `lazymodelfs mount …`, which must run as lmfs, not as mount(8)'s helper.
+        var (meta, src) = Volume();
+        string copy = Path.Combine(Path.GetDirectoryName(Binary)!, "lazymodelfs"); // beside lmfs.dll, which the executable loads
+        File.Copy(Binary, copy, overwrite: true);
+        string mp = _dir["mnt"];
+        Directory.CreateDirectory(mp);
+        try
+        {
+            var r = LmfsRunner.Run([meta, mp, "-o", $"ro,cache_dir={_dir["cache"]}"], program: copy);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Equal(File.ReadAllBytes(src), File.ReadAllBytes(Path.Combine(mp, "m/a.bin")));
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+            File.Delete(copy);
+        }
+    }
+
     [Fact]
     public void The_helper_refuses_bad_options_with_the_reason_and_exit_2_as_mount_runs_it()
     {
