@@ -79,6 +79,39 @@ public sealed class MountHelperTests : IDisposable
         Assert.DoesNotContain(File.ReadAllLines("/proc/mounts"), l => l.Contains($" {mp} ", StringComparison.Ordinal));
     }
 
+    [MountFact]
+    public void An_fstab_line_for_a_redis_volume_takes_the_password_from_redis_password_file_and_no_command_line_shows_it()
+    {
+        const string password = "fstab-secret-7f3a";
+        using var redis = new RedisServer(password);
+        string meta = redis.NewVolumeUrl();
+        var env = new Dictionary<string, string?> { ["LMFS_REDIS_PASSWORD"] = password };
+        Assert.Equal(0, LmfsRunner.Run(["format", meta, "--storage", $"file://{_dir["objects"]}", "--chunk-size", "1M"], env).ExitCode);
+        string src = _dir.WriteRandom("src/a.bin", (2 << 20) + 5);
+        Assert.Equal(0, LmfsRunner.Run(["import", meta, src, "/m/a.bin"], env).ExitCode);
+        string file = _dir["redis.pass"];
+        File.WriteAllText(file, password + "\n");
+        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        string bin = _dir["sbin"];
+        Directory.CreateDirectory(bin);
+        File.CreateSymbolicLink(Path.Combine(bin, "mount.fuse.lazymodelfs"), Binary);
+        string mp = _dir["mnt"];
+        Directory.CreateDirectory(mp);
+        File.WriteAllText(_dir["fstab"], $"{meta} {mp} fuse.lazymodelfs ro,cache_dir={_dir["cache"]},redis_password_file={file},_netdev,nofail 0 0\n");
+        var (code, output) = InNamespace($"""
+            trap 'umount -l {mp} 2>/dev/null || true' EXIT
+            mount --bind {bin} "$(readlink -f /sbin)"
+            mount -T {_dir["fstab"]} {mp}
+            cmp {src} {mp}/m/a.bin && echo same-bytes
+            for p in $(pgrep -f -- "mount {meta.Replace("?", "\\?", StringComparison.Ordinal)}"); do echo "cmdline: $(tr '\0' ' ' < /proc/$p/cmdline)"; done
+            umount {mp}
+            """);
+        Assert.True(code == 0, output);
+        Assert.Contains("same-bytes", output, StringComparison.Ordinal);
+        Assert.Contains("cmdline: ", output, StringComparison.Ordinal); // the daemon was found
+        Assert.DoesNotContain(password, output, StringComparison.Ordinal);
+    }
+
     [MountFuse3Fact]
     public void Mount_t_without_the_sbin_helper_goes_through_mount_fuse3_and_the_lazymodelfs_program()
     {
