@@ -40,7 +40,8 @@ internal static class Json
     /// <summary>Seconds since the epoch, exact to the nanosecond.</summary>
     public static decimal Unix(long unixNs) => unixNs / 1_000_000_000m;
 
-    public static long UnixNs(DateTime utc) => (utc.ToUniversalTime() - DateTime.UnixEpoch).Ticks * 100;
+    /// <summary>Nanoseconds since the epoch; a time of unspecified kind is taken as UTC (file times here are), never shifted by the local zone.</summary>
+    public static long UnixNs(DateTime utc) => ((utc.Kind == DateTimeKind.Local ? utc.ToUniversalTime() : utc) - DateTime.UnixEpoch).Ticks * 100;
 
     /// <summary>Adds <paramref name="name"/> (RFC 3339) and <paramref name="name"/>Unix (seconds) to <paramref name="o"/>.</summary>
     public static void AddTime(JsonObject o, string name, long unixNs)
