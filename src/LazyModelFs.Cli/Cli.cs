@@ -49,6 +49,33 @@ public static class Cli
     public static async Task<int> RunAsync(string[] args)
     {
         var root = Build();
+        // A binary copied (not linked) to a helper's name starts its daemon under that name too: a
+        // command word first means an lmfs command line, never mount(8)'s SOURCE MOUNTPOINT.
+        if (MountHelper.InvokedAs() is { } helper && !(args.Length > 0 && root.Subcommands.Any(c => c.Name == args[0])))
+        {
+            // mount(8) / mount.fuse3 running us as /sbin/mount.fuse.lazymodelfs or lazymodelfs (Commands/MountHelper.cs).
+            // mount(8) runs helpers without PATH (and HOME): the daemon is started through setsid, and
+            // unprivileged mounts through fusermount3, so give them the search path a shell would use.
+            if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("PATH")))
+            {
+                Environment.SetEnvironmentVariable("PATH", MountHelper.DefaultPath);
+            }
+
+            try
+            {
+                if (MountHelper.Translate(args, helper) is not { } mountArgs)
+                {
+                    return 0; // mount -f: nothing to do
+                }
+
+                args = [.. mountArgs];
+            }
+            catch (LmfsException ex)
+            {
+                return await UsageErrorAsync([ex.Message], ex.Hint ?? "see docs/operations.md, \"fstab and mount -t\"", ex.ExitCode).ConfigureAwait(false);
+            }
+        }
+
         if (args.Length == 0)
         {
             await Console.Error.WriteAsync(Usage.Short(root)).ConfigureAwait(false);
@@ -76,7 +103,7 @@ public static class Cli
     }
 
     /// <summary>A command line that cannot run: each "error:" line, one "hint:" line, exit 2 (reported to a launching `lmfs mount` too).</summary>
-    private static async Task<int> UsageErrorAsync(IReadOnlyList<string> messages, string hint)
+    private static async Task<int> UsageErrorAsync(IReadOnlyList<string> messages, string hint, int code = 2)
     {
         foreach (var m in messages)
         {
@@ -85,8 +112,8 @@ public static class Cli
 
         string safeHint = TerminalText.Safe(Redact.Text(hint));
         await Console.Error.WriteLineAsync("hint: " + safeHint).ConfigureAwait(false);
-        MountRegistry.ReportFailed(2, TerminalText.Safe(Redact.Text(messages[0])), safeHint);
-        return 2;
+        MountRegistry.ReportFailed(code, TerminalText.Safe(Redact.Text(messages[0])), safeHint);
+        return code;
     }
 
     /// <summary>

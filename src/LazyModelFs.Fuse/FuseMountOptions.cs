@@ -12,6 +12,9 @@ public sealed record FuseMountOptions
     /// <summary>MS_RDONLY: the VFS refuses writes with EROFS before they reach the daemon.</summary>
     public bool ReadOnly { get; init; } = true;
 
+    /// <summary>MS_NOEXEC: nothing on the mount can be executed (mount -o noexec; mount(8)'s `user` and `users` imply it).</summary>
+    public bool NoExec { get; init; }
+
     /// <summary>Let other users (training jobs under other uids) use the mount.</summary>
     public bool AllowOther { get; init; }
 

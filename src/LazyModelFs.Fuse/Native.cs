@@ -53,6 +53,7 @@ internal static unsafe partial class Native
     public const ulong MS_RDONLY = 1;
     public const ulong MS_NOSUID = 2;
     public const ulong MS_NODEV = 4;
+    public const ulong MS_NOEXEC = 8;
     public const int MNT_DETACH = 2;
     public const short POLLERR = 8;
     public const int AF_UNIX = 1;

@@ -89,7 +89,7 @@ internal static class FsckCommand
     private static void WriteJson(CheckSummary s)
     {
         using var stdout = Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = true }))
+        using (var w = new Utf8JsonWriter(stdout, Json.WriterOptions))
         {
             w.WriteStartObject();
             w.WriteBoolean("healthy", s.Healthy);

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using LazyModelFs.Import;
 using LazyModelFs.Util;
 using Spectre.Console;
@@ -16,11 +17,12 @@ internal static class ImportCommand
         var concurrency = Numeric.Int("--concurrency", "Chunks hashed and uploaded at once", 16, 1, 256, "-j");
         var dereference = new Option<bool>("--dereference", "-L") { Description = "Follow every symlink inside source directories (like cp -L); by default they are kept as symlinks" };
         var noProgress = new Option<bool>("--no-progress") { Description = "Print plain progress lines even on a terminal" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (files, bytes, chunks stored and deduplicated, seconds, entries not imported; schema in docs/operations.md); progress lines stay on stderr" };
         var creds = new Common.Credentials();
 
         var cmd = new Command("import", "Copy local files or directories into a volume, chunked, deduplicated and verified.\n\nA file appears in the volume only once all its chunks are stored; re-running an interrupted\nimport completes it, skipping what is already there.\n\nA symlink named as a source is followed (like cp -H). Symlinks inside a directory are kept as\nsymlinks, except in a Hugging Face cache, where snapshots/REV/x -> ../../blobs/SHA is imported as\nthe file it points to (so importing snapshots/REV/ gives real files); -L follows them all. An entry that cannot be imported (a name that is not UTF-8,\nan unreadable file) is reported, the rest is imported, and the exit code is 2.\n\nExamples:\n  lmfs import sqlite:///var/lib/lmfs/meta.db ./Llama-3-8B /models/\n  lmfs import redis://127.0.0.1:6379/1 model.safetensors /models/m/model.safetensors\n  lmfs import sqlite:///var/lib/lmfs/meta.db ~/.cache/huggingface/hub/models--org--name/snapshots/REV/ /models/name")
         {
-            meta, paths, overwrite, dereference, concurrency, noProgress,
+            meta, paths, overwrite, dereference, concurrency, noProgress, json,
         };
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
@@ -36,10 +38,18 @@ internal static class ImportCommand
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
             var importer = new Importer(volume, new ImportOptions { Overwrite = p.GetValue(overwrite), Dereference = p.GetValue(dereference), Concurrency = jobs });
             var run = importer.RunAsync(all[..^1], all[^1], ct);
-            var summary = await ShowProgressAsync(importer.Progress, run, !p.GetValue(noProgress) && !Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive).ConfigureAwait(false);
-            Console.WriteLine($"imported {summary.Files} file(s) ({Sizes.Format(summary.Bytes)}), {summary.Directories} director{(summary.Directories == 1 ? "y" : "ies")}, {summary.Symlinks} symlink(s); {summary.UnchangedFiles} unchanged file(s) skipped");
-            Console.WriteLine($"chunks: {summary.Chunks} total, {summary.DedupChunks} deduplicated, {summary.Chunks - summary.DedupChunks} uploaded ({Sizes.Format(summary.UploadedBytes)} stored)");
-            Console.WriteLine($"throughput: {Sizes.Format(summary.BytesPerSecond)}/s in {summary.Elapsed.TotalSeconds:0.0} s");
+            bool asJson = p.GetValue(json);
+            // The progress bar draws on stdout: with --json, plain progress lines on stderr instead.
+            var summary = await ShowProgressAsync(importer.Progress, run, !asJson && !p.GetValue(noProgress) && !Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive).ConfigureAwait(false);
+            if (asJson)
+            {
+                PrintJson(summary);
+            }
+            else
+            {
+                PrintText(summary);
+            }
+
             foreach (var problem in summary.Problems)
             {
                 await Console.Error.WriteLineAsync($"{(problem.IsError ? "error: not imported" : "warning: skipped")}: '{problem.Source}': {problem.Reason}").ConfigureAwait(false);
@@ -51,6 +61,40 @@ internal static class ImportCommand
                 2);
         }));
         return cmd;
+    }
+
+    private static void PrintText(ImportSummary summary)
+    {
+        Console.WriteLine($"imported {summary.Files} file(s) ({Sizes.Format(summary.Bytes)}), {summary.Directories} director{(summary.Directories == 1 ? "y" : "ies")}, {summary.Symlinks} symlink(s); {summary.UnchangedFiles} unchanged file(s) skipped");
+        Console.WriteLine($"chunks: {summary.Chunks} total, {summary.DedupChunks} deduplicated, {summary.Chunks - summary.DedupChunks} uploaded ({Sizes.Format(summary.UploadedBytes)} stored)");
+        Console.WriteLine($"throughput: {Sizes.Format(summary.BytesPerSecond)}/s in {summary.Elapsed.TotalSeconds:0.0} s");
+    }
+
+    /// <summary>`import --json` (docs/operations.md); printed before the exit code says whether entries were not imported, as fsck --json prints before exit 3.</summary>
+    private static void PrintJson(ImportSummary s)
+    {
+        var problems = new JsonArray();
+        foreach (var x in s.Problems)
+        {
+            problems.Add(new JsonObject { ["source"] = x.Source, ["reason"] = x.Reason, ["error"] = x.IsError });
+        }
+
+        Json.Print(new JsonObject
+        {
+            ["files"] = s.Files,
+            ["unchangedFiles"] = s.UnchangedFiles,
+            ["skipped"] = s.Problems.Count(x => !x.IsError),
+            ["notImported"] = s.Errors,
+            ["directories"] = s.Directories,
+            ["symlinks"] = s.Symlinks,
+            ["bytes"] = s.Bytes,
+            ["chunks"] = s.Chunks,
+            ["deduplicatedChunks"] = s.DedupChunks,
+            ["storedChunks"] = s.Chunks - s.DedupChunks,
+            ["storedBytes"] = s.UploadedBytes,
+            ["seconds"] = Math.Round(s.Elapsed.TotalSeconds, 3),
+            ["problems"] = problems,
+        });
     }
 
     private static async Task<ImportSummary> ShowProgressAsync(ImportProgress progress, Task<ImportSummary> run, bool terminal)

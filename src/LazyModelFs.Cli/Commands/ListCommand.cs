@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text.Json.Nodes;
 using LazyModelFs.Meta;
 using LazyModelFs.Util;
 
@@ -12,13 +13,38 @@ internal static class ListCommand
         var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
         var longFormat = new Option<bool>("--long", "-l") { Description = "Show mode, owner, size and modification time" };
         var quoting = Common.QuotingStyle();
-        var cmd = new Command("ls", "List a directory of a volume. On a terminal, names with spaces, shell metacharacters or control\ncharacters are quoted as GNU ls quotes them ('my file', 'a'$'\\033''b'); into a pipe or file they are printed as they are.\n\nExample:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat, quoting };
+        var json = new Option<bool>("--json") { Description = "Print a JSON array of the entries (name, path, type, size, mode, owner, times; schema in docs/operations.md)" };
+        var cmd = new Command("ls", "List a directory of a volume. On a terminal, names with spaces, shell metacharacters or control\ncharacters are quoted as GNU ls quotes them ('my file', 'a'$'\\033''b'); into a pipe or file they are printed as they are.\n\nExamples:\n  lmfs ls -l sqlite:///var/lib/lmfs/meta.db /models\n  lmfs ls --json sqlite:///var/lib/lmfs/meta.db /models") { meta, path, longFormat, quoting, json };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var (meta0, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
             using var _ = meta0;
             string at = p.GetValue(path)!;
             var node = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw Missing(at);
+            if (p.GetValue(json))
+            {
+                // Like ls: a directory gives its entries, anything else the one entry.
+                string shown = Namespace.Join(Namespace.SplitPath(at));
+                var a = new JsonArray();
+                if (node.Type != NodeType.Directory)
+                {
+                    a.Add(Entry(node, Path.GetFileName(shown), shown));
+                }
+                else
+                {
+                    foreach (var e in await meta0.ListAsync(node.Ino, ct).ConfigureAwait(false))
+                    {
+                        if (await meta0.GetNodeAsync(e.Ino, ct).ConfigureAwait(false) is { } child)
+                        {
+                            a.Add(Entry(child, e.Name, shown == "/" ? "/" + e.Name : shown + "/" + e.Name));
+                        }
+                    }
+                }
+
+                Json.Print(a);
+                return 0;
+            }
+
             bool l = p.GetValue(longFormat);
             var show = Common.Names(p, quoting);
             if (node.Type != NodeType.Directory)
@@ -46,6 +72,28 @@ internal static class ListCommand
         }));
         return cmd;
     }
+
+    /// <summary>One entry of `ls --json` (docs/operations.md): names and paths exact, not escaped (JSON escapes control characters itself).</summary>
+    internal static JsonObject Entry(Node n, string name, string path)
+    {
+        var o = new JsonObject
+        {
+            ["name"] = name,
+            ["path"] = path,
+            ["type"] = TypeName(n.Type),
+            ["inode"] = n.Ino,
+            ["size"] = n.Size,
+            ["mode"] = Json.Mode(n.Mode),
+            ["uid"] = n.Uid,
+            ["gid"] = n.Gid,
+        };
+        Json.AddTime(o, "mtime", n.MtimeNs);
+        Json.AddTime(o, "ctime", n.CtimeNs);
+        o["target"] = n.Type == NodeType.Symlink ? n.SymlinkTarget : null;
+        return o;
+    }
+
+    internal static string TypeName(NodeType t) => t.ToString().ToLowerInvariant();
 
     internal static LmfsException Missing(string path) => new($"'{path}' does not exist in the volume", "list its parent with lmfs ls", 2);
 

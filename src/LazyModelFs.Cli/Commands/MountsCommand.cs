@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using LazyModelFs.Fuse;
 using LazyModelFs.Util;
@@ -31,7 +30,7 @@ internal static class MountsCommand
                 var a = new JsonArray();
                 foreach (var r in rows)
                 {
-                    a.Add(new JsonObject
+                    var o = new JsonObject
                     {
                         ["path"] = r.Record.MountPoint,
                         ["volume"] = r.Record.MetaUrl,
@@ -40,11 +39,12 @@ internal static class MountsCommand
                         ["state"] = r.Live ? "live" : "stale",
                         ["mounted"] = r.Mounted,
                         ["uptimeSeconds"] = r.Uptime is { } u ? Math.Floor(u.TotalSeconds) : null,
-                        ["recordedAt"] = r.Written.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
-                    });
+                    };
+                    Json.AddTime(o, "recordedAt", Json.UnixNs(r.Written) / 1_000_000_000 * 1_000_000_000); // whole seconds: when the daemon began serving
+                    a.Add(o);
                 }
 
-                Console.WriteLine(a.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                Json.Print(a);
                 return Task.FromResult(0);
             }
 
@@ -128,7 +128,7 @@ internal static class StatsCommand
             {
                 sample["mountPoint"] = record.MountPoint;
                 sample["volume"] = record.MetaUrl;
-                Console.WriteLine(sample.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                Json.Print(sample);
                 return 0;
             }
 

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text.Json.Nodes;
 using LazyModelFs.Chunks;
 using LazyModelFs.Meta;
 using LazyModelFs.Util;
@@ -13,7 +14,8 @@ internal static class StatCommand
         var path = new Argument<string>("PATH") { Description = "Path in the volume", DefaultValueFactory = _ => "/" };
         var chunks = new Option<bool>("--chunks") { Description = "List every chunk of a file" };
         var quoting = Common.QuotingStyle();
-        var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\nNames are quoted on a terminal as lmfs ls quotes them.\n\nExample:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks") { meta, path, chunks, quoting };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (the record; for a file its chunk table; for / the volume; schema in docs/operations.md)" };
+        var cmd = new Command("stat", "Show a path's attributes; for a file, its chunk-table summary; for /, the volume's settings and usage.\nNames are quoted on a terminal as lmfs ls quotes them.\n\nExamples:\n  lmfs stat sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors --chunks\n  lmfs stat --json sqlite:///var/lib/lmfs/meta.db /models/m/model.safetensors") { meta, path, chunks, quoting, json };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             var (m, ns) = await Common.OpenNamespaceAsync(p.GetValue(meta)!, ct).ConfigureAwait(false);
@@ -21,6 +23,57 @@ internal static class StatCommand
             var settings = ns.Settings;
             string at = p.GetValue(path)!;
             var n = await ns.ResolveAsync(at, ct).ConfigureAwait(false) ?? throw ListCommand.Missing(at);
+            if (p.GetValue(json))
+            {
+                string shown = Namespace.Join(Namespace.SplitPath(at));
+                var o = ListCommand.Entry(n, n.Ino == Node.RootIno ? "/" : Path.GetFileName(shown), shown);
+                if (n.Ino == Node.RootIno)
+                {
+                    var u = await m.GetUsageAsync(ct).ConfigureAwait(false);
+                    var v = new JsonObject
+                    {
+                        ["name"] = settings.Name,
+                        ["uuid"] = settings.Uuid.ToString(),
+                        ["formatVersion"] = settings.FormatVersion,
+                        ["storage"] = settings.Storage,
+                        ["chunkSize"] = settings.ChunkSize,
+                        ["compression"] = settings.Compression,
+                        ["usageBytes"] = u.Bytes,
+                        ["usageInodes"] = u.Inodes,
+                    };
+                    Json.AddTime(v, "createdAt", Json.UnixNs(settings.CreatedAt.UtcDateTime));
+                    o["volume"] = v;
+                }
+
+                if (n.Type == NodeType.File)
+                {
+                    var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty(settings.ChunkSize);
+                    o["chunkSize"] = settings.ChunkSize;
+                    o["chunkCount"] = t.Count;
+                    o["storedBytes"] = t.StoredSize;
+                    var rows = new JsonArray();
+                    for (int i = 0; i < t.Count; i++)
+                    {
+                        var e = t[i];
+                        rows.Add(new JsonObject
+                        {
+                            ["index"] = i,
+                            ["offset"] = t.StartOf(i),
+                            ["id"] = e.Id.ToHex(),
+                            ["plainLength"] = e.PlainLength,
+                            ["storedLength"] = e.StoredLength,
+                            ["codec"] = e.Codec.ToString().ToLowerInvariant(),
+                            ["crc32c"] = e.Crc32C.ToString("x8", System.Globalization.CultureInfo.InvariantCulture),
+                        });
+                    }
+
+                    o["chunks"] = rows;
+                }
+
+                Json.Print(o);
+                return 0;
+            }
+
             var show = Common.Names(p, quoting);
             Console.WriteLine($"path:     {show(Namespace.Join(Namespace.SplitPath(at)))}");
             Console.WriteLine($"inode:    {n.Ino}");

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text.Json.Nodes;
 using LazyModelFs.Cache;
 using LazyModelFs.Chunks;
 using LazyModelFs.Fuse;
@@ -19,11 +20,17 @@ internal static class WarmupCommand
         var check = new Option<bool>("--check") { Description = "Only report how much is cached" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Cache directory to fill (default: the mount's, or /var/cache/lmfs)" };
         var jobs = Numeric.Int("--concurrency", "Concurrent object GETs", 16, 1, 256, "-j");
+        var json = new Option<bool>("--json") { Description = "With --check: print one JSON object (per file and in all: chunks and bytes, cached or not; schema in docs/operations.md)" };
         var creds = new Common.Credentials();
-        var cmd = new Command("warmup", "Fill the local chunk cache ahead of time, so the next load reads only local disk.\n\nExamples:\n  lmfs warmup /models /models/llama-3-8b\n  lmfs warmup sqlite:///var/lib/lmfs/meta.db /models/llama-3-8b --cache-dir /nvme/lmfs\n  lmfs warmup /models /models/llama-3-8b --check") { target, paths, check, cacheDir, jobs };
+        var cmd = new Command("warmup", "Fill the local chunk cache ahead of time, so the next load reads only local disk.\n\nExamples:\n  lmfs warmup /models /models/llama-3-8b\n  lmfs warmup sqlite:///var/lib/lmfs/meta.db /models/llama-3-8b --cache-dir /nvme/lmfs\n  lmfs warmup /models /models/llama-3-8b --check [--json]") { target, paths, check, cacheDir, jobs, json };
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
+            if (p.GetValue(json) && !p.GetValue(check))
+            {
+                throw new LmfsException("--json goes with --check: it reports what is cached", "run lmfs warmup … --check --json; warming up itself prints one summary line", 2);
+            }
+
             string t = p.GetValue(target)!;
             string metaUrl = t;
             string? dir = p.GetValue(cacheDir);
@@ -54,13 +61,36 @@ internal static class WarmupCommand
                 MemoryBytes = Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * j),
                 Fetch = new ChunkCacheOptions { MaxFetches = j + Math.Max(1, j / 3) },
             });
-            var entries = new List<ChunkEntry>();
+            var files = new List<(string Path, List<ChunkEntry> Entries)>();
             foreach (var vp in volumePaths)
             {
-                await CollectAsync(volume, vp, entries, ct).ConfigureAwait(false);
+                await CollectAsync(volume, vp, files, ct).ConfigureAwait(false);
             }
 
-            var have = cache.Check(entries);
+            var have = cache.Check(files.SelectMany(f => f.Entries));
+            if (p.GetValue(check) && p.GetValue(json))
+            {
+                static JsonObject Counts(JsonObject o, CacheCheck c)
+                {
+                    o["chunks"] = c.Chunks;
+                    o["cachedChunks"] = c.CachedChunks;
+                    o["bytes"] = c.Bytes;
+                    o["cachedBytes"] = c.CachedBytes;
+                    return o;
+                }
+
+                var list = new JsonArray();
+                foreach (var (fp, es) in files)
+                {
+                    list.Add(Counts(new JsonObject { ["path"] = fp }, cache.Check(es)));
+                }
+
+                var doc = Counts(new JsonObject { ["cacheDir"] = cache.DiskDirectory }, have);
+                doc["files"] = list;
+                Json.Print(doc);
+                return 0;
+            }
+
             if (p.GetValue(check))
             {
                 Console.WriteLine($"cached: {Sizes.Format(have.CachedBytes)} of {Sizes.Format(have.Bytes)} ({(have.Bytes == 0 ? 100 : 100.0 * have.CachedBytes / have.Bytes):0.0}%), {have.CachedChunks} of {have.Chunks} chunks");
@@ -96,17 +126,18 @@ internal static class WarmupCommand
         return cmd;
     }
 
-    private static async Task CollectAsync(Volume v, string path, List<ChunkEntry> into, CancellationToken ct)
+    /// <summary>Every file at or under <paramref name="path"/>, with its volume path and chunk rows.</summary>
+    private static async Task CollectAsync(Volume v, string path, List<(string Path, List<ChunkEntry> Entries)> into, CancellationToken ct)
     {
         var node = await v.Namespace.ResolveAsync(path, ct).ConfigureAwait(false) ?? throw new LmfsException($"'{path}' does not exist in the volume", "list it with lmfs ls", 2);
-        await Walk(node).ConfigureAwait(false);
+        await Walk(node, Namespace.Join(Namespace.SplitPath(path))).ConfigureAwait(false);
 
-        async Task Walk(Node n)
+        async Task Walk(Node n, string at)
         {
             if (n.Type == NodeType.File)
             {
                 var t = await v.Meta.GetChunkTableAsync(n.Ino, v.Settings.ChunkSize, ct).ConfigureAwait(false);
-                into.AddRange(t?.Entries ?? []);
+                into.Add((at, [.. t?.Entries ?? []]));
             }
             else if (n.Type == NodeType.Directory)
             {
@@ -114,7 +145,7 @@ internal static class WarmupCommand
                 {
                     if (await v.Meta.GetNodeAsync(e.Ino, ct).ConfigureAwait(false) is { } child)
                     {
-                        await Walk(child).ConfigureAwait(false);
+                        await Walk(child, at == "/" ? "/" + e.Name : at + "/" + e.Name).ConfigureAwait(false);
                     }
                 }
             }
@@ -127,11 +158,25 @@ internal static class CacheCommand
     public static Command Build()
     {
         var dir = new Option<string>("--cache-dir") { Description = "Cache directory", DefaultValueFactory = _ => "/var/cache/lmfs" };
-        var stats = new Command("stats", "Show what the local chunk cache holds.\n\nExample:\n  lmfs cache stats --cache-dir /nvme/lmfs") { dir };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (directory, chunks, bytes, disk free and total; schema in docs/operations.md)" };
+        var stats = new Command("stats", "Show what the local chunk cache holds.\n\nExamples:\n  lmfs cache stats --cache-dir /nvme/lmfs\n  lmfs cache stats --json") { dir, json };
         stats.SetAction((p, ct) => Cli.Guard(p, () =>
         {
             var u = ChunkCache.DiskUsage(p.GetValue(dir)!);
             var d = new DriveInfo(u.Root);
+            if (p.GetValue(json))
+            {
+                Json.Print(new JsonObject
+                {
+                    ["cacheDir"] = u.Directory,
+                    ["chunks"] = u.Chunks,
+                    ["bytes"] = u.Bytes,
+                    ["diskFreeBytes"] = d.AvailableFreeSpace,
+                    ["diskTotalBytes"] = d.TotalSize,
+                });
+                return Task.FromResult(0);
+            }
+
             Console.WriteLine($"cache:  {u.Directory}");
             Console.WriteLine($"chunks: {u.Chunks} files, {Sizes.Format(u.Bytes)}");
             Console.WriteLine($"disk:   {Sizes.Format(d.AvailableFreeSpace)} free of {Sizes.Format(d.TotalSize)}");

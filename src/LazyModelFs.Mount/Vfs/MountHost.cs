@@ -31,6 +31,9 @@ public sealed record MountOptions
 
     public bool AllowOther { get; init; }
 
+    /// <summary>Mount with MS_NOEXEC (`-o noexec` through the mount helper).</summary>
+    public bool NoExec { get; init; }
+
     /// <summary>Kernel readahead (read_ahead_kb) for the mount.</summary>
     public int ReadaheadKb { get; init; } = 16384;
 
@@ -94,6 +97,7 @@ public sealed class MountHost : IDisposable
             ReadaheadKb = o.ReadaheadKb,
             Threads = o.Threads ?? new FuseMountOptions().Threads,
             AllowNonEmpty = o.NonEmpty,
+            NoExec = o.NoExec,
         };
         try
         {
