@@ -46,18 +46,28 @@ t0=$(date +%s.%N)
 "$lmfs" import "$meta" "$w/src/model.safetensors" /m/model.safetensors --no-progress >/dev/null
 echo "{\"row\":\"import into s3serve\",\"GBps\":$(python3 -c "print(round($bytes/1e9/($(date +%s.%N)-$t0),2))")}" >> "$rows"
 
-# One GPU load; for an lmfs row, also the daemon's CPU s/GB, peak RSS and fetched/size.
+# The daemon's counters now: "CPU_SECONDS FETCHED_BYTES PEAK_RSS_KIB" (nothing when not mounted).
+daemon() {
+  local st pid
+  st=$("$lmfs" stats "$mnt" --json 2>/dev/null) || return 0
+  pid=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$st")
+  echo "$(awk -v t="$(getconf CLK_TCK)" '{print ($14+$15)/t}' "/proc/$pid/stat")" \
+       "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["storeBytes"])' "$st")" \
+       "$(awk '/VmHWM/{print $2}' "/proc/$pid/status")"
+}
+# Adds the daemon's CPU seconds and fetched bytes since BEFORE (a `daemon` line), and its peak RSS.
+with_daemon() { # JSON BEFORE
+  local after; after=$(daemon)
+  [ -n "$after" ] || { echo "$1"; return; }
+  python3 -c 'import json,sys
+d=json.loads(sys.argv[1]); b=[float(x) for x in sys.argv[2].split()]; a=[float(x) for x in sys.argv[3].split()]; size=int(sys.argv[4])
+d.update(mountCpuS=round(a[0]-b[0],2), peakRssMiB=int(a[2])//1024, fetchedOverSize=round((a[1]-b[1])/size,3)); print(json.dumps(d))' "$1" "$2" "$after" "$bytes"
+}
+# One GPU load; for an lmfs row, with the daemon's figures for that load alone (peak RSS: since mount).
 load() { # FILE LABEL
-  local j; j=$(python3 bench/gpu_load.py load "$1" --label "$2")
-  if [ "${1#"$mnt"}" != "$1" ]; then
-    local pid st cpu hwm fetched
-    st=$("$lmfs" stats "$mnt" --json)
-    pid=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$st")
-    fetched=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["storeBytes"])' "$st")
-    cpu=$(awk -v t="$(getconf CLK_TCK)" '{print ($14+$15)/t}' "/proc/$pid/stat")
-    hwm=$(awk '/VmHWM/{print $2}' "/proc/$pid/status")
-    j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=int(sys.argv[5]); d.update(mountCpuS=float(sys.argv[2]), peakRssMiB=int(sys.argv[3])//1024, fetchedOverSize=round(int(sys.argv[4])/b,3)); print(json.dumps(d))' "$j" "$cpu" "$hwm" "$fetched" "$bytes")
-  fi
+  local before j; before=$(daemon)
+  j=$(python3 bench/gpu_load.py load "$1" --label "$2")
+  [ -n "$before" ] && j=$(with_daemon "$j" "$before")
   echo "$j" | tee -a "$rows" >&2
 }
 mount_it() { # CACHE_DIR LOG [OPTIONS]
@@ -90,16 +100,11 @@ umount_it; rm -rf "$shm/cache"
 
 # 8 readers, each `cat` of the whole file, cache off: bytes fetched, CPU, peak RSS.
 mount_it "$w/nocache" readers8 --cache-size 0
-drop; t0=$(date +%s.%N)
-for _ in $(seq 8); do cat "$mnt/m/model.safetensors" > /dev/null & done; wait
+drop; before=$(daemon); t0=$(date +%s.%N)
+cats=(); for _ in $(seq 8); do cat "$mnt/m/model.safetensors" > /dev/null & cats+=($!); done
+wait "${cats[@]}" # not a bare wait: s3serve is a background job of this shell too
 t1=$(date +%s.%N)
-st=$("$lmfs" stats "$mnt" --json); pid=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$st")
-python3 - "$st" "$t0" "$t1" "$bytes" "$(awk -v t="$(getconf CLK_TCK)" '{print ($14+$15)/t}' "/proc/$pid/stat")" "$(awk '/VmHWM/{print $2}' "/proc/$pid/status")" <<'EOF' | tee -a "$rows" >&2
-import json, sys
-st, t0, t1, b, cpu, hwm = json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-print(json.dumps({"label": "lmfs cold cat, 8 readers, disk cache off", "seconds": round(t1 - t0, 2), "GBps": round(b / 1e9 / (t1 - t0), 2),
-                  "mountCpuS": cpu, "peakRssMiB": hwm // 1024, "fetchedOverSize": round(st["storeBytes"] / b, 3)}))
-EOF
+with_daemon "{\"label\": \"lmfs cold cat, 8 readers, disk cache off\", \"seconds\": $(python3 -c "print(round($t1-$t0,2))"), \"GBps\": $(python3 -c "print(round($bytes/1e9/($t1-$t0),3))")}" "$before" | tee -a "$rows" >&2
 umount_it
 grep -hiE "error|warn" "$w"/*.log | head -5 >&2 || true
 
@@ -123,8 +128,8 @@ store16 = find(bench, "ceilings", "store", "parallel", "mbps")
 store16 = store16 / 1000 if store16 else None
 local_hot = g("local disk hot")
 print(f"model {size/1e9:.2f} GB; store ceiling (16 parallel GETs of whole chunk objects, lmfs bench): {store16 and round(store16, 2)} GB/s\n")
-print("| row | GB/s | ratio | mount CPU s/GB | peak RSS MiB | fetched/size |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| row | GB/s | ratio | first tensor ms | mount CPU s/GB | peak RSS MiB | fetched/size |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 ref = {"local disk cold": None, "local disk hot": None,
        "lmfs cold from S3, cache on disk": ("local hot", local_hot), "lmfs hot": ("local hot", local_hot),
        "lmfs warm, cache on disk": ("local cold", g("local disk cold")),
@@ -137,7 +142,7 @@ for r in rows:
     rf = ref.get(label)
     ratio = f"{gb / rf[1]:.2f} of {rf[0]}" if rf and rf[1] and gb else ""
     cpu = f"{r['mountCpuS'] / (size / 1e9):.2f}" if "mountCpuS" in r else ""
-    print(f"| {label} | {gb} | {ratio} | {cpu} | {r.get('peakRssMiB', '')} | {r.get('fetchedOverSize', '')} |")
+    print(f"| {label} | {gb} | {ratio} | {r.get('first_tensor_ms', '')} | {cpu} | {r.get('peakRssMiB', '')} | {r.get('fetchedOverSize', '')} |")
 cold_off, cold_disk = g("lmfs cold from S3, disk cache off"), g("lmfs cold from S3, cache on disk")
 if cold_off and cold_disk:
     print(f"\ncold with the cache on disk / cold with the cache off: {cold_disk / cold_off:.2f}")
