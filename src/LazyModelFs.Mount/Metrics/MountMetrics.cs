@@ -22,7 +22,7 @@ public static class MountMetrics
             [("servedMemoryBytes", new Labels(("tier", "memory"))), ("servedDiskBytes", new Labels(("tier", "disk"))), ("servedStoreBytes", new Labels(("tier", "store")))]),
         ("lmfs_store_fetches_total", Counter, "Chunk objects fetched from the object store (retries of one fetch count once).", [("storeFetches", Labels.None)]),
         ("lmfs_store_fetched_bytes_total", Counter, "Stored bytes fetched from the object store.", [("storeBytes", Labels.None)]),
-        ("lmfs_fetch_errors_total", Counter, "Chunk fetches that failed, by kind: timeout (--fetch-timeout passed), missing (object not found), corrupt (failed its SHA-256 check every attempt), refused (the store refused the request), row_mismatch (the chunk table row names another chunk), other.",
+        ("lmfs_fetch_errors_total", Counter, "Chunk fetches that failed, and READs that gave up waiting for one, by kind: timeout (--fetch-timeout passed), missing (object not found), corrupt (failed its SHA-256 check every attempt), refused (the store refused the request), row_mismatch (the chunk table row names another chunk), other.",
             [("fetchErrorKinds.timeout", new Labels(("kind", "timeout"))), ("fetchErrorKinds.missing", new Labels(("kind", "missing"))), ("fetchErrorKinds.corrupt", new Labels(("kind", "corrupt"))),
              ("fetchErrorKinds.refused", new Labels(("kind", "refused"))), ("fetchErrorKinds.rowMismatch", new Labels(("kind", "row_mismatch"))), ("fetchErrorKinds.other", new Labels(("kind", "other")))]),
         ("lmfs_fetches_in_flight", Gauge, "Chunk fetches queued or running, plus cache writes not yet done.", [("busy", Labels.None)]),
