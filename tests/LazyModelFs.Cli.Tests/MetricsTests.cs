@@ -114,8 +114,14 @@ public sealed class MetricsTests : IDisposable
             Assert.Equal(HttpStatusCode.MethodNotAllowed, status);
             (status, _, _) = await PrometheusScrape.GetAsync($"http://127.0.0.1:{port}/metrics", HttpMethod.Delete);
             Assert.Equal(HttpStatusCode.MethodNotAllowed, status);
-            (status, _, _) = await PrometheusScrape.GetAsync($"http://127.0.0.1:{port}/metrics?name[]=x");
+            (status, _, var page) = await PrometheusScrape.GetAsync($"http://127.0.0.1:{port}/metrics?name[]=x");
             Assert.Equal(HttpStatusCode.OK, status);
+
+            // Counters only: no metadata URL, cache or mount path, file name reaches the page.
+            foreach (var leak in new[] { _dir.Path, mp, "sqlite", "m.bin", _dir["cache"] })
+            {
+                Assert.DoesNotContain(leak, page, StringComparison.Ordinal);
+            }
 
             // Scrapers that connect and stall (nothing sent, half a request line): a scrape beside them is answered.
             var stalled = new List<TcpClient>();
