@@ -110,7 +110,7 @@ public sealed class ChunkCache : IDisposable
 
     private static FetchError KindOf(Exception ex) => ex switch
     {
-        FetchTimeoutException => FetchError.Timeout,
+        _ when ex.Data.Contains(TimeoutMark) => FetchError.Timeout,
         ObjectNotFoundException => FetchError.Missing,
         ChunkCorruptException => FetchError.Corrupt,
         StoreRefusedException => FetchError.Refused,
@@ -118,8 +118,8 @@ public sealed class ChunkCache : IDisposable
         _ => FetchError.Other,
     };
 
-    /// <summary>The fetch ran out of its --fetch-timeout budget (retries included).</summary>
-    private sealed class FetchTimeoutException(string message, string hint, Exception? inner) : LmfsException(message, hint, 5, inner);
+    /// <summary>Marks (in <see cref="Exception.Data"/>) the error of a fetch that ran out of its --fetch-timeout budget, retries included; it stays a plain <see cref="LmfsException"/> for its callers.</summary>
+    private const string TimeoutMark = "lmfs.fetchTimeout";
 
     /// <summary>
     /// Counts <paramref name="bytes"/> of a READ answer served from <paramref name="chunk"/>: from the
@@ -839,7 +839,9 @@ public sealed class ChunkCache : IDisposable
     private LmfsException Timeout(ChunkEntry e, TimeSpan elapsed, int attempts, Exception? last)
     {
         _log.LogError("read: chunk {Chunk} could not be fetched in {Seconds:0.0} s ({Attempts} attempts): {Message}", e.Id, elapsed.TotalSeconds, attempts, last?.Message ?? "timed out");
-        return new FetchTimeoutException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", last);
+        var error = new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
+        error.Data[TimeoutMark] = true;
+        return error;
     }
 }
 
