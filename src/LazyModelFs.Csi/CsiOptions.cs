@@ -25,6 +25,9 @@ public sealed record CsiOptions
     /// <summary>How to run lmfs for a mount daemon: the executable and any leading arguments.</summary>
     public required IReadOnlyList<string> LmfsCommand { get; init; }
 
+    /// <summary>Where to serve Prometheus metrics (--metrics ADDR:PORT); null: nowhere.</summary>
+    public System.Net.IPEndPoint? Metrics { get; init; }
+
     public const string DriverName = "csi.lazymodelfs.io";
 
     public string SocketPath => Endpoint.StartsWith("unix://", StringComparison.Ordinal) ? Endpoint["unix://".Length..] : Endpoint;

@@ -1,4 +1,5 @@
 using LazyModelFs.Csi.Grpc;
+using LazyModelFs.Metrics;
 using Microsoft.Extensions.Logging;
 
 namespace LazyModelFs.Csi;
@@ -10,11 +11,20 @@ public static class CsiPlugin
     public static async Task RunAsync(CsiOptions options, ILoggerFactory loggers, CancellationToken ct)
     {
         var log = loggers.CreateLogger("csi");
+
+        // Before anything serves: an address that cannot be used stops the plugin with exit 2.
+        using var metrics = options.Metrics is { } at ? MetricsServer.Bind(at, loggers.CreateLogger("metrics")) : null;
         var services = new CsiServices(options, log);
         services.Recover();
         await using var server = new GrpcServer(log);
         services.MapTo(server);
         await server.StartAsync(options.SocketPath, ct).ConfigureAwait(false);
+        if (metrics is not null)
+        {
+            metrics.Serve(services.RenderMetricsAsync);
+            log.LogInformation("csi: metrics on http://{Address}/metrics", metrics.Address);
+        }
+
         log.LogInformation("csi: {Driver} serving node {Node} on {Socket}", CsiOptions.DriverName, options.NodeId, options.SocketPath);
         try
         {

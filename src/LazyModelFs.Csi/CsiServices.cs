@@ -49,6 +49,7 @@ public sealed class CsiServices
     // Staging paths whose liveness check is still running (a hung daemon must not pile up checks).
     private readonly ConcurrentDictionary<string, Task<bool>> _checks = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, bool> _warned = new(StringComparer.Ordinal);
+    private readonly CsiMetrics _metrics = new();
 
     public CsiServices(CsiOptions options, ILogger log)
     {
@@ -67,11 +68,41 @@ public sealed class CsiServices
             Capabilities = { new NodeServiceCapability { Rpc = new NodeServiceCapability.Types.RPC { Type = NodeServiceCapability.Types.RPC.Types.Type.StageUnstageVolume } } },
         }));
         s.Map("/csi.v1.Node/NodeGetInfo", NodeGetInfoRequest.Parser, (_, _) => Task.FromResult<IMessage>(new NodeGetInfoResponse { NodeId = _o.NodeId }));
-        s.Map("/csi.v1.Node/NodeStageVolume", NodeStageVolumeRequest.Parser, async (r, ct) => await StageAsync(r, ct).ConfigureAwait(false));
-        s.Map("/csi.v1.Node/NodeUnstageVolume", NodeUnstageVolumeRequest.Parser, async (r, ct) => await UnstageAsync(r, ct).ConfigureAwait(false));
-        s.Map("/csi.v1.Node/NodePublishVolume", NodePublishVolumeRequest.Parser, async (r, ct) => await PublishAsync(r, ct).ConfigureAwait(false));
-        s.Map("/csi.v1.Node/NodeUnpublishVolume", NodeUnpublishVolumeRequest.Parser, async (r, ct) => await UnpublishAsync(r, ct).ConfigureAwait(false));
+        s.Map("/csi.v1.Node/NodeStageVolume", NodeStageVolumeRequest.Parser, Counted<NodeStageVolumeRequest>("NodeStageVolume", async (r, ct) => await StageAsync(r, ct).ConfigureAwait(false)));
+        s.Map("/csi.v1.Node/NodeUnstageVolume", NodeUnstageVolumeRequest.Parser, Counted<NodeUnstageVolumeRequest>("NodeUnstageVolume", async (r, ct) => await UnstageAsync(r, ct).ConfigureAwait(false)));
+        s.Map("/csi.v1.Node/NodePublishVolume", NodePublishVolumeRequest.Parser, Counted<NodePublishVolumeRequest>("NodePublishVolume", async (r, ct) => await PublishAsync(r, ct).ConfigureAwait(false)));
+        s.Map("/csi.v1.Node/NodeUnpublishVolume", NodeUnpublishVolumeRequest.Parser, Counted<NodeUnpublishVolumeRequest>("NodeUnpublishVolume", async (r, ct) => await UnpublishAsync(r, ct).ConfigureAwait(false)));
     }
+
+    /// <summary>A node RPC handler that counts how each call ended (<see cref="CsiMetrics"/>).</summary>
+    private Func<T, CancellationToken, Task<IMessage>> Counted<T>(string operation, Func<T, CancellationToken, Task<IMessage>> handler) => async (r, ct) =>
+    {
+        StatusCode code = StatusCode.Internal;
+        try
+        {
+            var answer = await handler(r, ct).ConfigureAwait(false);
+            code = StatusCode.OK;
+            return answer;
+        }
+        catch (RpcException ex)
+        {
+            code = ex.Code;
+            throw;
+        }
+        catch (OperationCanceledException)
+        {
+            code = StatusCode.Cancelled;
+            throw;
+        }
+        finally
+        {
+            _metrics.Call(operation, code);
+        }
+    };
+
+    /// <summary>The page `lmfs csi --metrics` serves (<see cref="CsiMetrics"/>).</summary>
+    public Task<string> RenderMetricsAsync(CancellationToken ct) =>
+        _metrics.RenderAsync(LoadRecords().OrderBy(r => r.VolumeId, StringComparer.Ordinal).Select(r => (r.VolumeId, r.StagingPath)).ToList(), LoadPublishRecords().Count, ct);
 
     public static GetPluginInfoResponse PluginInfo() => new()
     {
@@ -250,10 +281,12 @@ public sealed class CsiServices
         catch (RpcException ex)
         {
             string message = Scrub(ex.Message, secrets.Values);
+            _metrics.Remounted(ok: false);
             _log.LogWarning("csi: volume {Volume}: mounting it again at {Staging} failed: {Message}", record.VolumeId, staging, message);
             return message;
         }
 
+        _metrics.Remounted(ok: true);
         _log.LogInformation("csi: volume {Volume} is mounted again at {Staging}", record.VolumeId, staging);
         return null;
     }

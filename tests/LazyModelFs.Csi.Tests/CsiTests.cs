@@ -533,6 +533,78 @@ public sealed class CsiTests : IDisposable
         }
     }
 
+    [MountFact]
+    public async Task Metrics_serve_the_plugins_calls_and_each_staged_volumes_mount_counters_by_volume_id()
+    {
+        var (meta, model) = FormattedVolume();
+        int port = Ports.Free();
+        string url = $"http://127.0.0.1:{port}/metrics";
+        Restart(null, "--metrics", $"127.0.0.1:{port}");
+        var empty = await PrometheusScrape.ScrapeAsync(url);
+        Assert.Equal(1, empty.Sum("lmfs_csi_build_info"));
+        Assert.Equal(0, empty.Value("lmfs_csi_volumes_staged"));
+        Assert.False(empty.Has("lmfs_reads_total"));
+
+        string staging = Kubelet("plugins/kubernetes.io/csi/csi.lazymodelfs.io/m1/globalmount");
+        Directory.CreateDirectory(staging);
+        Directory.CreateDirectory(Kubelet("pods/uid1"));
+        string target = Kubelet("pods/uid1/mount");
+        try
+        {
+            var noMeta = StageRequest(meta, staging);
+            noMeta.VolumeContext.Clear();
+            Code(StatusCode.InvalidArgument, await Stage(noMeta));
+            Code(StatusCode.OK, await Stage(StageRequest(meta, staging)));
+            Code(StatusCode.OK, await Publish(PublishRequest(staging, target)));
+            Assert.Equal(model, File.ReadAllBytes(Path.Combine(target, "m/model.bin")));
+
+            var s = await PrometheusScrape.ScrapeAsync(url);
+            Assert.Equal(1, s.Value("lmfs_csi_operations_total", ("operation", "NodeStageVolume"), ("code", "OK")));
+            Assert.Equal(1, s.Value("lmfs_csi_operations_total", ("operation", "NodeStageVolume"), ("code", "InvalidArgument")));
+            Assert.Equal(1, s.Value("lmfs_csi_errors_total", ("operation", "NodeStageVolume")));
+            Assert.Equal(1, s.Value("lmfs_csi_operations_total", ("operation", "NodePublishVolume"), ("code", "OK")));
+            Assert.Equal(1, s.Value("lmfs_csi_volumes_staged"));
+            Assert.Equal(1, s.Value("lmfs_csi_volumes_published"));
+            Assert.Equal(0, s.Value("lmfs_csi_mount_stats_unavailable"));
+
+            // The staged volume's own daemon counters, labelled with its volume id.
+            Assert.Equal(model.Length, s.Value("lmfs_read_bytes_total", ("volume_id", "vol-1")));
+            Assert.Equal(model.Length, s.Sum("lmfs_served_bytes_total", ("volume_id", "vol-1")));
+            Assert.True(s.Value("lmfs_store_fetch_seconds_count", ("volume_id", "vol-1")) >= 1);
+            Assert.Equal(1, s.Sum("lmfs_build_info", ("volume_id", "vol-1")));
+
+            Code(StatusCode.OK, await Unpublish("vol-1", target));
+            Code(StatusCode.OK, await Unstage("vol-1", staging));
+            var after = await PrometheusScrape.ScrapeAsync(url);
+            Assert.Equal(0, after.Value("lmfs_csi_volumes_staged"));
+            Assert.Equal(0, after.Value("lmfs_csi_volumes_published"));
+            Assert.False(after.Has("lmfs_reads_total"));
+            Assert.Equal(1, after.Value("lmfs_csi_operations_total", ("operation", "NodeUnstageVolume"), ("code", "OK")));
+        }
+        finally
+        {
+            UnmountAll();
+        }
+    }
+
+    [Fact]
+    public void A_metrics_address_that_is_malformed_or_taken_stops_the_plugin_with_exit_2()
+    {
+        string socket = _dir["plugin2/csi.sock"];
+        var bad = LmfsRunner.Run("csi", "--endpoint", "unix://" + socket, "--state-dir", _dir["state2"], "--metrics", "localhost");
+        Assert.True(bad.ExitCode == 2, bad.ToString());
+        Assert.Contains("--metrics 'localhost' is not ADDR:PORT", bad.Stderr, StringComparison.Ordinal);
+
+        using var taken = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        taken.Start();
+        int port = ((System.Net.IPEndPoint)taken.LocalEndpoint).Port;
+        var r = LmfsRunner.Run(["csi", "--endpoint", "unix://" + socket, "--state-dir", _dir["state2"], "--kubelet-dir", Kubelet(""), "--metrics", $"127.0.0.1:{port}"], timeout: TimeSpan.FromSeconds(60));
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Contains($"cannot listen for --metrics on 127.0.0.1:{port}: the address is already in use", r.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", r.Stderr, StringComparison.Ordinal);
+        Assert.False(File.Exists(socket));
+    }
+
     public void Dispose()
     {
         _client.Dispose();

@@ -12,6 +12,29 @@ internal static class Common
         Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
     };
 
+    /// <summary>
+    /// <c>--metrics ADDR:PORT</c> of <c>lmfs mount</c> and <c>lmfs csi</c>: checked while the command line
+    /// is parsed (exit 2, naming what was given); binding it is the daemon's, which fails with exit 2 too.
+    /// </summary>
+    public static Option<System.Net.IPEndPoint?> MetricsOption(string what) => new("--metrics")
+    {
+        Description = $"Serve Prometheus metrics ({what}) on http://ADDR:PORT/metrics, e.g. 127.0.0.1:9567; off by default. A non-loopback address exposes the counters (no secrets) to the network",
+        HelpName = "ADDR:PORT",
+        CustomParser = r =>
+        {
+            string t = r.Tokens is [var one] ? one.Value : "";
+            try
+            {
+                return LazyModelFs.Metrics.MetricsServer.ParseAddress(t);
+            }
+            catch (LmfsException e)
+            {
+                r.AddError($"{e.Message}; {e.Hint}");
+                return null;
+            }
+        },
+    };
+
     /// <summary>How names from the volume are printed (GNU ls's option and style names).</summary>
     public static Option<string?> QuotingStyle()
     {

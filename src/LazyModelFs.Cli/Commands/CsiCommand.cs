@@ -16,9 +16,10 @@ internal static class CsiCommand
         var stateDir = new Option<string>("--state-dir") { Description = "Where the plugin records staged volumes (no secrets), to find them after a restart", DefaultValueFactory = _ => "/var/lib/lmfs-csi" };
         var logDir = new Option<string>("--log-dir") { Description = "Logs of the mount daemons", DefaultValueFactory = _ => "/var/log/lmfs" };
         var healInterval = Numeric.Number("--heal-interval", "Seconds between checks that staged volumes' mount daemons live; a dead one is mounted again and pods' targets bound again (0: only at stage and publish)", 10, 0, 3600, "seconds");
-        var cmd = new Command("csi", "Run the Container Storage Interface node plugin (Identity and Node services; volumes are\nprovisioned statically, so there is no Controller service). NodeStageVolume mounts a volume once per\nnode with an `lmfs mount` daemon that outlives the plugin process; NodePublishVolume bind-mounts it\n(or a sub-path) into each pod, read-only. Deployment: deploy/kubernetes/ and docs/operations.md.\n\nExample:\n  lmfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname)")
+        var metrics = Common.MetricsOption("the plugin's calls and every staged volume's mount counters, labelled volume_id");
+        var cmd = new Command("csi", "Run the Container Storage Interface node plugin (Identity and Node services; volumes are\nprovisioned statically, so there is no Controller service). NodeStageVolume mounts a volume once per\nnode with an `lmfs mount` daemon that outlives the plugin process; NodePublishVolume bind-mounts it\n(or a sub-path) into each pod, read-only. Deployment: deploy/kubernetes/ and docs/operations.md.\n\nExample:\n  lmfs csi --endpoint unix:///csi/csi.sock --node-id $(hostname) --metrics 0.0.0.0:9567")
         {
-            endpoint, nodeId, kubeletDir, cacheDir, stateDir, logDir, healInterval,
+            endpoint, nodeId, kubeletDir, cacheDir, stateDir, logDir, healInterval, metrics,
         };
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
@@ -44,6 +45,7 @@ internal static class CsiCommand
                 StateDir = Path.GetFullPath(p.GetValue(stateDir)!),
                 LogDir = Path.GetFullPath(p.GetValue(logDir)!),
                 HealInterval = TimeSpan.FromSeconds(heal),
+                Metrics = p.GetValue(metrics),
                 LmfsCommand = SelfExec.Arguments([]).Prepend(Environment.ProcessPath!).ToList(),
             };
             Directory.CreateDirectory(options.LogDir);

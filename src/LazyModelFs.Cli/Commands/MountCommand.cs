@@ -20,11 +20,12 @@ internal static class MountCommand
         var debug = new Option<bool>("--debug") { Description = "Log every FUSE request and reply" };
         var nonEmpty = new Option<bool>("--nonempty") { Description = "Mount even if MOUNTPOINT is not empty (what it holds is hidden while the volume is mounted)" };
         var noExec = new Option<bool>("--noexec") { Description = "Nothing on the mount can be executed (mount -o noexec)" };
+        var metrics = Common.MetricsOption("this mount's reads, tiers, fetch latency, cache and errors");
         var opts = new MountOptionsBinder();
         var creds = new Common.Credentials();
-        var cmd = new Command("mount", "Mount a volume read-only. Reads fetch only the chunks they touch, with readahead and\nsafetensors-aware prefetch, and keep them in the local cache; a second start reads local disk.\nRuns in the foreground until unmounted (lmfs umount, Ctrl-C, SIGTERM) unless --background.\n\nExamples:\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models\n  lmfs mount redis://10.0.0.5:6379/1 /models --background --cache-dir /nvme/lmfs --allow-other")
+        var cmd = new Command("mount", "Mount a volume read-only. Reads fetch only the chunks they touch, with readahead and\nsafetensors-aware prefetch, and keep them in the local cache; a second start reads local disk.\nRuns in the foreground until unmounted (lmfs umount, Ctrl-C, SIGTERM) unless --background.\n\nExamples:\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models\n  lmfs mount redis://10.0.0.5:6379/1 /models --background --cache-dir /nvme/lmfs --allow-other\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models --background --metrics 127.0.0.1:9567")
         {
-            meta, mountPoint, background, logFile, debug, nonEmpty, noExec,
+            meta, mountPoint, background, logFile, debug, nonEmpty, noExec, metrics,
         };
         opts.AddTo(cmd);
         creds.AddTo(cmd);
@@ -33,7 +34,7 @@ internal static class MountCommand
             MountRegistry.ReportStarting(); // a daemon that MountLauncher started: its pid, before anything can fail
             // The kernel's mount table names the resolved path: every check and record below uses it.
             string target = FuseMount.ResolveMountPoint(p.GetValue(mountPoint)!);
-            var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty), NoExec = p.GetValue(noExec) }; // validate before anything starts
+            var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty), NoExec = p.GetValue(noExec), Metrics = p.GetValue(metrics) }; // validate before anything starts
             string metaUrl = p.GetValue(meta)!;
             MountHost.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
             _ = MountRegistry.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using LazyModelFs.Cache;
 using LazyModelFs.Chunks;
+using LazyModelFs.Metrics;
 using LazyModelFs.Storage;
 using LazyModelFs.Util;
 using Microsoft.Extensions.Logging;
@@ -83,6 +84,50 @@ public sealed class ChunkCache : IDisposable
     private long _storeFetches;
     private long _storeBytes;
     private long _errors;
+    private readonly long[] _errorKinds = new long[(int)FetchError.Count];
+    private readonly long[] _served = new long[3]; // READ bytes by tier: memory, disk, store
+    private readonly LatencyHistogram _fetchSeconds = new();
+
+    /// <summary>Why a fetch failed, for the <c>fetchErrorKinds</c> counters (they sum to <see cref="Errors"/>).</summary>
+    private enum FetchError
+    {
+        Timeout,
+        Missing,
+        Corrupt,
+        Refused,
+        RowMismatch,
+        Other,
+        Count,
+    }
+
+    private static readonly string[] ErrorKindNames = ["timeout", "missing", "corrupt", "refused", "rowMismatch", "other"];
+
+    private void CountError(FetchError kind)
+    {
+        Interlocked.Increment(ref _errors);
+        Interlocked.Increment(ref _errorKinds[(int)kind]);
+    }
+
+    private static FetchError KindOf(Exception ex) => ex switch
+    {
+        _ when ex.Data.Contains(TimeoutMark) => FetchError.Timeout,
+        ObjectNotFoundException => FetchError.Missing,
+        ChunkCorruptException => FetchError.Corrupt,
+        StoreRefusedException => FetchError.Refused,
+        ChunkRowMismatchException => FetchError.RowMismatch,
+        _ => FetchError.Other,
+    };
+
+    /// <summary>Marks (in <see cref="Exception.Data"/>) the error of a fetch that ran out of its --fetch-timeout budget, retries included; it stays a plain <see cref="LmfsException"/> for its callers.</summary>
+    private const string TimeoutMark = "lmfs.fetchTimeout";
+
+    /// <summary>
+    /// Counts <paramref name="bytes"/> of a READ answer served from <paramref name="chunk"/>: from the
+    /// memory tier when the lookup was a hit (<paramref name="memoryHit"/>: <see cref="GetAsync"/> completed
+    /// at once), else from the tier the fetch the READ waited for read it from. Lock-free.
+    /// </summary>
+    internal void CountServed(CachedChunk chunk, bool memoryHit, int bytes) =>
+        Interlocked.Add(ref _served[memoryHit ? 0 : chunk.FromDisk ? 1 : 2], bytes);
 
     /// <summary>A cache over tiers the caller made (and keeps: disposing the cache leaves <paramref name="memory"/> to the caller). <see cref="Open"/> is the usual way.</summary>
     internal ChunkCache(IChunkSource source, MemoryTier memory, DiskCache? disk, ChunkCacheOptions? options = null, ILogger? logger = null)
@@ -361,7 +406,7 @@ public sealed class ChunkCache : IDisposable
                     f.Done.TrySetException(error);
                 }
 
-                Interlocked.Increment(ref _errors);
+                CountError(FetchError.Timeout);
                 _log.LogError("read: chunk {Chunk}: a READ waited {Seconds:0.0} s for it ({State}); answering EIO", row.Id, Stopwatch.GetElapsedTime(arrival).TotalSeconds, abandoned ? "still queued behind other fetches" : "its fetch is still running");
                 throw error;
             }
@@ -539,12 +584,27 @@ public sealed class ChunkCache : IDisposable
         o["memoryMisses"] = _memory.Misses;
         o["memoryChunks"] = _memory.Count;
         o["memoryBuffers"] = _memory.Allocated;
+        o["memoryBytes"] = (long)_memory.Allocated * _memory.BufferBytes;
+        o["memoryEvictions"] = _memory.Evictions;
+        o["servedMemoryBytes"] = Interlocked.Read(ref _served[0]);
+        o["servedDiskBytes"] = Interlocked.Read(ref _served[1]);
+        o["servedStoreBytes"] = Interlocked.Read(ref _served[2]);
+        var kinds = new JsonObject();
+        for (int i = 0; i < ErrorKindNames.Length; i++)
+        {
+            kinds[ErrorKindNames[i]] = Interlocked.Read(ref _errorKinds[i]);
+        }
+
+        o["fetchErrorKinds"] = kinds;
+        o["fetchSeconds"] = _fetchSeconds.ToJson();
         if (_disk is { } d)
         {
             o["diskHits"] = d.Hits;
             o["diskChunks"] = d.Count;
             o["diskBytes"] = d.Bytes;
             o["diskCorrupt"] = d.Corrupt;
+            o["diskEvictions"] = d.Evictions;
+            o["diskEvictedBytes"] = d.EvictedBytes;
         }
     }
 
@@ -622,7 +682,7 @@ public sealed class ChunkCache : IDisposable
         catch (Exception ex)
         {
             chunk?.Dispose();
-            Interlocked.Increment(ref _errors);
+            CountError(KindOf(ex));
             lock (_lock)
             {
                 RemoveInflight(f);
@@ -711,6 +771,7 @@ public sealed class ChunkCache : IDisposable
             {
                 chunk.Offset = CachedChunk.DataStart;
                 chunk.Length = e.PlainLength;
+                chunk.FromDisk = true;
                 return (chunk, false);
             }
 
@@ -718,6 +779,7 @@ public sealed class ChunkCache : IDisposable
             int plainAt = await FetchFromSourceAsync(e, chunk.Buffer[objectStart..], parts, budget).ConfigureAwait(false);
             chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
+            chunk.FromDisk = false;
             return (chunk, true);
         }
         catch
@@ -734,6 +796,7 @@ public sealed class ChunkCache : IDisposable
     private async Task<int> FetchFromSourceAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
     {
         var sw = Stopwatch.StartNew();
+        long started = Stopwatch.GetTimestamp();
         int attempts = 0;
         try
         {
@@ -748,6 +811,7 @@ public sealed class ChunkCache : IDisposable
                 onRetry: (n, ex, wait) => _log.LogWarning("read: chunk {Chunk} attempt {Attempt} failed ({Message}); retrying in {Backoff} ms", e.Id, n, ex.Message, (int)wait.TotalMilliseconds)).ConfigureAwait(false);
             Interlocked.Increment(ref _storeFetches);
             Interlocked.Add(ref _storeBytes, e.StoredLength);
+            _fetchSeconds.Observe(Stopwatch.GetTimestamp() - started);
             return offset;
         }
         catch (ObjectNotFoundException)
@@ -775,7 +839,9 @@ public sealed class ChunkCache : IDisposable
     private LmfsException Timeout(ChunkEntry e, TimeSpan elapsed, int attempts, Exception? last)
     {
         _log.LogError("read: chunk {Chunk} could not be fetched in {Seconds:0.0} s ({Attempts} attempts): {Message}", e.Id, elapsed.TotalSeconds, attempts, last?.Message ?? "timed out");
-        return new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
+        var error = new LmfsException($"chunk {e.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout): {last?.Message ?? "timed out"}", "check that the object store is reachable", 5, last);
+        error.Data[TimeoutMark] = true;
+        return error;
     }
 }
 

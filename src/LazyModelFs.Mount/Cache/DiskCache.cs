@@ -47,6 +47,8 @@ internal sealed class DiskCache
     private long _bytes;
     private long _hits;
     private long _corrupt;
+    private long _evictions;
+    private long _evictedBytes;
     private long _clock;
     private int _paused; // 1 while writes are paused (disk full); changed with Interlocked so each change is logged once
     private long _disabledUntil;
@@ -94,6 +96,11 @@ internal sealed class DiskCache
 
     /// <summary>Cached files found damaged (and discarded) so far.</summary>
     public long Corrupt => Interlocked.Read(ref _corrupt);
+
+    /// <summary>Chunk files this process evicted to stay under the limit, and their bytes.</summary>
+    public long Evictions => Interlocked.Read(ref _evictions);
+
+    public long EvictedBytes => Interlocked.Read(ref _evictedBytes);
 
     public bool Contains(ChunkId id) => _index.ContainsKey(id) || File.Exists(PathOf(id));
 
@@ -351,6 +358,8 @@ internal sealed class DiskCache
                 }
             }
 
+            Interlocked.Add(ref _evictions, files);
+            Interlocked.Add(ref _evictedBytes, freed);
             _log.LogInformation("cache: evicted {Files} chunk files ({Bytes}) to stay under {Limit}", files, Sizes.Format(freed), Sizes.Format(limit));
         }
     }

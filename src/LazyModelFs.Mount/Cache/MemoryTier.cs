@@ -44,6 +44,9 @@ public sealed unsafe class CachedChunk : IDisposable
     /// <summary>CRC32C of <see cref="Data"/>, as verified when the chunk was published.</summary>
     internal uint Crc { get; set; }
 
+    /// <summary>Whether the fetch that filled this buffer read it from the disk cache (else from the store): the tier a READ that waited for it was served from.</summary>
+    internal bool FromDisk { get; set; }
+
     /// <summary>
     /// Whether these bytes are what <paramref name="row"/> asks for. The tier is keyed by chunk id
     /// only, so a damaged row naming this chunk with another length or CRC32C would otherwise be
@@ -106,6 +109,7 @@ internal sealed class MemoryTier : IDisposable
     private bool _disposed;
     private long _hits;
     private long _misses;
+    private long _evictions;
 
     public MemoryTier(long capacityBytes, int chunkSize)
     {
@@ -121,6 +125,12 @@ internal sealed class MemoryTier : IDisposable
     public long Hits => Interlocked.Read(ref _hits);
 
     public long Misses => Interlocked.Read(ref _misses);
+
+    /// <summary>Chunks evicted (least recently used, nobody holding them) to make room for another.</summary>
+    public long Evictions => Interlocked.Read(ref _evictions);
+
+    /// <summary>Bytes of native memory per buffer.</summary>
+    public int BufferBytes => _bufferSize;
 
     public int Count
     {
@@ -194,6 +204,7 @@ internal sealed class MemoryTier : IDisposable
                         _lru.Remove(n);
                         _map.Remove(c.Id);
                         c.Published = false;
+                        _evictions++;
                         break;
                     }
                 }

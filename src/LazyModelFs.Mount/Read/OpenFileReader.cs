@@ -123,6 +123,7 @@ internal sealed class OpenFileReader
                 return ValueTask.FromResult(ReadFailed(ShortChunk(at.Index, c.Data.Length, at.Within + len), at.Index));
             }
 
+            _cache.CountServed(c, memoryHit: true, len);
             return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(at.Within, len), c)); // zero copy; released after the reply
         }
 
@@ -140,6 +141,7 @@ internal sealed class OpenFileReader
                 throw ShortChunk(index, c.Data.Length, within + len);
             }
 
+            _cache.CountServed(c, memoryHit: false, len);
             return FuseReadResult.FromMemory(c.Data.Slice(within, len), c);
         }
         catch (Exception ex)
@@ -163,9 +165,12 @@ internal sealed class OpenFileReader
         {
             var (index, within) = table.Locate(offset + done);
             CachedChunk c;
+            bool hit;
             try
             {
-                c = await _cache.GetAsync(table[index], FetchPriority.Demand).ConfigureAwait(false);
+                var vt = _cache.GetAsync(table[index], FetchPriority.Demand);
+                hit = vt.IsCompletedSuccessfully;
+                c = await vt.ConfigureAwait(false);
             }
             catch (Exception ex)
             {
@@ -181,6 +186,7 @@ internal sealed class OpenFileReader
                 }
 
                 c.Data.Span.Slice(within, n).CopyTo(dest.Span[done..]);
+                _cache.CountServed(c, hit, n);
                 done += n;
             }
         }

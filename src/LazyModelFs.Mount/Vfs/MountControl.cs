@@ -151,25 +151,7 @@ internal sealed class MountControl : IDisposable
         }
     }
 
-    private JsonObject Stats()
-    {
-        var o = new JsonObject
-        {
-            ["pid"] = Environment.ProcessId,
-            ["chunkSize"] = _mount.Volume.Settings.ChunkSize,
-            ["bufferSize"] = _mount.Options.BufferSize,
-        };
-        var d = _mount.Session.Dispatcher;
-        o["reads"] = d.Reads;
-        o["readBytes"] = d.ReadBytes;
-        o["readErrors"] = d.ReadErrors;
-        _mount.Cache.AddStats(o);
-        o["dirHandles"] = _mount.FileSystem.Directories.Open;
-        o["dirSnapshots"] = _mount.FileSystem.Directories.Snapshots;
-        o["dirSnapshotBytes"] = _mount.FileSystem.Directories.Bytes;
-        o["dirRefused"] = _mount.FileSystem.Directories.Refused;
-        return o;
-    }
+    private JsonObject Stats() => _mount.Stats();
 
     private static async Task<string> ReadLineAsync(Stream s, CancellationToken ct)
     {

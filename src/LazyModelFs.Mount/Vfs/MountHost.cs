@@ -1,5 +1,9 @@
 using LazyModelFs.Cache;
+using System.Net;
+using System.Reflection;
+using System.Text.Json.Nodes;
 using LazyModelFs.Fuse;
+using LazyModelFs.Metrics;
 using LazyModelFs.Read;
 using LazyModelFs.Util;
 using Microsoft.Extensions.Logging;
@@ -31,9 +35,6 @@ public sealed record MountOptions
 
     public bool AllowOther { get; init; }
 
-    /// <summary>Mount with MS_NOEXEC (`-o noexec` through the mount helper).</summary>
-    public bool NoExec { get; init; }
-
     /// <summary>Kernel readahead (read_ahead_kb) for the mount.</summary>
     public int ReadaheadKb { get; init; } = 16384;
 
@@ -44,6 +45,9 @@ public sealed record MountOptions
 
     /// <summary>Where to listen for control commands (<see cref="MountControl"/>); null: no control socket.</summary>
     public string? ControlSocket { get; init; }
+
+    /// <summary>Where to serve Prometheus metrics (<c>--metrics ADDR:PORT</c>, <see cref="MetricsServer"/>); null: nowhere.</summary>
+    public IPEndPoint? Metrics { get; init; }
 }
 
 /// <summary>A mounted volume: the chunk cache, the VFS and the FUSE session (and the control socket), wired together. The daemon's entry point.</summary>
@@ -64,6 +68,42 @@ public sealed class MountHost : IDisposable
 
     internal MountControl? Control { get; private set; }
 
+    internal MetricsServer? MetricsServer { get; private set; }
+
+    /// <summary>When the daemon started serving (UTC).</summary>
+    public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>The lmfs version (the informational version, without its commit suffix).</summary>
+    public static string Version { get; } = typeof(MountHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
+
+    /// <summary>
+    /// The daemon's counters since it started: what the control socket's <c>stats</c> answers
+    /// (<c>lmfs stats</c>, the CSI plugin's metrics) and what <c>/metrics</c> renders. Keys in
+    /// docs/operations.md (<c>lmfs stats --json</c>).
+    /// </summary>
+    public JsonObject Stats()
+    {
+        var o = new JsonObject
+        {
+            ["pid"] = Environment.ProcessId,
+            ["version"] = Version,
+            ["startTime"] = StartedAt.ToUnixTimeMilliseconds() / 1000.0,
+            ["uptime"] = Math.Round((DateTimeOffset.UtcNow - StartedAt).TotalSeconds, 3),
+            ["chunkSize"] = Volume.Settings.ChunkSize,
+            ["bufferSize"] = Options.BufferSize,
+        };
+        var d = Session.Dispatcher;
+        o["reads"] = d.Reads;
+        o["readBytes"] = d.ReadBytes;
+        o["readErrors"] = d.ReadErrors;
+        Cache.AddStats(o);
+        o["dirHandles"] = FileSystem.Directories.Open;
+        o["dirSnapshots"] = FileSystem.Directories.Snapshots;
+        o["dirSnapshotBytes"] = FileSystem.Directories.Bytes;
+        o["dirRefused"] = FileSystem.Directories.Refused;
+        return o;
+    }
+
     public ChunkCache Cache { get; }
 
     internal LmfsFileSystem FileSystem { get; }
@@ -81,39 +121,62 @@ public sealed class MountHost : IDisposable
     public static MountHost Start(Volume volume, string mountPoint, MountOptions o, ILoggerFactory? loggers = null)
     {
         loggers ??= NullLoggerFactory.Instance;
-        var cache = ChunkCache.Open(volume, new ChunkCacheSetup
-        {
-            Directory = o.CacheDir,
-            DiskBytes = o.CacheSize,
-            FreeSpaceRatio = o.FreeSpaceRatio,
-            MemoryBytes = o.BufferSize,
-            Fetch = new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts },
-        }, loggers);
-        var fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
-        var fuseOptions = new FuseMountOptions
-        {
-            FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
-            AllowOther = o.AllowOther,
-            ReadaheadKb = o.ReadaheadKb,
-            Threads = o.Threads ?? new FuseMountOptions().Threads,
-            AllowNonEmpty = o.NonEmpty,
-            NoExec = o.NoExec,
-        };
+
+        // First, so an address that cannot be used (in use, not this host's) fails the mount with
+        // nothing mounted or opened (exit 2).
+        MetricsServer? metrics = o.Metrics is { } at ? MetricsServer.Bind(at, loggers.CreateLogger("metrics")) : null;
         try
         {
-            var session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
+            var cache = ChunkCache.Open(volume, new ChunkCacheSetup
+            {
+                Directory = o.CacheDir,
+                DiskBytes = o.CacheSize,
+                FreeSpaceRatio = o.FreeSpaceRatio,
+                MemoryBytes = o.BufferSize,
+                Fetch = new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts },
+            }, loggers);
+            var fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
+            var fuseOptions = new FuseMountOptions
+            {
+                FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
+                AllowOther = o.AllowOther,
+                ReadaheadKb = o.ReadaheadKb,
+                Threads = o.Threads ?? new FuseMountOptions().Threads,
+                AllowNonEmpty = o.NonEmpty,
+                NoExec = o.NoExec,
+            };
+            FuseSession session;
+            try
+            {
+                session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
+            }
+            catch (FuseMountException e)
+            {
+                cache.Dispose();
+                throw new LmfsException(e.Message, e.Hint, 2, e);
+            }
+
+#pragma warning disable CA2000 // returned: the caller owns it; nothing below throws
             var mount = new MountHost(volume, o, cache, fs, session);
+#pragma warning restore CA2000
             if (o.ControlSocket is not null)
             {
                 mount.Control = MountControl.Start(o.ControlSocket, mount, loggers.CreateLogger("control"));
             }
 
+            if (metrics is not null)
+            {
+                mount.MetricsServer = metrics;
+                metrics.Serve(_ => Task.FromResult(MountMetrics.Render(mount.Stats())));
+                loggers.CreateLogger("metrics").LogInformation("metrics: serving http://{Address}/metrics", metrics.Address);
+                metrics = null; // the mount owns it now
+            }
+
             return mount;
         }
-        catch (FuseMountException e)
+        finally
         {
-            cache.Dispose();
-            throw new LmfsException(e.Message, e.Hint, 2, e);
+            metrics?.Dispose();
         }
     }
 
@@ -132,6 +195,7 @@ public sealed class MountHost : IDisposable
 
     public void Dispose()
     {
+        MetricsServer?.Dispose();
         Control?.Dispose();
         Session.Unmount();
         Session.Dispose();
