@@ -156,7 +156,7 @@ public sealed class S3ObjectStore : IObjectStore
             var resp = await Run("list", prefix, () => _client.ListObjectsV2Async(req, ct)).ConfigureAwait(false);
             foreach (var o in resp.S3Objects ?? [])
             {
-                yield return new ObjectInfo(o.Key[FullKey("").Length..], o.Size ?? 0);
+                yield return new ObjectInfo(o.Key[FullKey("").Length..], o.Size ?? 0, o.LastModified is { } m ? new DateTimeOffset(m.ToUniversalTime(), TimeSpan.Zero) : DateTimeOffset.UnixEpoch);
             }
 
             token = resp.IsTruncated == true ? resp.NextContinuationToken : null;
