@@ -142,11 +142,11 @@ internal static class Numeric
         return o;
     }
 
-    /// <summary>A duration as users write it: the largest unit that divides it (24h, 30m, 90s).</summary>
+    /// <summary>A duration as users write it: the largest unit that divides it (2d, 30m, 90s), one day as 24h.</summary>
     public static string FormatDuration(TimeSpan t)
     {
         long s = (long)t.TotalSeconds;
-        return s == 0 ? "0" : s % 86400 == 0 ? $"{s / 86400}d" : s % 3600 == 0 ? $"{s / 3600}h" : s % 60 == 0 ? $"{s / 60}m" : $"{s}s";
+        return s == 0 ? "0" : s % 86400 == 0 && s > 86400 ? $"{s / 86400}d" : s % 3600 == 0 ? $"{s / 3600}h" : s % 60 == 0 ? $"{s / 60}m" : $"{s}s";
     }
 
     private static string Token(ArgumentResult r) => r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
