@@ -12,7 +12,7 @@ internal static class GcCommand
     {
         var meta = Common.MetaUrl();
         var dryRun = new Option<bool>("--dry-run", "-n") { Description = "Count what would be deleted and which reference counts would be fixed; change nothing" };
-        var grace = Numeric.Duration("--grace", "Keep unreferenced objects written more recently than this, e.g. 30m, 6h, 2d; 0 only when no import runs (default 24h: longer than any import, whose chunks are stored before its files are committed)", GcOptions.DefaultGrace, 3650);
+        var grace = Numeric.Duration("--grace", "Keep unreferenced objects written more recently than this, e.g. 30m, 6h, 2d; 0 only when no import runs (default 24h: longer than any import, whose chunks are stored before its files are committed)", 3650);
         var json = new Option<bool>("--json") { Description = "Print one JSON object (the summary) instead of text" };
         var jobs = Numeric.Int("--concurrency", "Deletes at once", 16, 1, 256, "-j");
         var creds = new Common.Credentials();
@@ -21,7 +21,7 @@ internal static class GcCommand
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
-            var gc = new GarbageCollector(volume, new GcOptions { DryRun = p.GetValue(dryRun), Grace = p.GetValue(grace), Concurrency = p.GetValue(jobs) });
+            var gc = new GarbageCollector(volume, new GcOptions { DryRun = p.GetValue(dryRun), Grace = p.GetValue(grace) ?? GcOptions.DefaultGrace, Concurrency = p.GetValue(jobs) });
             var run = gc.RunAsync(ct);
             if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
             {

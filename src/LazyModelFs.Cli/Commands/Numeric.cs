@@ -105,12 +105,12 @@ internal static class Numeric
     /// A duration: a whole number with a unit s, m, h or d ("30m", "6h", "2d"), or plain seconds
     /// ("0", "90"), from 0 to <paramref name="maxDays"/> days.
     /// </summary>
-    public static RangedOption<TimeSpan> Duration(string name, string description, TimeSpan defaultValue, int maxDays)
+    /// <remarks>Null when left out: the command applies its default, which its description states (help would print a TimeSpan as 1.00:00:00).</remarks>
+    public static RangedOption<TimeSpan?> Duration(string name, string description, int maxDays)
     {
         string range = $"0 to {maxDays}d";
-        var o = new RangedOption<TimeSpan>(name, [], description, range, 0, maxDays * 86400m, integer: true)
+        var o = new RangedOption<TimeSpan?>(name, [], description, range, 0, maxDays * 86400m, integer: true)
         {
-            DefaultValueFactory = _ => defaultValue,
             HelpName = "DURATION",
         };
         o.CustomParser = r =>
@@ -127,14 +127,14 @@ internal static class Numeric
             if (digits == 0 || perUnit == 0 || !BigInteger.TryParse(t.AsSpan(0, digits), NumberStyles.None, CultureInfo.InvariantCulture, out var n))
             {
                 r.AddError($"{Typed(r, name)} '{t}' is not a duration: use {range} (a whole number with a unit s, m, h or d, e.g. 30m, 6h, 2d; 0 for none)");
-                return default;
+                return null;
             }
 
             var seconds = n * perUnit;
             if (seconds > new BigInteger(o.Max))
             {
                 r.AddError(OutOfRange(r, o, t));
-                return default;
+                return null;
             }
 
             return TimeSpan.FromSeconds((long)seconds);
