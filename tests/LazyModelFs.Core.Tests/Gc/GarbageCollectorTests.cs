@@ -287,6 +287,38 @@ public abstract class GarbageCollectorContract : IDisposable
 
 public sealed class SqliteLocalGcTests : GarbageCollectorContract
 {
+    [Fact]
+    public async Task A_chunk_table_that_does_not_decode_stops_gc_before_it_deletes_anything()
+    {
+        string id = Guid.NewGuid().ToString("N");
+        string meta = $"sqlite://{Dir[id + "/meta.db"]}";
+        await Volume.FormatAsync(meta, $"file://{Dir[id + "/objects"]}", new StorageOptions(), 1 << 20, "none", "test");
+        using var v = await Volume.OpenAsync(meta);
+        string a = Dir["bad-a.bin"];
+        File.WriteAllBytes(a, new byte[5000]);
+        await new Importer(v, new ImportOptions()).RunAsync([a], "/a.bin");
+        await new Importer(v, new ImportOptions()).RunAsync([Dir.WriteRandom("bad-b.bin", 3000)], "/b.bin");
+        await v.Namespace.RemoveAsync("/b.bin", recursive: false);
+        ulong ino = (await v.Namespace.ResolveAsync("/a.bin"))!.Ino;
+        using (var kv = SqliteKv.Open(Dir[id + "/meta.db"], create: false))
+        {
+            var key = new byte[9];
+            key[0] = (byte)'C';
+            BinaryPrimitives.WriteUInt64BigEndian(key.AsSpan(1), ino);
+            kv.Write(tx =>
+            {
+                tx.Set(key, "garbage"u8.ToArray());
+                return 0;
+            });
+        }
+
+        var ex = await Assert.ThrowsAsync<Util.LmfsException>(() => new GarbageCollector(v, new GcOptions { Grace = TimeSpan.Zero }).RunAsync());
+        Assert.Equal(3, ex.ExitCode);
+        Assert.Contains($"the chunk table of inode {ino} does not decode", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("lmfs fsck", ex.Hint, StringComparison.Ordinal);
+        Assert.Equal(2, Directory.GetFiles(Dir[id + "/objects"], "*", SearchOption.AllDirectories).Length); // b.bin's orphan is still there
+    }
+
     protected override (string, string, StorageOptions) NewVolume()
     {
         string id = Guid.NewGuid().ToString("N");
