@@ -35,6 +35,7 @@ public static class Cli
         root.Add(CatCommand.Build());
         root.Add(RemoveCommand.Build());
         root.Add(FsckCommand.Build());
+        root.Add(GcCommand.Build());
         root.Add(MountCommand.Build());
         root.Add(UmountCommand.Build());
         root.Add(MountsCommand.Build());

@@ -96,7 +96,19 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
         return inner.PutAsync(key, data, ct);
     }
 
-    public Task<long?> HeadAsync(string key, CancellationToken ct = default) => inner.HeadAsync(key, ct);
+    /// <summary>Awaited after each HEAD has its answer and before the caller gets it (to change the world between a HEAD and what follows it).</summary>
+    public Func<string, long?, Task>? AfterHead { get; set; }
+
+    public async Task<long?> HeadAsync(string key, CancellationToken ct = default)
+    {
+        long? size = await inner.HeadAsync(key, ct).ConfigureAwait(false);
+        if (AfterHead is { } after)
+        {
+            await after(key, size).ConfigureAwait(false);
+        }
+
+        return size;
+    }
 
     public IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, CancellationToken ct = default) => inner.ListAsync(prefix, ct);
 

@@ -101,6 +101,54 @@ internal static class Numeric
         return o;
     }
 
+    /// <summary>
+    /// A duration: a whole number with a unit s, m, h or d ("30m", "6h", "2d"), or plain seconds
+    /// ("0", "90"), from 0 to <paramref name="maxDays"/> days.
+    /// </summary>
+    /// <remarks>Null when left out: the command applies its default, which its description states (help would print a TimeSpan as 1.00:00:00).</remarks>
+    public static RangedOption<TimeSpan?> Duration(string name, string description, int maxDays)
+    {
+        string range = $"0 to {maxDays}d";
+        var o = new RangedOption<TimeSpan?>(name, [], description, range, 0, maxDays * 86400m, integer: true)
+        {
+            HelpName = "DURATION",
+        };
+        o.CustomParser = r =>
+        {
+            string t = Token(r);
+            int digits = 0;
+            while (digits < t.Length && char.IsAsciiDigit(t[digits]))
+            {
+                digits++;
+            }
+
+            string unit = t[digits..];
+            long perUnit = unit switch { "" or "s" => 1, "m" => 60, "h" => 3600, "d" => 86400, _ => 0 };
+            if (digits == 0 || perUnit == 0 || !BigInteger.TryParse(t.AsSpan(0, digits), NumberStyles.None, CultureInfo.InvariantCulture, out var n))
+            {
+                r.AddError($"{Typed(r, name)} '{t}' is not a duration: use {range} (a whole number with a unit s, m, h or d, e.g. 30m, 6h, 2d; 0 for none)");
+                return null;
+            }
+
+            var seconds = n * perUnit;
+            if (seconds > new BigInteger(o.Max))
+            {
+                r.AddError(OutOfRange(r, o, t));
+                return null;
+            }
+
+            return TimeSpan.FromSeconds((long)seconds);
+        };
+        return o;
+    }
+
+    /// <summary>A duration as users write it: the largest unit that divides it (2d, 30m, 90s), one day as 24h.</summary>
+    public static string FormatDuration(TimeSpan t)
+    {
+        long s = (long)t.TotalSeconds;
+        return s == 0 ? "0" : s % 86400 == 0 && s > 86400 ? $"{s / 86400}d" : s % 3600 == 0 ? $"{s / 3600}h" : s % 60 == 0 ? $"{s / 60}m" : $"{s}s";
+    }
+
     private static string Token(ArgumentResult r) => r.Tokens.Count > 0 ? r.Tokens[^1].Value : "";
 
     /// <summary>The option as the user typed it (-j, or --concurrency), for messages.</summary>

@@ -615,7 +615,50 @@ public sealed class Importer(Volume volume, ImportOptions options)
         }
 
         await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize), null, ct, f.Repair).ConfigureAwait(false);
+        await EnsureStoredAsync(f, ct).ConfigureAwait(false);
         Interlocked.Increment(ref Progress._filesDone);
+    }
+
+    /// <summary>
+    /// After the commit, every object the file's table references must be there with its row's size:
+    /// one that a concurrent <c>lmfs gc</c> deleted between this import finding it (by HEAD, or by
+    /// storing it) and the commit is stored again from the source (GarbageCollector explains the rule).
+    /// From the commit on, the count holds the object, so no gc can take it again.
+    /// </summary>
+    private async Task EnsureStoredAsync(FileItem f, CancellationToken ct)
+    {
+        if (f.Entries.Length == 0)
+        {
+            return;
+        }
+
+        var sizes = await volume.Chunks.StoredSizesAsync(f.Entries.Select(e => e.Id), options.Concurrency, ct: ct).ConfigureAwait(false);
+        var gone = f.Entries.Select((e, i) => (Entry: e, Index: i)).Where(x => sizes[x.Entry.Id] != x.Entry.StoredLength).DistinctBy(x => x.Entry.Id).ToList();
+        if (gone.Count == 0)
+        {
+            return;
+        }
+
+        using var h = File.OpenHandle(f.Source, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
+        foreach (var (e, i) in gone)
+        {
+            var slot = new byte[ChunkObject.HeaderSize + e.PlainLength];
+            await ReadExactlyAsync(h, slot.AsMemory(ChunkObject.HeaderSize), (long)i * ChunkSize, f.Source, ct).ConfigureAwait(false);
+            if (ChunkId.Of(slot.AsSpan(ChunkObject.HeaderSize)) != e.Id)
+            {
+                throw new LmfsException($"source '{Posix.ShowName(f.Source)}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
+            }
+
+            var again = await volume.Chunks.StoreAsync(e.Id, slot, e.Codec, reuse: false, ct).ConfigureAwait(false);
+            Interlocked.Add(ref _uploaded, again.Entry.StoredLength);
+            if (again.Entry.StoredLength != e.StoredLength || again.Entry.Codec != e.Codec)
+            {
+                throw new LmfsException(
+                    $"chunk {i} of '{Posix.ShowName(f.Path)}' was deleted by lmfs gc during the import, and stored again it is {again.Entry.StoredLength} bytes, not the {e.StoredLength} its row says",
+                    "import the file again (lmfs import --overwrite SRC DEST): it is repaired",
+                    1);
+            }
+        }
     }
 
     private async Task CommitAsync(string path, NodeType type, PosixStat st, ulong size, ChunkTable? chunks, string? target, CancellationToken ct, bool replace = false)
@@ -625,6 +668,8 @@ public sealed class Importer(Volume volume, ImportOptions options)
         ulong ino = await volume.Meta.AllocateInodeAsync(ct).ConfigureAwait(false);
         MetaResult r;
         bool known = _dirs.TryGetValue(parentPath, out ulong parent);
+        long since = Stopwatch.GetTimestamp();
+        int pause = 50;
         while (true)
         {
             if (!known)
@@ -634,12 +679,26 @@ public sealed class Importer(Volume volume, ImportOptions options)
 
             var node = new Node(ino, type, st.Mode & 0xFFF, st.Uid, st.Gid, 1, size, st.MtimeNs, Namespace.NowNs(), parent, target);
             r = await volume.Namespace.LinkAsync(parent, parts[^1], node, chunks, options.Overwrite || replace, ct).ConfigureAwait(false);
+            if (r == MetaResult.ChunkClaimed && Stopwatch.GetElapsedTime(since) < IMetaStore.ChunkClaimLifetime + TimeSpan.FromSeconds(30))
+            {
+                // lmfs gc is deleting the object of one of these chunks (it found it unreferenced): commit
+                // once its claim is gone; EnsureStoredAsync then stores the object again.
+                await Task.Delay(pause, ct).ConfigureAwait(false);
+                pause = Math.Min(pause * 2, 2000);
+                continue;
+            }
+
             if (r != MetaResult.NoParent || !known)
             {
                 break;
             }
 
             known = false; // the remembered directory was removed meanwhile: make the path again, once
+        }
+
+        if (r == MetaResult.ChunkClaimed)
+        {
+            throw new LmfsException($"cannot create '{Posix.ShowName(path)}': lmfs gc has held a claim on one of its chunks for over {IMetaStore.ChunkClaimLifetime.TotalMinutes:0} minutes", "re-run the import: a claim that is not released (its gc was killed) expires by then");
         }
 
         if (r == MetaResult.Exists)

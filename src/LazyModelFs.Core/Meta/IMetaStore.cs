@@ -43,4 +43,32 @@ public interface IMetaStore : IDisposable
     Task<long> GetChunkRefCountAsync(ChunkId id, CancellationToken ct = default);
 
     Task<VolumeUsage> GetUsageAsync(CancellationToken ct = default);
+
+    // ---- lmfs gc (src/LazyModelFs.Core/Gc/GarbageCollector.cs explains how these fit together)
+
+    /// <summary>
+    /// Reads every chunk table (counting the references each chunk has) and every stored reference
+    /// count, with the reference epoch: a counter every create and remove advances in its own
+    /// transaction. The scan is <see cref="ReferenceScan.Consistent"/> when the epoch did not move
+    /// while it ran. A table that does not decode is listed, not thrown.
+    /// </summary>
+    Task<ReferenceScan> ScanReferencesAsync(int chunkSize, CancellationToken ct = default);
+
+    /// <summary>
+    /// Sets reference counts (0 removes the count) if the reference epoch is still
+    /// <paramref name="epoch"/>, atomically; false (nothing changed) when it moved.
+    /// </summary>
+    Task<bool> SetChunkRefCountsAsync(long epoch, IReadOnlyList<KeyValuePair<ChunkId, long>> counts, CancellationToken ct = default);
+
+    /// <summary>
+    /// If no chunk table references the chunk (its count is 0), claims it for deletion, atomically,
+    /// and returns true: until <see cref="ReleaseChunkClaimAsync"/> or <see cref="ChunkClaimLifetime"/>
+    /// passes, a create whose table references it answers <see cref="MetaResult.ChunkClaimed"/>.
+    /// </summary>
+    Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default);
+
+    Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default);
+
+    /// <summary>How long a claim holds when it is not released (its gc was killed); gc never deletes on a claim half this old.</summary>
+    static TimeSpan ChunkClaimLifetime { get; } = TimeSpan.FromMinutes(10);
 }

@@ -15,14 +15,19 @@ namespace LazyModelFs.Meta;
 ///   "D" parent(u64 BE) name   directory entry: ino u64 LE, type u8
 ///   "C" ino(u64 BE)           chunk table
 ///   "R" id[32]                chunk reference count (i64 LE)
+///   "E"                       reference epoch: advanced by every create and remove (i64 LE)
+///   "G" id[32]                lmfs gc's claim on an unreferenced chunk: unix ms when claimed (i64 LE)
 /// </code>
 /// Big-endian inode numbers keep a directory's entries together and ordered by name bytes.
 /// </summary>
-public sealed class KvMetaStore(IKvStore kv) : IMetaStore
+public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaStore
 {
+    private readonly TimeProvider _time = time ?? TimeProvider.System;
+
     private static readonly byte[] SettingsKey = "S"u8.ToArray();
     private static readonly byte[] NextInodeKey = "N"u8.ToArray();
     private static readonly byte[] UsageKey = "U"u8.ToArray();
+    private static readonly byte[] EpochKey = "E"u8.ToArray();
 
     public string Describe => kv.Describe;
 
@@ -82,6 +87,11 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
                 return MetaResult.NoParent;
             }
 
+            if (change.Chunks is { } claimed && IsAnyClaimed(tx, claimed))
+            {
+                return MetaResult.ChunkClaimed;
+            }
+
             byte[] entryKey = EntryKey(change.Parent, change.Name);
             var usage = ReadUsage(tx);
             if (change.Replace is null)
@@ -113,6 +123,7 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
 
             tx.Set(entryKey, new DirEntry(change.Name, node.Ino, node.Type).EncodeValue());
             tx.Set(UsageKey, Usage(new VolumeUsage(usage.Bytes + SizeOf(node), usage.Inodes + 1)));
+            BumpEpoch(tx);
             return MetaResult.Ok;
         }));
 
@@ -124,6 +135,7 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
             if (r == MetaResult.Ok)
             {
                 tx.Set(UsageKey, Usage(usage));
+                BumpEpoch(tx);
             }
 
             return r;
@@ -133,6 +145,80 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
         Task.FromResult(kv.Read(tx => tx.Get(RefKey(id)) is { } b ? BinaryPrimitives.ReadInt64LittleEndian(b) : 0));
 
     public Task<VolumeUsage> GetUsageAsync(CancellationToken ct = default) => Task.FromResult(kv.Read(ReadUsage));
+
+    /// <summary>One read transaction (a snapshot): always consistent.</summary>
+    public Task<ReferenceScan> ScanReferencesAsync(int chunkSize, CancellationToken ct = default) =>
+        Task.FromResult(kv.Read(tx =>
+        {
+            var referenced = new Dictionary<ChunkId, long>();
+            var bad = new List<(ulong, string)>();
+            var tables = tx.Scan([(byte)'C']);
+            foreach (var (k, v) in tables)
+            {
+                ulong ino = BinaryPrimitives.ReadUInt64BigEndian(k.AsSpan(1));
+                try
+                {
+                    foreach (var e in ChunkTable.Decode(v, chunkSize).Entries)
+                    {
+                        referenced[e.Id] = referenced.GetValueOrDefault(e.Id) + 1;
+                    }
+                }
+                catch (Util.MetaCorruptException ex)
+                {
+                    bad.Add((ino, ex.Message));
+                }
+            }
+
+            var stored = new Dictionary<ChunkId, long>();
+            foreach (var (k, v) in tx.Scan([(byte)'R']))
+            {
+                stored[ChunkId.FromBytes(k.AsSpan(1))] = BinaryPrimitives.ReadInt64LittleEndian(v);
+            }
+
+            return new ReferenceScan(ReadEpoch(tx), true, tables.Count, referenced, stored, bad);
+        }));
+
+    public Task<bool> SetChunkRefCountsAsync(long epoch, IReadOnlyList<KeyValuePair<ChunkId, long>> counts, CancellationToken ct = default) =>
+        Task.FromResult(kv.Write(tx =>
+        {
+            if (ReadEpoch(tx) != epoch)
+            {
+                return false;
+            }
+
+            foreach (var (id, n) in counts)
+            {
+                if (n > 0)
+                {
+                    tx.Set(RefKey(id), I64(n));
+                }
+                else
+                {
+                    tx.Delete(RefKey(id));
+                }
+            }
+
+            return true;
+        }));
+
+    public Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default) =>
+        Task.FromResult(kv.Write(tx =>
+        {
+            if (tx.Get(RefKey(id)) is { } b && BinaryPrimitives.ReadInt64LittleEndian(b) > 0)
+            {
+                return false;
+            }
+
+            tx.Set(ClaimKey(id), I64(_time.GetUtcNow().ToUnixTimeMilliseconds()));
+            return true;
+        }));
+
+    public Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default) =>
+        Task.FromResult(kv.Write(tx =>
+        {
+            tx.Delete(ClaimKey(id));
+            return true;
+        }));
 
     public void Dispose() => kv.Dispose();
 
@@ -172,6 +258,25 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
         usage = new VolumeUsage(usage.Bytes - SizeOf(old.Node), usage.Inodes - 1);
         return MetaResult.Ok;
     }
+
+    /// <summary>Whether a live gc claim (younger than <see cref="IMetaStore.ChunkClaimLifetime"/>) is on any of the table's chunks.</summary>
+    private bool IsAnyClaimed(IKvTxn tx, ChunkTable chunks)
+    {
+        long horizon = (_time.GetUtcNow() - IMetaStore.ChunkClaimLifetime).ToUnixTimeMilliseconds();
+        foreach (var e in chunks.Entries)
+        {
+            if (tx.Get(ClaimKey(e.Id)) is { } b && BinaryPrimitives.ReadInt64LittleEndian(b) > horizon)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static long ReadEpoch(IKvTxn tx) => tx.Get(EpochKey) is { Length: 8 } b ? BinaryPrimitives.ReadInt64LittleEndian(b) : 0;
+
+    private static void BumpEpoch(IKvTxn tx) => tx.Set(EpochKey, I64(ReadEpoch(tx) + 1));
 
     private static bool IsDirectory(IKvTxn tx, ulong ino) =>
         tx.Get(NodeKey(ino)) is { Length: >= Node.FixedSize } rec && rec[1] == (byte)NodeType.Directory;
@@ -234,10 +339,14 @@ public sealed class KvMetaStore(IKvStore kv) : IMetaStore
         return k;
     }
 
-    private static byte[] RefKey(ChunkId id)
+    private static byte[] RefKey(ChunkId id) => IdKey((byte)'R', id);
+
+    private static byte[] ClaimKey(ChunkId id) => IdKey((byte)'G', id);
+
+    private static byte[] IdKey(byte tag, ChunkId id)
     {
         var k = new byte[1 + ChunkId.Size];
-        k[0] = (byte)'R';
+        k[0] = tag;
         id.WriteTo(k.AsSpan(1));
         return k;
     }

@@ -204,7 +204,27 @@ public enum MetaResult
 
     /// <summary>A directory to remove still has entries.</summary>
     NotEmpty,
+
+    /// <summary>
+    /// Nothing changed: a chunk the new table references is claimed by <c>lmfs gc</c>, which is
+    /// deleting its object (<see cref="IMetaStore.ClaimUnreferencedChunkAsync"/>). Retry after a
+    /// moment, then make sure the object is there (the importer stores it again).
+    /// </summary>
+    ChunkClaimed,
 }
+
+/// <summary>
+/// What <see cref="IMetaStore.ScanReferencesAsync"/> saw: every chunk table's references counted,
+/// and the reference counts as stored. <see cref="Consistent"/>: no create or remove committed while
+/// the scan ran, so the two can be compared and the counts fixed under <see cref="Epoch"/>.
+/// </summary>
+public sealed record ReferenceScan(
+    long Epoch,
+    bool Consistent,
+    long Tables,
+    IReadOnlyDictionary<Chunks.ChunkId, long> Referenced,
+    IReadOnlyDictionary<Chunks.ChunkId, long> Stored,
+    IReadOnlyList<(ulong Ino, string Problem)> Undecodable);
 
 /// <summary>What a change replaces: the entry the caller saw, with its node and chunk table.</summary>
 public sealed record Replaced(DirEntry Entry, Node Node, ChunkTable? Chunks);

@@ -19,6 +19,8 @@ namespace LazyModelFs.Meta;
 ///   lmfs{VOL}:d&lt;ino&gt;         hash    name → entry (ino u64 LE, type u8)
 ///   lmfs{VOL}:c&lt;ino&gt;         string  chunk table
 ///   lmfs{VOL}:refs           hash    chunk id (32 raw bytes) → reference count
+///   lmfs{VOL}:refsepoch      string  reference epoch: INCR by every create and remove
+///   lmfs{VOL}:gcclaims       hash    chunk id → unix ms when lmfs gc claimed it for deletion
 /// </code>
 /// Changes run as Lua scripts (atomic on the server) that first re-check what the client read —
 /// the entry, the node record — and answer 'conflict' when anything moved, so callers retry.
@@ -42,14 +44,19 @@ public sealed class RedisMetaStore : IMetaStore
         end
         """;
 
-    // KEYS: d<parent> i<parent> i<new> c<new> refs usage i<old> c<old> d<old>
-    // ARGV: name entry node chunks size nNew replace expEntry expNode negOldSize nOld ids(new) ids(old)
+    // KEYS: d<parent> i<parent> i<new> c<new> refs usage i<old> c<old> d<old> gcclaims refsepoch
+    // ARGV: name entry node chunks size nNew replace expEntry expNode negOldSize nOld ids(new) ids(old) claimHorizon
     private const string CreateLua = UnlinkLua + """
 
         local p = redis.call('GET', KEYS[2])
         if not p or string.byte(p, 2) ~= 1 then return 'noparent' end
         local nNew = tonumber(ARGV[6])
         local nOld = tonumber(ARGV[11])
+        local horizon = tonumber(ARGV[#ARGV])
+        for i = 12, 11 + nNew do
+          local c = redis.call('HGET', KEYS[10], ARGV[i])
+          if c and tonumber(c) > horizon then return 'claimed' end
+        end
         if ARGV[7] == '1' then
           local r = unlink(KEYS[1], ARGV[1], ARGV[8], KEYS[7], ARGV[9], KEYS[8], KEYS[9], KEYS[5], 12 + nNew, 11 + nNew + nOld, KEYS[6], ARGV[10])
           if r ~= 'ok' then return r end
@@ -62,14 +69,35 @@ public sealed class RedisMetaStore : IMetaStore
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('HINCRBY', KEYS[6], 'bytes', ARGV[5])
         redis.call('HINCRBY', KEYS[6], 'inodes', 1)
+        redis.call('INCR', KEYS[11])
         return 'ok'
         """;
 
-    // KEYS: d<parent> i<old> c<old> d<old> refs usage
+    // KEYS: d<parent> i<old> c<old> d<old> refs usage refsepoch
     // ARGV: name expEntry expNode negOldSize ids(old)
     private const string RemoveLua = UnlinkLua + """
 
-        return unlink(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], KEYS[3], KEYS[4], KEYS[5], 5, #ARGV, KEYS[6], ARGV[4])
+        local r = unlink(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], KEYS[3], KEYS[4], KEYS[5], 5, #ARGV, KEYS[6], ARGV[4])
+        if r == 'ok' then redis.call('INCR', KEYS[7]) end
+        return r
+        """;
+
+    // KEYS: refs refsepoch; ARGV: epoch (id count)...
+    private const string SetRefsLua = """
+        if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+        for i = 2, #ARGV, 2 do
+          local n = tonumber(ARGV[i + 1])
+          if n > 0 then redis.call('HSET', KEYS[1], ARGV[i], n) else redis.call('HDEL', KEYS[1], ARGV[i]) end
+        end
+        return 1
+        """;
+
+    // KEYS: refs gcclaims; ARGV: id nowMs
+    private const string ClaimLua = """
+        local n = redis.call('HGET', KEYS[1], ARGV[1])
+        if n and tonumber(n) > 0 then return 0 end
+        redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+        return 1
         """;
 
     // KEYS: setting i<root> nextinode usage; ARGV: settings root-record root-ino
@@ -89,6 +117,8 @@ public sealed class RedisMetaStore : IMetaStore
     private readonly RedisKey _nextInodeKey;
     private readonly RedisKey _usageKey;
     private readonly RedisKey _refsKey;
+    private readonly RedisKey _epochKey;
+    private readonly RedisKey _claimsKey;
 
     private RedisMetaStore(ConnectionMultiplexer conn, int db, string volume, string describe)
     {
@@ -101,6 +131,8 @@ public sealed class RedisMetaStore : IMetaStore
         _nextInodeKey = _prefix + "nextinode";
         _usageKey = _prefix + "usage";
         _refsKey = _prefix + "refs";
+        _epochKey = _prefix + "refsepoch";
+        _claimsKey = _prefix + "gcclaims";
     }
 
     public string Volume { get; }
@@ -284,10 +316,11 @@ public sealed class RedisMetaStore : IMetaStore
         };
         AddIds(args, newIds);
         AddIds(args, oldIds);
+        args.Add((DateTimeOffset.UtcNow - IMetaStore.ChunkClaimLifetime).ToUnixTimeMilliseconds());
         RedisKey[] keys =
         [
             DirKey(c.Parent), NodeKey(c.Parent), NodeKey(c.Node.Ino), ChunksKey(c.Node.Ino), _refsKey, _usageKey,
-            NodeKey(oldIno), ChunksKey(oldIno), DirKey(oldIno),
+            NodeKey(oldIno), ChunksKey(oldIno), DirKey(oldIno), _claimsKey, _epochKey,
         ];
         var r = await Run(() => _db.ScriptEvaluateAsync(CreateLua, keys, args.ToArray())).ConfigureAwait(false);
         return ParseResult(r);
@@ -305,7 +338,7 @@ public sealed class RedisMetaStore : IMetaStore
             -SizeOf(expected.Node),
         };
         AddIds(args, oldIds);
-        RedisKey[] keys = [DirKey(parent), NodeKey(ino), ChunksKey(ino), DirKey(ino), _refsKey, _usageKey];
+        RedisKey[] keys = [DirKey(parent), NodeKey(ino), ChunksKey(ino), DirKey(ino), _refsKey, _usageKey, _epochKey];
         var r = await Run(() => _db.ScriptEvaluateAsync(RemoveLua, keys, args.ToArray())).ConfigureAwait(false);
         return ParseResult(r);
     }
@@ -320,6 +353,111 @@ public sealed class RedisMetaStore : IMetaStore
     {
         var v = await Run(() => _db.HashGetAsync(_usageKey, ["bytes", "inodes"])).ConfigureAwait(false);
         return new VolumeUsage(v[0].IsNull ? 0 : (long)v[0], v[1].IsNull ? 0 : (long)v[1]);
+    }
+
+    /// <summary>
+    /// SCAN of the volume's chunk-table keys (on the server that holds the volume's slot) and HSCAN of
+    /// its counts, between two reads of the epoch: consistent when they agree, since every change of a
+    /// table or a count advances the epoch in the same script.
+    /// </summary>
+    public async Task<ReferenceScan> ScanReferencesAsync(int chunkSize, CancellationToken ct = default)
+    {
+        long before = await ReadEpochAsync().ConfigureAwait(false);
+        var referenced = new Dictionary<ChunkId, long>();
+        var stored = new Dictionary<ChunkId, long>();
+        var bad = new List<(ulong, string)>();
+        long tables = 0;
+        await Run(() => Task.Run(
+            () =>
+            {
+                var server = _conn.GetServer(_db.IdentifyEndpoint(_refsKey) ?? _conn.GetEndPoints()[0]);
+                var batch = new List<RedisKey>(500);
+                foreach (var key in server.Keys(_db.Database, _prefix + "c*", pageSize: 1000))
+                {
+                    ct.ThrowIfCancellationRequested();
+                    string tail = ((string)key!)[(_prefix.Length + 1)..];
+                    if (tail.Length > 0 && tail.All(char.IsAsciiDigit))
+                    {
+                        batch.Add(key);
+                    }
+
+                    if (batch.Count == batch.Capacity)
+                    {
+                        Count(batch);
+                    }
+                }
+
+                Count(batch);
+                foreach (var h in _db.HashScan(_refsKey, pageSize: 1000))
+                {
+                    stored[ChunkId.FromBytes((byte[])h.Name!)] = (long)h.Value;
+                }
+
+                return 0;
+            },
+            ct),
+            whole: true).ConfigureAwait(false);
+        long after = await ReadEpochAsync().ConfigureAwait(false);
+        return new ReferenceScan(after, before == after, tables, referenced, stored, bad);
+
+        void Count(List<RedisKey> keys)
+        {
+            var values = _db.StringGet([.. keys]);
+            for (int i = 0; i < keys.Count; i++)
+            {
+                if (values[i].IsNull)
+                {
+                    continue; // removed since the SCAN saw it
+                }
+
+                tables++;
+                try
+                {
+                    foreach (var e in ChunkTable.Decode((byte[])values[i]!, chunkSize).Entries)
+                    {
+                        referenced[e.Id] = referenced.GetValueOrDefault(e.Id) + 1;
+                    }
+                }
+                catch (MetaCorruptException ex)
+                {
+                    bad.Add((ulong.Parse(((string)keys[i]!)[(_prefix.Length + 1)..], CultureInfo.InvariantCulture), ex.Message));
+                }
+            }
+
+            keys.Clear();
+        }
+    }
+
+    public async Task<bool> SetChunkRefCountsAsync(long epoch, IReadOnlyList<KeyValuePair<ChunkId, long>> counts, CancellationToken ct = default)
+    {
+        foreach (var part in counts.Chunk(500))
+        {
+            var args = new List<RedisValue>((part.Length * 2) + 1) { epoch };
+            foreach (var (id, n) in part)
+            {
+                args.Add(id.ToBytes());
+                args.Add(n);
+            }
+
+            var r = await Run(() => _db.ScriptEvaluateAsync(SetRefsLua, [_refsKey, _epochKey], args.ToArray())).ConfigureAwait(false);
+            if ((long)r != 1)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    public async Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default) =>
+        (long)await Run(() => _db.ScriptEvaluateAsync(ClaimLua, [_refsKey, _claimsKey], [id.ToBytes(), DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()])).ConfigureAwait(false) == 1;
+
+    public Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default) => Run(() => _db.HashDeleteAsync(_claimsKey, id.ToBytes()));
+
+    private async Task<long> ReadEpochAsync()
+    {
+        var v = await Run(() => _db.StringGetAsync(_epochKey)).ConfigureAwait(false);
+        return v.IsNull ? 0 : (long)v;
     }
 
     public void Dispose()
@@ -347,6 +485,7 @@ public sealed class RedisMetaStore : IMetaStore
         "conflict" => MetaResult.Conflict,
         "noparent" => MetaResult.NoParent,
         "notempty" => MetaResult.NotEmpty,
+        "claimed" => MetaResult.ChunkClaimed,
         var other => throw new LmfsException($"unexpected answer '{other}' from the Redis metadata script"),
     };
 
@@ -376,11 +515,12 @@ public sealed class RedisMetaStore : IMetaStore
     public static TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Turns the client's connection and timeout errors into one clear message.</summary>
-    private async Task<T> Run<T>(Func<Task<T>> op)
+    private async Task<T> Run<T>(Func<Task<T>> op, bool whole = false)
     {
         try
         {
-            return await op().WaitAsync(CommandTimeout).ConfigureAwait(false);
+            // A whole-volume scan has no overall deadline: each of its commands has the client's sync timeout.
+            return await op().WaitAsync(whole ? Timeout.InfiniteTimeSpan : CommandTimeout).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is RedisConnectionException or RedisTimeoutException or TimeoutException)
         {

@@ -1,6 +1,7 @@
 namespace LazyModelFs.Storage;
 
-public readonly record struct ObjectInfo(string Key, long Size);
+/// <summary>One listed object: its key (relative to the store's prefix), its size, and when it was last written (UTC).</summary>
+public readonly record struct ObjectInfo(string Key, long Size, DateTimeOffset LastModified);
 
 /// <summary>
 /// The object-store port. Keys are relative to the store's prefix ("chunks/ab/cd/…").
@@ -34,6 +35,11 @@ public interface IObjectStore : IDisposable
     /// <summary>The object's size, or null when it does not exist.</summary>
     Task<long?> HeadAsync(string key, CancellationToken ct = default);
 
+    /// <summary>
+    /// Every object whose key starts with <paramref name="prefix"/>, in key order, with its size and
+    /// last-modified time (lmfs gc); a store pages through as many requests as it needs. An object
+    /// deleted while the listing runs may or may not be listed.
+    /// </summary>
     IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, CancellationToken ct = default);
 
     /// <summary>Deletes the object; deleting a missing object succeeds.</summary>

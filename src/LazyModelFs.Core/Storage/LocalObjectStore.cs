@@ -144,17 +144,13 @@ public sealed class LocalObjectStore : IObjectStore
         foreach (var (k, p) in files)
         {
             ct.ThrowIfCancellationRequested();
-            long size;
-            try
+            var fi = new FileInfo(p);
+            if (!fi.Exists)
             {
-                size = new FileInfo(p).Length;
-            }
-            catch (FileNotFoundException)
-            {
-                continue;
+                continue; // deleted since the directory was read
             }
 
-            yield return new ObjectInfo(k, size);
+            yield return new ObjectInfo(k, fi.Length, new DateTimeOffset(fi.LastWriteTimeUtc, TimeSpan.Zero));
         }
     }
 

@@ -7,7 +7,10 @@ namespace LazyModelFs.Storage;
 /// <summary>The in-memory twin, for unit tests.</summary>
 public sealed class MemoryObjectStore : IObjectStore
 {
-    private readonly ConcurrentDictionary<string, byte[]> _objects = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (byte[] Data, DateTimeOffset Modified)> _objects = new(StringComparer.Ordinal);
+
+    /// <summary>The clock stamped on each PUT (tests move it to make objects old).</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
 
     public string Describe => "memory://";
 
@@ -17,11 +20,12 @@ public sealed class MemoryObjectStore : IObjectStore
 
     public Task<int> GetAsync(string key, long offset, Memory<byte> dest, CancellationToken ct = default)
     {
-        if (!_objects.TryGetValue(key, out var data))
+        if (!_objects.TryGetValue(key, out var o))
         {
             throw new ObjectNotFoundException(key);
         }
 
+        var data = o.Data;
         int n = (int)Math.Clamp(data.Length - offset, 0, dest.Length);
         data.AsSpan((int)Math.Min(offset, data.Length), n).CopyTo(dest.Span);
         return Task.FromResult(n);
@@ -29,19 +33,19 @@ public sealed class MemoryObjectStore : IObjectStore
 
     public Task PutAsync(string key, ReadOnlyMemory<byte> data, CancellationToken ct = default)
     {
-        _objects[key] = data.ToArray();
+        _objects[key] = (data.ToArray(), Time.GetUtcNow());
         return Task.CompletedTask;
     }
 
     public Task<long?> HeadAsync(string key, CancellationToken ct = default) =>
-        Task.FromResult(_objects.TryGetValue(key, out var d) ? d.Length : (long?)null);
+        Task.FromResult(_objects.TryGetValue(key, out var d) ? d.Data.Length : (long?)null);
 
     public async IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
     {
         await Task.Yield();
         foreach (var (k, v) in _objects.Where(p => p.Key.StartsWith(prefix, StringComparison.Ordinal)).OrderBy(p => p.Key, StringComparer.Ordinal))
         {
-            yield return new ObjectInfo(k, v.Length);
+            yield return new ObjectInfo(k, v.Data.Length, v.Modified);
         }
     }
 
@@ -52,7 +56,7 @@ public sealed class MemoryObjectStore : IObjectStore
     }
 
     /// <summary>Test hook: replace an object's bytes in place (to simulate corruption).</summary>
-    public void Overwrite(string key, byte[] data) => _objects[key] = data;
+    public void Overwrite(string key, byte[] data) => _objects[key] = (data, Time.GetUtcNow());
 
     public void Dispose()
     {

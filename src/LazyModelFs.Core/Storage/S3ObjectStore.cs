@@ -156,7 +156,10 @@ public sealed class S3ObjectStore : IObjectStore
             var resp = await Run("list", prefix, () => _client.ListObjectsV2Async(req, ct)).ConfigureAwait(false);
             foreach (var o in resp.S3Objects ?? [])
             {
-                yield return new ObjectInfo(o.Key[FullKey("").Length..], o.Size ?? 0);
+                // A listing without a time (no S3 service we know omits it) reads as not yet old: lmfs gc
+                // keeps the object whatever its grace, rather than take an import's fresh one for old.
+                var modified = o.LastModified is { } m ? new DateTimeOffset(m.ToUniversalTime(), TimeSpan.Zero) : DateTimeOffset.MaxValue;
+                yield return new ObjectInfo(o.Key[FullKey("").Length..], o.Size ?? 0, modified);
             }
 
             token = resp.IsTruncated == true ? resp.NextContinuationToken : null;

@@ -35,6 +35,9 @@ public sealed record MountOptions
 
     public bool AllowOther { get; init; }
 
+    /// <summary>Mount with MS_NOEXEC (`-o noexec` through the mount helper).</summary>
+    public bool NoExec { get; init; }
+
     /// <summary>Kernel readahead (read_ahead_kb) for the mount.</summary>
     public int ReadaheadKb { get; init; } = 16384;
 

@@ -191,4 +191,55 @@ public abstract class MetaStoreContract
         Assert.Single(inos.Distinct());
         Assert.Single(await m.ListAsync(Node.RootIno));
     }
+
+    [Fact]
+    public async Task Scan_counts_references_from_the_tables_and_counts_are_fixed_only_under_the_epoch_read()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var a = Table("a", "b", "a");
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "f", await NewFile(m, Node.RootIno, (2 * ChunkSize) + 1), a));
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "g", await NewFile(m, Node.RootIno, 1), Table("b")));
+        var scan = await m.ScanReferencesAsync(ChunkSize);
+        Assert.True(scan.Consistent);
+        Assert.Equal(2, scan.Tables);
+        Assert.Empty(scan.Undecodable);
+        Assert.Equal(2, scan.Referenced[a[0].Id]);
+        Assert.Equal(2, scan.Referenced[a[1].Id]);
+        Assert.Equal(scan.Referenced.OrderBy(p => p.Key.A).ToList(), scan.Stored.OrderBy(p => p.Key.A).ToList());
+
+        // A count set under the epoch that was read lands; under an epoch a create has moved past, nothing does.
+        var ghost = ChunkId.Of("ghost"u8);
+        Assert.True(await m.SetChunkRefCountsAsync(scan.Epoch, [new(a[0].Id, 5), new(ghost, 3)]));
+        Assert.Equal(5, await m.GetChunkRefCountAsync(a[0].Id));
+        Assert.Equal(3, await m.GetChunkRefCountAsync(ghost));
+        Assert.True(await m.SetChunkRefCountsAsync(scan.Epoch, [new(a[0].Id, 2), new(ghost, 0)]));
+        Assert.Equal(0, await m.GetChunkRefCountAsync(ghost));
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "h", await NewFile(m, Node.RootIno, 1), Table("c")));
+        Assert.False(await m.SetChunkRefCountsAsync(scan.Epoch, [new(a[0].Id, 9)]));
+        Assert.Equal(2, await m.GetChunkRefCountAsync(a[0].Id));
+        Assert.NotEqual(scan.Epoch, (await m.ScanReferencesAsync(ChunkSize)).Epoch);
+    }
+
+    [Fact]
+    public async Task A_gc_claim_is_refused_on_a_referenced_chunk_and_holds_off_a_create_until_released()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var used = Table("used");
+        await m.CreateAsync(new EntryCreate(Node.RootIno, "f", await NewFile(m, Node.RootIno, 4), used));
+        Assert.False(await m.ClaimUnreferencedChunkAsync(used[0].Id));
+
+        var orphan = Table("orphan");
+        Assert.True(await m.ClaimUnreferencedChunkAsync(orphan[0].Id));
+        var g = await NewFile(m, Node.RootIno, 6);
+        Assert.Equal(MetaResult.ChunkClaimed, await m.CreateAsync(new EntryCreate(Node.RootIno, "g", g, orphan)));
+        Assert.Null(await m.LookupAsync(Node.RootIno, "g"));
+        Assert.Equal(0, await m.GetChunkRefCountAsync(orphan[0].Id));
+
+        await m.ReleaseChunkClaimAsync(orphan[0].Id);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "g", g, orphan)));
+        Assert.Equal(1, await m.GetChunkRefCountAsync(orphan[0].Id));
+        Assert.False(await m.ClaimUnreferencedChunkAsync(orphan[0].Id));
+    }
 }

@@ -54,6 +54,7 @@ public abstract class ObjectStoreContract
     public async Task Put_replaces_list_filters_by_prefix_in_order_and_delete_removes()
     {
         using var s = OpenFresh();
+        var before = DateTimeOffset.UtcNow;
         await s.PutAsync("chunks/01/x", Bytes(10, 2));
         await s.PutAsync("chunks/00/y", Bytes(20, 3));
         await s.PutAsync("other/z", Bytes(5, 4));
@@ -64,7 +65,11 @@ public abstract class ObjectStoreContract
             listed.Add(o);
         }
 
-        Assert.Equal([new ObjectInfo("chunks/00/y", 20), new ObjectInfo("chunks/01/x", 11)], listed);
+        var after = DateTimeOffset.UtcNow;
+        Assert.Equal([("chunks/00/y", 20L), ("chunks/01/x", 11L)], listed.Select(o => (o.Key, o.Size)));
+
+        // Last-modified is the time of the PUT (S3 keeps whole seconds, so a second either side).
+        Assert.All(listed, o => Assert.InRange(o.LastModified, before.AddSeconds(-1), after.AddSeconds(1)));
         await s.DeleteAsync("chunks/01/x");
         Assert.Null(await s.HeadAsync("chunks/01/x"));
         Assert.Equal(20, await s.HeadAsync("chunks/00/y"));
