@@ -14,6 +14,7 @@
 # self-contained build (see bench/gpu-safetensors.sh). No node, redis-server or AWS CLI needed.
 #
 # usage: bench/gpu-table.sh LMFS_BINARY [SIZE_GB=4] [WORK_DIR=/var/tmp] [OUT_DIR] [-- MOUNT OPTIONS]
+#   LMFS_TABLE_MODEL=FILE uses that safetensors file instead of generating one (runs back to back).
 #   OUT_DIR gets table.md (the rows below), rows.jsonl, bench.json/bench.html and the mount logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,11 @@ for _ in $(seq 50); do [ -s "$w/port" ] && break; sleep 0.1; done
 port=$(cat "$w/port"); mkdir -p "$shm/s3/bench"
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 
-python3 bench/gpu_load.py generate "$w/src/model.safetensors" --size-gb "$size_gb" >&2
+if [ -n "${LMFS_TABLE_MODEL:-}" ]; then # a model generated earlier (SIZE_GB is then ignored)
+  mkdir -p "$w/src" && { ln "$LMFS_TABLE_MODEL" "$w/src/model.safetensors" 2>/dev/null || cp "$LMFS_TABLE_MODEL" "$w/src/model.safetensors"; }
+else
+  python3 bench/gpu_load.py generate "$w/src/model.safetensors" --size-gb "$size_gb" >&2
+fi
 bytes=$(stat -c %s "$w/src/model.safetensors")
 "$lmfs" format "$meta" --storage "s3://bench/model?endpoint=http://127.0.0.1:$port" >/dev/null
 t0=$(date +%s.%N)

@@ -16,8 +16,18 @@ public interface IReplySink
 /// <summary>What we ask of the kernel at INIT.</summary>
 public sealed record FuseProtocolOptions
 {
-    /// <summary>Largest READ/WRITE payload: max_pages × 4096 (1 MiB, fs.fuse.max_pages_limit's default).</summary>
+    /// <summary>Largest WRITE payload (what the kernel sizes our /dev/fuse reads by; reads never carry more).</summary>
     public int MaxWrite { get; init; } = 1 << 20;
+
+    /// <summary>
+    /// Largest READ, in 4 KiB pages (max_pages; also the mount's max_read). The kernel clamps it to
+    /// fs.fuse.max_pages_limit (256 = 1 MiB unless root raises it; a fixed 256 before Linux 6.13).
+    /// Larger READs mean fewer round trips per byte; see <see cref="FuseKernel.MaxPagesLimit"/>.
+    /// </summary>
+    public ushort MaxPages { get; init; } = 256;
+
+    /// <summary>Largest READ in bytes (<see cref="MaxPages"/> × 4096).</summary>
+    public int MaxRead => MaxPages * 4096;
 
     /// <summary>Kernel background requests (readahead) in flight; the default 12 starves readahead (fuse-protocol.md 12).</summary>
     public ushort MaxBackground { get; init; } = 128;
@@ -68,7 +78,7 @@ public sealed class FuseDispatcher
         _log = logger ?? NullLogger.Instance;
         _trace = _log.IsEnabled(LogLevel.Debug);
         _connection = connection;
-        Pool = new FuseBufferPool(_options.MaxWrite);
+        Pool = new FuseBufferPool(Math.Max(_options.MaxWrite, _options.MaxRead));
     }
 
     /// <summary>Set once INIT has been answered.</summary>
@@ -480,7 +490,7 @@ public sealed class FuseDispatcher
 
         ulong granted = wanted & offered;
         uint minor = Math.Min(init.minor, FuseConstants.KernelMinorVersion);
-        ushort maxPages = (ushort)(_options.MaxWrite / 4096);
+        ushort maxPages = _options.MaxPages;
         var reply = new fuse_init_out
         {
             major = FuseConstants.KernelVersion,
@@ -502,13 +512,16 @@ public sealed class FuseDispatcher
         _info = info;
         SendStruct(sink, req, reply, minor <= 22 ? fuse_init_out.Compat22Size : fuse_init_out.Size);
         _log.LogInformation(
-            "fuse: INIT kernel {Major}.{KMinor}, using 7.{Minor}; flags {Flags}; max_write {MaxWrite}, max_readahead {Readahead}",
+            "fuse: INIT kernel {Major}.{KMinor}, using 7.{Minor}; flags {Flags}; max_write {MaxWrite}, max_readahead {Readahead}, largest READ {MaxRead} (max_pages {MaxPages} asked, fs.fuse.max_pages_limit {Limit})",
             init.major,
             init.minor,
             minor,
             (FuseInitFlags)granted,
             reply.max_write,
-            init.max_readahead);
+            init.max_readahead,
+            Math.Min(maxPages, FuseKernel.MaxPagesLimit()) * 4096,
+            maxPages,
+            FuseKernel.MaxPagesLimit());
     }
 
     private void BatchForget(ReadOnlySpan<byte> body)

@@ -266,7 +266,7 @@ public static class FuseMount
         }
 
         // max_read caps READ sizes; never set it below max_pages × 4096 (fuse-protocol.md 3.1). Never pass blksize on plain fuse.
-        data.Append(CultureInfo.InvariantCulture, $",max_read={o.Protocol.MaxWrite}");
+        data.Append(CultureInfo.InvariantCulture, $",max_read={o.Protocol.MaxRead}");
         nuint flags = (nuint)(Native.MS_NOSUID | Native.MS_NODEV | (o.ReadOnly ? Native.MS_RDONLY : 0) | (o.NoExec ? Native.MS_NOEXEC : 0));
         if (Native.Mount(o.FsName, target, "fuse." + o.Subtype, flags, data.ToString()) != 0)
         {
@@ -292,7 +292,7 @@ public static class FuseMount
             throw new FuseMountException($"socketpair failed: {Native.Describe(Native.LastErrno)}", "check the process's descriptor limit");
         }
 
-        var opts = new List<string> { "fsname=" + Escape(o.FsName), "subtype=" + Escape(o.Subtype), $"max_read={o.Protocol.MaxWrite}", "nosuid", "nodev" };
+        var opts = new List<string> { "fsname=" + Escape(o.FsName), "subtype=" + Escape(o.Subtype), $"max_read={o.Protocol.MaxRead}", "nosuid", "nodev" };
         if (o.NoExec)
         {
             opts.Add("noexec");

@@ -118,6 +118,13 @@ public sealed class MountHost : IDisposable
     /// <summary>Completes when the kernel ends the session (unmounted, or the daemon aborted it).</summary>
     public Task Completion => Session.Completion;
 
+    /// <summary>
+    /// The largest READ to ask the kernel for, in pages: a chunk (so a READ spans at most two), at
+    /// least 1 MiB and at most 16 MiB. The kernel grants at most fs.fuse.max_pages_limit (256 pages
+    /// unless root raises it: operations.md, "Larger READs").
+    /// </summary>
+    internal static ushort MaxPagesFor(int chunkSize) => (ushort)Math.Clamp(chunkSize / 4096, FuseKernel.DefaultMaxPagesLimit, 4096);
+
     /// <summary>Asks the kernel to unmount (lazily: open files finish, then the session ends and <see cref="Completion"/> completes).</summary>
     public void Unmount() => Session.Unmount();
 
@@ -147,6 +154,7 @@ public sealed class MountHost : IDisposable
                 Threads = o.Threads ?? new FuseMountOptions().Threads,
                 AllowNonEmpty = o.NonEmpty,
                 NoExec = o.NoExec,
+                Protocol = new FuseProtocolOptions { MaxPages = MaxPagesFor(volume.Settings.ChunkSize) },
             };
             FuseSession session;
             try
