@@ -7,7 +7,7 @@ using StackExchange.Redis;
 namespace LazyModelFs.Meta;
 
 /// <summary>
-/// The fleet engine: Redis 6+ through StackExchange.Redis 1.2.6.
+/// The fleet engine: Redis 6+ through StackExchange.Redis 3.x (Directory.Packages.props).
 ///
 /// Every key carries the volume as a hash tag, <c>lmfs{VOL}:…</c>, so all of a volume's keys hash to
 /// one Redis Cluster slot and multi-key scripts are legal there (docs/data-format.md):
@@ -188,9 +188,6 @@ public sealed class RedisMetaStore : IMetaStore
                 ex);
         }
 
-        // 1.x's default runs completions one at a time, in order, on one worker; a continuation that issues
-        // the next command then waits behind itself (seen: a GETATTR from a FUSE reader never completed).
-        conn.PreserveAsyncOrder = false;
         var store = new RedisMetaStore(conn, db, volume, describe);
         try
         {
@@ -324,7 +321,7 @@ public sealed class RedisMetaStore : IMetaStore
 
     public void Dispose()
     {
-        // StackExchange.Redis 1.2.6 waits up to its sync timeout in Dispose() for in-flight commands;
+        // Dispose() alone waits up to the sync timeout for in-flight commands;
         // every call of ours is awaited before Dispose, so close without waiting.
         _conn.Close(allowCommandsToComplete: false);
         _conn.Dispose();
@@ -372,7 +369,7 @@ public sealed class RedisMetaStore : IMetaStore
 
     private RedisKey ChunksKey(ulong ino) => _prefix + "c" + ino.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Every command's deadline: 1.2.6 puts no timeout on async commands, and a FUSE request must never wait forever.</summary>
+    /// <summary>Every command's deadline, the same for every client version: a FUSE request must never wait forever.</summary>
     public static TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Turns the client's connection and timeout errors into one clear message.</summary>
