@@ -39,7 +39,7 @@ internal static class Common
         try
         {
             var settings = await meta.LoadSettingsAsync(ct).ConfigureAwait(false)
-                ?? throw new LmfsException($"no volume is formatted at {meta.Describe}", "run lmfs format first", 2);
+                ?? throw await Meta.MetaStores.NotFormattedAsync(meta, url, ct).ConfigureAwait(false);
             return (meta, new Meta.Namespace(meta, settings));
         }
         catch
