@@ -171,5 +171,31 @@ public sealed class RedisFleetTests : IDisposable
         Assert.DoesNotContain(pw, wrong.Stderr, StringComparison.Ordinal);
     }
 
+    [MountFact]
+    public void A_background_mount_as_an_acl_user_keeps_the_user_when_the_password_moves_to_the_environment()
+    {
+        using var redis = new RedisServer("default-" + Guid.NewGuid().ToString("N")[..8]);
+        string pw = "acl-" + Guid.NewGuid().ToString("N")[..10];
+        Assert.Equal("OK", redis.Cli("ACL", "SETUSER", "lmfs", "on", ">" + pw, "~lmfs{*", "+@all").Trim());
+        string url = $"redis://lmfs:{pw}@127.0.0.1:{redis.Port}/0?volume=bg";
+        Ok(LmfsRunner.Run("format", url, "--storage", Objects));
+        string src = _dir.WriteRandom("m.bin", (1 << 20) + 11);
+        Ok(LmfsRunner.Run("import", url, src, "/m.bin", "--no-progress"));
+
+        string mp = Directory.CreateTempSubdirectory("lmfs-aclmp-").FullName;
+        try
+        {
+            // The daemon gets redis://lmfs:@…, the password in its environment; without the user it would be tried for 'default'.
+            Ok(LmfsRunner.Run("mount", url, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]));
+            Assert.Equal(File.ReadAllBytes(src), File.ReadAllBytes(Path.Combine(mp, "m.bin")));
+            Assert.DoesNotContain(pw, File.ReadAllText(_dir["mount.log"]), StringComparison.Ordinal);
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+            Directory.Delete(mp);
+        }
+    }
+
     public void Dispose() => _dir.Dispose();
 }
