@@ -104,6 +104,19 @@ public sealed class RedisFleetTests : IDisposable
     }
 
     [Fact]
+    public void Sentinel_with_a_password_on_the_primary_only()
+    {
+        string pw = "prim-" + Guid.NewGuid().ToString("N")[..8];
+        using var primary = new RedisServer(pw);
+        using var sentinel = new RedisSentinel(primary.Port, masterPassword: pw);
+        string url = $"redis+sentinel://127.0.0.1:{sentinel.Port}?service={sentinel.Service}&volume=pw";
+        var env = new Dictionary<string, string?> { ["LMFS_REDIS_PASSWORD"] = pw };
+        Ok(LmfsRunner.Run(["format", url, "--storage", Objects], env));
+        Ok(LmfsRunner.Run(["ls", url], env));
+        Fails(LmfsRunner.Run("ls", url), 4, "needs a password");
+    }
+
+    [Fact]
     public void A_sentinel_that_does_not_know_the_service_or_is_not_there_gets_a_clear_error()
     {
         using var primary = new RedisServer();

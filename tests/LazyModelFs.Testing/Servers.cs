@@ -301,12 +301,16 @@ public sealed class RedisServer : ServerProcess
 /// </summary>
 public sealed class RedisSentinel : ServerProcess
 {
-    public RedisSentinel(int masterPort, string service = "mymaster")
+    /// <param name="masterPassword">The primary's password (`sentinel auth-pass`); the sentinel itself asks for none.</param>
+    public RedisSentinel(int masterPort, string service = "mymaster", string? masterPassword = null)
     {
         MasterPort = masterPort;
         Service = service;
+        _masterPassword = masterPassword;
         Start();
     }
+
+    private readonly string? _masterPassword;
 
     public int MasterPort { get; }
 
@@ -334,7 +338,8 @@ public sealed class RedisSentinel : ServerProcess
             $"sentinel monitor {Service} 127.0.0.1 {MasterPort} 1",
             $"sentinel down-after-milliseconds {Service} 1000",
             $"sentinel failover-timeout {Service} 10000",
-            "") );
+            _masterPassword is null ? "" : $"sentinel auth-pass {Service} {_masterPassword}",
+            ""));
         return ("redis-server", [conf, "--sentinel"]);
     }
 }

@@ -9,7 +9,7 @@ internal static class Common
 {
     public static Argument<string> MetaUrl() => new("META_URL")
     {
-        Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
+        Description = "Metadata engine: sqlite:///PATH/meta.db (embedded), redis://HOST:PORT[,HOST2:PORT2][/DB][?volume=NAME], or redis+sentinel://SENTINEL:26379[,…][/DB]?service=MASTER[&volume=NAME]; password in LMFS_REDIS_PASSWORD",
     };
 
     /// <summary>How names from the volume are printed (GNU ls's option and style names).</summary>
