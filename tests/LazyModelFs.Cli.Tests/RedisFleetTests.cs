@@ -182,6 +182,11 @@ public sealed class RedisFleetTests : IDisposable
         Ok(LmfsRunner.Run(["ls", url], env));
         var wrong = Fails(LmfsRunner.Run(["ls", url], new Dictionary<string, string?> { ["LMFS_REDIS_PASSWORD"] = "nope-" + pw }), 4, "refused the password of user 'lmfs'");
         Assert.DoesNotContain(pw, wrong.Stderr, StringComparison.Ordinal);
+
+        // A user that may not SCAN is told nothing about which volumes exist, rather than 'none'.
+        Assert.Equal("OK", redis.Cli("ACL", "SETUSER", "noscan", "on", ">" + pw, "~lmfs{*", "+@all", "-scan").Trim());
+        var r = Fails(LmfsRunner.Run(["ls", $"redis://noscan:@127.0.0.1:{redis.Port}/0?volume=other"], env), 2, "no volume is formatted", "'other'");
+        Assert.DoesNotContain("under any name", r.Stderr, StringComparison.Ordinal);
     }
 
     [MountFact]

@@ -79,6 +79,11 @@ public static class MetaStores
         }
 
         var volumes = await redis.ListVolumesAsync(ct: ct).ConfigureAwait(false);
+        if (volumes is null)
+        {
+            return new LmfsException($"no volume is formatted at {meta.Describe} under the name '{redis.Volume}'", $"check ?volume=NAME in the URL, or run: {format}", 2);
+        }
+
         if (volumes.Count == 0)
         {
             return new LmfsException($"no volume is formatted at {meta.Describe}, under any name", $"run: {format}", 2);

@@ -218,8 +218,9 @@ public sealed class RedisMetaStore : IMetaStore
     /// The names of the volumes formatted in this database (those with a settings key), sorted, at most
     /// <paramref name="max"/>: what a URL without the right ?volume= is told about. SCAN, on every primary
     /// (a Cluster spreads volumes over its nodes), so a large database is walked without blocking it.
+    /// Null when the server would not say (an ACL user without SCAN): then nothing is claimed about them.
     /// </summary>
-    public async Task<IReadOnlyList<string>> ListVolumesAsync(int max = 50, CancellationToken ct = default)
+    public async Task<IReadOnlyList<string>?> ListVolumesAsync(int max = 50, CancellationToken ct = default)
     {
         var names = new SortedSet<string>(StringComparer.Ordinal);
         try
@@ -243,7 +244,7 @@ public sealed class RedisMetaStore : IMetaStore
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
-            // Only a hint depends on this list; the error it is part of stands without it.
+            return null; // only a hint depends on this list; the error it is part of stands without it
         }
 
         return [.. names];
