@@ -43,7 +43,7 @@ public sealed class Volume : IDisposable
         try
         {
             var settings = await meta.LoadSettingsAsync(ct).ConfigureAwait(false)
-                ?? throw new LmfsException($"no volume is formatted at {meta.Describe}", $"run: lmfs format {Redact.Url(metaUrl)} --storage STORAGE_URL", 2);
+                ?? throw await MetaStores.NotFormattedAsync(meta, metaUrl, ct).ConfigureAwait(false);
             var store = ObjectStores.Open(settings.Storage, storage);
             return new Volume(meta, settings, store);
         }

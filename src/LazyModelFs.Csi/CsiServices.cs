@@ -387,7 +387,7 @@ public sealed class CsiServices
             using var meta0 = await Meta.MetaStores.OpenAsync(meta, false, redis, ct).ConfigureAwait(false);
             if (await meta0.LoadSettingsAsync(ct).ConfigureAwait(false) is null)
             {
-                throw RpcException.NotFound($"no volume is formatted at {Redact.Url(meta)}");
+                throw RpcException.NotFound((await Meta.MetaStores.NotFormattedAsync(meta0, meta, ct).ConfigureAwait(false)).Message);
             }
         }
         catch (LmfsException ex)

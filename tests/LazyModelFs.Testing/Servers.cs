@@ -241,12 +241,32 @@ public sealed class RedisServer : ServerProcess
     {
     }
 
-    public RedisServer(string? password, bool persistent = false)
+    /// <param name="args">More redis-server options: `--replicaof 127.0.0.1 PORT`, `--cluster-enabled yes` (<see cref="Cluster"/>).</param>
+    public RedisServer(string? password, bool persistent = false, IReadOnlyList<string>? args = null)
     {
         Password = password;
         Persistent = persistent;
+        _args = args ?? [];
         Start();
     }
+
+    private readonly IReadOnlyList<string> _args;
+
+    /// <summary>A one-node Redis Cluster (all 16384 slots on this server), ready for commands.</summary>
+    public static RedisServer Cluster()
+    {
+        // nodes.conf is relative to --dir, the server's own data directory.
+        var r = new RedisServer(null, args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        r.Cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
+        r.WaitFor(() => r.Cli("CLUSTER", "INFO").Contains("cluster_state:ok", StringComparison.Ordinal), "cluster_state:ok");
+        return r;
+    }
+
+    /// <summary>Runs redis-cli against this server (with its password) and returns what it printed.</summary>
+    public string Cli(params string[] args) => RedisCliRunner.Run(Port, Password, args);
+
+    /// <summary>Waits (bounded: 60 s) until <paramref name="done"/> holds; a setup step, never a timing assertion.</summary>
+    public void WaitFor(Func<bool> done, string what) => RedisCliRunner.WaitFor(done, $"redis-server on port {Port}: {what}", Log);
 
     public string? Password { get; }
 
@@ -267,10 +287,100 @@ public sealed class RedisServer : ServerProcess
         }
         if (Password is not null)
         {
-            args.AddRange(["--requirepass", Password]);
+            args.AddRange(["--requirepass", Password, "--masterauth", Password]);
         }
 
+        args.AddRange(_args);
         return ("redis-server", args);
+    }
+}
+
+/// <summary>
+/// A real Redis Sentinel (`redis-server CONF --sentinel`, the Debian package's sentinel) on a free
+/// loopback port, monitoring one master under <see cref="Service"/>, with short failure timeouts.
+/// </summary>
+public sealed class RedisSentinel : ServerProcess
+{
+    /// <param name="masterPassword">The primary's password (`sentinel auth-pass`); the sentinel itself asks for none.</param>
+    public RedisSentinel(int masterPort, string service = "mymaster", string? masterPassword = null)
+    {
+        MasterPort = masterPort;
+        Service = service;
+        _masterPassword = masterPassword;
+        Start();
+    }
+
+    private readonly string? _masterPassword;
+
+    public int MasterPort { get; }
+
+    public string Service { get; }
+
+    protected override string MissingHint => "Install it with scripts/setup.sh (apt-get install redis-server, which holds the sentinel).";
+
+    public string Cli(params string[] args) => RedisCliRunner.Run(Port, null, args);
+
+    /// <summary>The port of the master the sentinel names now.</summary>
+    public int MasterPortNow() =>
+        int.TryParse(Cli("SENTINEL", "get-master-addr-by-name", Service).Split('\n', StringSplitOptions.RemoveEmptyEntries).ElementAtOrDefault(1), out int p) ? p : 0;
+
+    public void WaitFor(Func<bool> done, string what) => RedisCliRunner.WaitFor(done, $"sentinel on port {Port}: {what}", Log);
+
+    protected override (string File, IEnumerable<string> Args) Command()
+    {
+        // The sentinel rewrites its configuration file, so it lives in the server's own directory.
+        string conf = Data["sentinel.conf"];
+        File.WriteAllText(conf, string.Join('\n',
+            $"port {Port}",
+            "bind 127.0.0.1",
+            "daemonize no",
+            $"dir {Data.Path}",
+            $"sentinel monitor {Service} 127.0.0.1 {MasterPort} 1",
+            $"sentinel down-after-milliseconds {Service} 1000",
+            $"sentinel failover-timeout {Service} 10000",
+            _masterPassword is null ? "" : $"sentinel auth-pass {Service} {_masterPassword}",
+            ""));
+        return ("redis-server", [conf, "--sentinel"]);
+    }
+}
+
+internal static class RedisCliRunner
+{
+    public static string Run(int port, string? password, string[] args)
+    {
+        var psi = new ProcessStartInfo("redis-cli") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-p");
+        psi.ArgumentList.Add(port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        if (password is not null)
+        {
+            // redis-cli reads REDISCLI_AUTH, so the password stays out of argv (ps).
+            psi.Environment["REDISCLI_AUTH"] = password;
+        }
+
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string o = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return o + err.Result;
+    }
+
+    public static void WaitFor(Func<bool> done, string what, string log)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!done())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException($"{what} did not happen within 60 s:\n{log}");
+            }
+
+            Thread.Sleep(100);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ internal static class Common
 {
     public static Argument<string> MetaUrl() => new("META_URL")
     {
-        Description = "Metadata engine: sqlite:///PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]",
+        Description = "Metadata engine: sqlite:///PATH/meta.db (embedded), redis://HOST:PORT[,HOST2:PORT2][/DB][?volume=NAME], or redis+sentinel://SENTINEL:26379[,…][/DB]?service=MASTER[&volume=NAME]; password in LMFS_REDIS_PASSWORD",
     };
 
     /// <summary>
@@ -62,7 +62,7 @@ internal static class Common
         try
         {
             var settings = await meta.LoadSettingsAsync(ct).ConfigureAwait(false)
-                ?? throw new LmfsException($"no volume is formatted at {meta.Describe}", "run lmfs format first", 2);
+                ?? throw await Meta.MetaStores.NotFormattedAsync(meta, url, ct).ConfigureAwait(false);
             return (meta, new Meta.Namespace(meta, settings));
         }
         catch

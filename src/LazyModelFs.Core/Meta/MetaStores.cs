@@ -5,7 +5,7 @@ namespace LazyModelFs.Meta;
 /// <summary>Opens a metadata engine from its URL.</summary>
 public static class MetaStores
 {
-    public const string UrlHelp = "use sqlite:///ABSOLUTE/PATH/meta.db (embedded) or redis://[:PASSWORD@]HOST:PORT[/DB][?volume=NAME]";
+    public const string UrlHelp = "use sqlite:///ABSOLUTE/PATH/meta.db (embedded), redis://HOST:PORT[,HOST2:PORT2][/DB][?volume=NAME] or redis+sentinel://SENTINEL:26379[,…][/DB]?service=MASTER[&volume=NAME]";
 
     /// <summary>The database path of an sqlite:/// URL, or null for other engines or malformed URLs.</summary>
     public static string? SqlitePath(string url) =>
@@ -28,6 +28,12 @@ public static class MetaStores
 #pragma warning disable CA2000 // the store owns its key-value engine and disposes it
             return new KvMetaStore(new MemoryKv());
 #pragma warning restore CA2000
+        }
+
+        // Before System.Uri, which refuses a comma list of hosts (the fleet forms).
+        if (RedisUrl.IsRedis(url))
+        {
+            return await RedisMetaStore.ConnectAsync(url, redisPassword, ct).ConfigureAwait(false);
         }
 
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || url.StartsWith('/'))
@@ -53,12 +59,51 @@ public static class MetaStores
 #pragma warning disable CA2000 // the store owns its key-value engine and disposes it
                 return new KvMetaStore(SqliteKv.Open(path, create));
 #pragma warning restore CA2000
-            case "redis":
-            case "rediss":
-                return await RedisMetaStore.ConnectAsync(uri, url, redisPassword, ct).ConfigureAwait(false);
             default:
                 throw NotAVolume(url, uri) ?? new LmfsException($"metadata URL scheme '{uri.Scheme}' is not supported", UrlHelp, 2);
         }
+    }
+
+    /// <summary>
+    /// The error for a metadata URL that holds no formatted volume. On Redis, where one database holds
+    /// many volumes told apart by ?volume=, it names the volumes that are there and the URL of one of
+    /// them (a URL without ?volume= means 'default', which a fleet rarely formats; issue 18, item 10).
+    /// </summary>
+    public static async Task<LmfsException> NotFormattedAsync(IMetaStore meta, string metaUrl, CancellationToken ct = default)
+    {
+        string url = Redact.Url(metaUrl);
+        string format = $"lmfs format {url} --storage STORAGE_URL";
+        if (meta is not RedisMetaStore redis)
+        {
+            return new LmfsException($"no volume is formatted at {meta.Describe}", $"run: {format}", 2);
+        }
+
+        var volumes = await redis.ListVolumesAsync(ct: ct).ConfigureAwait(false);
+        if (volumes is null)
+        {
+            return new LmfsException($"no volume is formatted at {meta.Describe} under the name '{redis.Volume}'", $"check ?volume=NAME in the URL, or run: {format}", 2);
+        }
+
+        if (volumes.Count == 0)
+        {
+            return new LmfsException($"no volume is formatted at {meta.Describe}, under any name", $"run: {format}", 2);
+        }
+
+        string named = Redact.Url(metaUrl).Contains("volume=", StringComparison.Ordinal) ? "" : " (a URL without ?volume= means 'default')";
+        string list = string.Join(", ", volumes.Select(v => $"'{v}'"));
+        return new LmfsException(
+            $"no volume is formatted at {meta.Describe} under the name '{redis.Volume}'{named}; that database holds {(volumes.Count == 1 ? "volume" : "volumes")} {list}",
+            $"name one with ?volume=NAME, e.g. {WithVolume(url, volumes[0])}; or make '{redis.Volume}': {format}",
+            2);
+    }
+
+    /// <summary>The URL with its volume= parameter set to <paramref name="volume"/>.</summary>
+    private static string WithVolume(string url, string volume)
+    {
+        int q = url.IndexOf('?', url.LastIndexOf('@') + 1);
+        string head = q >= 0 ? url[..q] : url;
+        var parts = (q >= 0 ? url[(q + 1)..] : "").Split('&', StringSplitOptions.RemoveEmptyEntries).Where(p => !p.StartsWith("volume=", StringComparison.Ordinal)).Append("volume=" + volume);
+        return head + "?" + string.Join('&', parts);
     }
 
     /// <summary>

@@ -7,7 +7,7 @@ using StackExchange.Redis;
 namespace LazyModelFs.Meta;
 
 /// <summary>
-/// The fleet engine: Redis 6+ through StackExchange.Redis 1.2.6.
+/// The fleet engine: Redis 6+ through StackExchange.Redis 3.x (Directory.Packages.props).
 ///
 /// Every key carries the volume as a hash tag, <c>lmfs{VOL}:…</c>, so all of a volume's keys hash to
 /// one Redis Cluster slot and multi-key scripts are legal there (docs/data-format.md):
@@ -140,102 +140,146 @@ public sealed class RedisMetaStore : IMetaStore
     public string Describe { get; }
 
     /// <summary>
-    /// Connects to <c>redis://[:password@]host:port[,host2:port2][/db][?volume=NAME]</c> (or rediss:// for TLS).
+    /// Connects to one of the forms <see cref="RedisUrl"/> parses: one server, seeds of a primary and its
+    /// replicas or of a Cluster (the client asks each for its role and sends every command to a primary),
+    /// or Sentinels that name the primary (the client follows a failover by itself).
     /// Without a password in the URL, <paramref name="password"/>, else LMFS_REDIS_PASSWORD or REDIS_PASSWORD, is used when set.
+    /// Errors are the project's (issue 18, item 10): what was tried and what to check, exit 4 — or 2 for a
+    /// URL that cannot work (a database number on a Cluster); the client's own text only behind --verbose.
     /// </summary>
-    public static async Task<RedisMetaStore> ConnectAsync(Uri url, string rawUrl, string? password = null, CancellationToken ct = default)
+    public static async Task<RedisMetaStore> ConnectAsync(string rawUrl, string? password = null, CancellationToken ct = default)
     {
-        if (!string.IsNullOrEmpty(url.UserInfo))
-        {
-            string ui = Uri.UnescapeDataString(url.UserInfo);
-            int colon = ui.IndexOf(':');
-            password = colon >= 0 ? ui[(colon + 1)..] : ui; // the URL's password wins
-        }
-
-        password ??= Environment.GetEnvironmentVariable("LMFS_REDIS_PASSWORD") ?? Environment.GetEnvironmentVariable("REDIS_PASSWORD");
-
-        int db = 0;
-        string path = url.AbsolutePath.Trim('/');
-        if (path.Length > 0 && !int.TryParse(path, NumberStyles.None, CultureInfo.InvariantCulture, out db))
-        {
-            throw new LmfsException($"Redis URL '{Redact.Url(rawUrl)}': '{path}' is not a database number", "write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/1", 2);
-        }
-
-        string volume = QueryValue(url, "volume") ?? "default";
-        if (volume.Length is 0 or > 64 || !volume.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
-        {
-            throw new LmfsException($"volume name '{volume}' is not allowed", "use 1-64 letters, digits, '-', '_' or '.'", 2);
-        }
-
+        var url = RedisUrl.Parse(rawUrl);
+        password = url.Password ?? password ?? Environment.GetEnvironmentVariable("LMFS_REDIS_PASSWORD") ?? Environment.GetEnvironmentVariable("REDIS_PASSWORD");
         var opts = new ConfigurationOptions
         {
+            User = url.User,
             Password = string.IsNullOrEmpty(password) ? null : password,
-            DefaultDatabase = db,
-            Ssl = url.Scheme == "rediss",
+            DefaultDatabase = url.Database,
+            Ssl = url.Tls,
+            ServiceName = url.Service,
             AbortOnConnectFail = true,
             ConnectTimeout = 5000,
             SyncTimeout = 10000,
+            AsyncTimeout = 10000,
             ConnectRetry = 2,
             ClientName = "lmfs",
         };
-
-        // Hosts: the URL's authority may list several, comma-separated (cluster seeds).
-        string authority = rawUrl[(rawUrl.IndexOf("://", StringComparison.Ordinal) + 3)..];
-        int at = authority.LastIndexOf('@', authority.IndexOfAny(['/', '?']) is var e and >= 0 ? e : authority.Length - 1);
-        authority = authority[(at + 1)..];
-        int end = authority.IndexOfAny(['/', '?']);
-        foreach (string host in (end < 0 ? authority : authority[..end]).Split(',', StringSplitOptions.RemoveEmptyEntries))
+        foreach (var (host, port) in url.Hosts)
         {
-            string hostPort = host.Contains(':', StringComparison.Ordinal) ? host : host + ":6379";
-            int colon = hostPort.LastIndexOf(':');
-            if (colon == 0 || !ushort.TryParse(hostPort[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out ushort port) || port == 0)
-            {
-                throw new LmfsException($"Redis URL '{Redact.Url(rawUrl)}' has no valid host:port in '{host}'", "write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/1", 2);
-            }
-
-            opts.EndPoints.Add(hostPort);
-        }
-
-        if (opts.EndPoints.Count == 0)
-        {
-            throw new LmfsException($"Redis URL '{Redact.Url(rawUrl)}' names no host", "write redis://HOST:PORT/DB", 2);
+            opts.EndPoints.Add(host, port);
         }
 
         string describe = Redact.Url(rawUrl);
+        string tried = url.Sentinel
+            ? $"the sentinel{(url.Hosts.Count > 1 ? "s" : "")} at {url.HostList} for master '{url.Service}'"
+            : url.Hosts.Count > 1 ? $"any of {url.HostList}" : url.HostList;
         ConnectionMultiplexer conn;
         try
         {
             using var log = new StringWriter();
             conn = await ConnectionMultiplexer.ConnectAsync(opts, log).WaitAsync(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is RedisConnectionException or TimeoutException or RedisException)
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
-            bool auth = ex.Message.Contains("auth", StringComparison.OrdinalIgnoreCase) || ex.Message.Contains("NOAUTH", StringComparison.Ordinal);
-            throw new LmfsException(
-                $"cannot connect to Redis at {describe}: {FirstLine(ex.Message)}",
-                auth
-                    ? "check the password (in the URL as redis://:PASSWORD@host, or in LMFS_REDIS_PASSWORD)"
-                    : "check that redis-server is running and reachable at that address and port",
+            throw ConnectFailed(ex, url, describe, tried, opts.Password is not null);
+        }
+
+        var store = new RedisMetaStore(conn, url.Database, url.Volume, describe);
+        try
+        {
+            if (url.Database != 0 && conn.GetServers().Any(s => s.IsConnected && s.ServerType == ServerType.Cluster))
+            {
+                throw new LmfsException(
+                    $"Redis at {describe} is a Redis Cluster, which has only database 0; the URL names database {url.Database}",
+                    $"drop /{url.Database} from the URL (volumes on one Cluster are told apart by ?volume=NAME)",
+                    2);
+            }
+
+            // Surface a wrong password, a missing database or an unusable server now, not at the first real command.
+            await store._db.PingAsync().WaitAsync(CommandTimeout, ct).ConfigureAwait(false);
+        }
+        catch (RedisServerException ex) when (ex.Message.Contains("DB index is out of range", StringComparison.OrdinalIgnoreCase))
+        {
+            store.Dispose();
+            throw new LmfsException($"Redis at {describe} has no database {url.Database}", "use a database the server has (0 to its `databases` setting - 1; 0-15 by default), or raise `databases` in redis.conf", 2, ex);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            store.Dispose();
+            throw ConnectFailed(ex, url, describe, tried, opts.Password is not null);
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+
+        return store;
+    }
+
+    /// <summary>
+    /// What a failed connection means, in the project's words: wrong credentials, or nothing usable at
+    /// the addresses tried (server down, wrong port, TLS on one side only, a sentinel that does not know
+    /// the master). The client's message ("UnableToConnect", "disable AbortOnConnectFail") stays in the
+    /// inner exception, which only --verbose prints.
+    /// </summary>
+    private static LmfsException ConnectFailed(Exception ex, RedisUrl url, string describe, string tried, bool havePassword)
+    {
+        string text = ex.ToString();
+        bool auth = ex is RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }
+            || text.Contains("NOAUTH", StringComparison.Ordinal) || text.Contains("WRONGPASS", StringComparison.Ordinal)
+            || text.Contains("invalid password", StringComparison.OrdinalIgnoreCase) || text.Contains("invalid username-password", StringComparison.OrdinalIgnoreCase);
+        if (auth)
+        {
+            return new LmfsException(
+                havePassword ? $"Redis at {describe} refused the password{(url.User is null ? "" : $" of user '{url.User}'")}" : $"Redis at {describe} needs a password",
+                "give the right one in LMFS_REDIS_PASSWORD (or redis://[USER]:PASSWORD@HOST in the URL, visible in ps); for an ACL user, redis://USER:@HOST with the password in LMFS_REDIS_PASSWORD",
                 4,
                 ex);
         }
 
-        // 1.x's default runs completions one at a time, in order, on one worker; a continuation that issues
-        // the next command then waits behind itself (seen: a GETATTR from a FUSE reader never completed).
-        conn.PreserveAsyncOrder = false;
-        var store = new RedisMetaStore(conn, db, volume, describe);
+        string check = url.Sentinel
+            ? $"check that the sentinels run there (redis-cli -p PORT SENTINEL get-master-addr-by-name {url.Service} names the master), that '{url.Service}' is the name they monitor, and that the master they name is reachable from here"
+            : "check that redis-server runs there and listens on that port (redis-cli -h HOST -p PORT ping), and that a firewall lets this host through";
+        string tls = url.Tls ? $"; {url.Scheme}:// speaks TLS: the server needs tls-port" : $"; a server that only speaks TLS needs {url.Scheme.Replace("redis", "rediss", StringComparison.Ordinal)}://";
+        return new LmfsException($"cannot connect to Redis at {describe}: no answer from {tried}", check + tls + "; a password goes in LMFS_REDIS_PASSWORD", 4, ex);
+    }
+
+    /// <summary>
+    /// The names of the volumes formatted in this database (those with a settings key), sorted, at most
+    /// <paramref name="max"/>: what a URL without the right ?volume= is told about. SCAN, on every primary
+    /// (a Cluster spreads volumes over its nodes), so a large database is walked without blocking it.
+    /// Null when the server would not say (an ACL user without SCAN): then nothing is claimed about them.
+    /// </summary>
+    public async Task<IReadOnlyList<string>?> ListVolumesAsync(int max = 50, CancellationToken ct = default)
+    {
+        var names = new SortedSet<string>(StringComparer.Ordinal);
         try
         {
-            // Surface a wrong password or an unusable server now, not at the first real command.
-            await store._db.PingAsync().ConfigureAwait(false);
+            foreach (var server in _conn.GetServers().Where(s => s.IsConnected && !s.IsReplica))
+            {
+                await foreach (var key in server.KeysAsync(_db.Database, "lmfs{*}:setting", pageSize: 1000).WithCancellation(ct).ConfigureAwait(false))
+                {
+                    string k = key.ToString();
+                    if (k.StartsWith("lmfs{", StringComparison.Ordinal) && k.EndsWith("}:setting", StringComparison.Ordinal))
+                    {
+                        names.Add(k[5..^9]);
+                    }
+
+                    if (names.Count >= max)
+                    {
+                        return [.. names];
+                    }
+                }
+            }
         }
-        catch (RedisException ex)
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
-            store.Dispose();
-            throw new LmfsException($"Redis at {describe} refused the connection: {FirstLine(ex.Message)}", "check the password (LMFS_REDIS_PASSWORD) and the server's ACL", 4, ex);
+            return null; // only a hint depends on this list; the error it is part of stands without it
         }
 
-        return store;
+        return [.. names];
     }
 
     public async Task<VolumeSettings?> LoadSettingsAsync(CancellationToken ct = default)
@@ -462,7 +506,7 @@ public sealed class RedisMetaStore : IMetaStore
 
     public void Dispose()
     {
-        // StackExchange.Redis 1.2.6 waits up to its sync timeout in Dispose() for in-flight commands;
+        // Dispose() alone waits up to the sync timeout for in-flight commands;
         // every call of ours is awaited before Dispose, so close without waiting.
         _conn.Close(allowCommandsToComplete: false);
         _conn.Dispose();
@@ -489,20 +533,6 @@ public sealed class RedisMetaStore : IMetaStore
         var other => throw new LmfsException($"unexpected answer '{other}' from the Redis metadata script"),
     };
 
-    private static string? QueryValue(Uri url, string name)
-    {
-        foreach (string part in url.Query.TrimStart('?').Split('&', StringSplitOptions.RemoveEmptyEntries))
-        {
-            int eq = part.IndexOf('=');
-            if (eq > 0 && part[..eq] == name)
-            {
-                return Uri.UnescapeDataString(part[(eq + 1)..]);
-            }
-        }
-
-        return null;
-    }
-
     private static string FirstLine(string s) => s.Split('\n')[0].Trim();
 
     private RedisKey NodeKey(ulong ino) => _prefix + "i" + ino.ToString(CultureInfo.InvariantCulture);
@@ -511,7 +541,7 @@ public sealed class RedisMetaStore : IMetaStore
 
     private RedisKey ChunksKey(ulong ino) => _prefix + "c" + ino.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Every command's deadline: 1.2.6 puts no timeout on async commands, and a FUSE request must never wait forever.</summary>
+    /// <summary>Every command's deadline, the same for every client version: a FUSE request must never wait forever.</summary>
     public static TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Turns the client's connection and timeout errors into one clear message.</summary>
@@ -524,11 +554,20 @@ public sealed class RedisMetaStore : IMetaStore
         }
         catch (Exception ex) when (ex is RedisConnectionException or RedisTimeoutException or TimeoutException)
         {
-            throw new LmfsException($"Redis at {Describe} is unavailable: {FirstLine(ex.Message)}", "check that redis-server is running; lmfs reconnects by itself when it returns", 4, ex);
+            // The client's text (endpoint dumps, "No connection is active/available") stays behind --verbose.
+            string what = ex is RedisConnectionException ? "the connection is lost" : $"no answer within {CommandTimeout.TotalSeconds:0.#} s";
+            throw new LmfsException($"Redis at {Describe} is unavailable: {what}", "check that redis-server is running and reachable; lmfs reconnects by itself when it returns", 4, ex);
         }
         catch (RedisServerException ex)
         {
-            throw new LmfsException($"Redis at {Describe} answered an error: {FirstLine(ex.Message)}", "check the server version (Redis 6 or later) and its ACL", 4, ex);
+            string first = FirstLine(ex.Message);
+            throw new LmfsException(
+                $"Redis at {Describe} answered an error: {first}",
+                first.StartsWith("READONLY", StringComparison.Ordinal)
+                    ? "the URL names only replicas: list the primary too (redis://PRIMARY:6379,REPLICA:6379/DB), or use redis+sentinel:// so lmfs finds it"
+                    : "check the server version (Redis 6 or later) and its ACL",
+                4,
+                ex);
         }
     }
 }

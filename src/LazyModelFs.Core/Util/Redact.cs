@@ -23,18 +23,39 @@ public static class Redact
         return at < 0 ? url : string.Concat(url.AsSpan(0, start), "***", url.AsSpan(at));
     }
 
-    /// <summary>The URL without its user-info part at all (for files on disk and command lines; the password then comes from the environment).</summary>
+    /// <summary>
+    /// The URL without its password (for files on disk and command lines; the password then comes from
+    /// the environment). A Redis ACL user name stays, as <c>USER:@</c> (<see cref="Meta.RedisUrl"/>): it is
+    /// no secret, and without it the password would be tried for the default user (issue 18, item 10).
+    /// </summary>
     public static string StripCredentials(string url)
     {
         var (start, at) = UserInfo(url);
-        return at < 0 ? url : string.Concat(url.AsSpan(0, start), url.AsSpan(at + 1));
+        if (at < 0)
+        {
+            return url;
+        }
+
+        string? user = UserName(url[start..at]);
+        return string.Concat(url.AsSpan(0, start), user is null ? "" : user + ":@", url.AsSpan(at + 1));
     }
 
-    /// <summary>Whether the URL carries a user-info part (a password, or a user name that lmfs would take as one).</summary>
-    public static bool HasCredentials(string url) => UserInfo(url).At >= 0;
+    /// <summary>Whether the URL carries a password (or a user-info without ':', which lmfs takes as one); a bare ACL user name (<c>USER:@</c>) is none.</summary>
+    public static bool HasCredentials(string url)
+    {
+        var (start, at) = UserInfo(url);
+        return at >= 0 && !(UserName(url[start..at]) is { } u && u.Length + 1 == at - start);
+    }
+
+    /// <summary>The user name of a user-info part: before its first ':', when there is one and something before it.</summary>
+    private static string? UserName(string userInfo)
+    {
+        int colon = userInfo.IndexOf(':', StringComparison.Ordinal);
+        return colon > 0 ? userInfo[..colon] : null;
+    }
 
     /// <summary>
-    /// The URL without its user-info, and the password it held (percent-decoded; after the first ':'
+    /// The URL without its password (<see cref="StripCredentials"/>), and the password it held (percent-decoded; after the first ':'
     /// of the user-info, or all of it when there is no ':', as the Redis engine reads it); null when none.
     /// </summary>
     public static (string Url, string? Password) SplitPassword(string url)
@@ -57,7 +78,7 @@ public static class Redact
             // left as written
         }
 
-        return (StripCredentials(url), pw);
+        return (StripCredentials(url), pw.Length == 0 ? null : pw); // USER:@: the password comes from the environment
     }
 
     /// <summary>

@@ -189,7 +189,12 @@ public class FormatTests
     public void Credentials_are_split_off_stripped_and_redacted_in_free_text()
     {
         Assert.Equal(("redis://h:1/0?volume=v", "pa/ss@x"), Redact.SplitPassword("redis://:pa%2Fss%40x@h:1/0?volume=v"));
-        Assert.Equal(("redis://h/0", "pa/ss"), Redact.SplitPassword("redis://user:pa/ss@h/0"));
+        Assert.Equal(("redis://user:@h/0", "pa/ss"), Redact.SplitPassword("redis://user:pa/ss@h/0")); // an ACL user name is kept (issue 18, item 10)
+        Assert.Equal(("redis://user:@h/0", null), Redact.SplitPassword("redis://user:@h/0"));
+        Assert.Equal("redis://user:@h/0", Redact.StripCredentials("redis://user:pw@h/0"));
+        Assert.False(Redact.HasCredentials("redis://user:@h/0")); // a user name alone is no secret: CSI takes it in metaUrl
+        Assert.True(Redact.HasCredentials("redis://user:pw@h/0"));
+        Assert.True(Redact.HasCredentials("redis://:pw@h/0"));
         Assert.Equal(("redis://h/0", "only"), Redact.SplitPassword("redis://only@h/0")); // no ':': all of it is the password, as the engine reads it
         Assert.Equal(("sqlite:///a.db", null), Redact.SplitPassword("sqlite:///a.db"));
         Assert.Equal("redis://h/0", Redact.StripCredentials("redis://:pa/ss@h/0"));

@@ -14,6 +14,8 @@ public abstract class MetaStoreContract
 
     protected abstract Task<IMetaStore> OpenFreshAsync();
 
+    internal static VolumeSettings NewSettingsForTests() => NewSettings();
+
     protected static VolumeSettings NewSettings() => new()
     {
         Name = "contract",
