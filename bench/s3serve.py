@@ -9,8 +9,8 @@ several GB/s on loopback. Every report that uses it measures its ceiling in the 
 (`lmfs bench`'s parallel-GET probe), so its own speed is never mistaken for lmfs's.
 
 Supports what lmfs and the AWS CLI use: PUT/GET (with Range)/HEAD/DELETE of objects, PUT/HEAD of a
-bucket, ListObjectsV2 (prefix, max-keys, continuation-token). Signatures are not checked; it
-listens on loopback only unless told otherwise.
+bucket, ListObjectsV2 (prefix, max-keys, continuation-token). Signatures are not checked: anyone who can reach the port can read and write
+the buckets (never anything outside --root); it listens on loopback only unless told otherwise.
 
   s3serve.py --root DIR [--port 0] [--host 127.0.0.1] [--port-file FILE]
 
@@ -38,9 +38,14 @@ class Handler(BaseHTTPRequestHandler):
         return bucket, key, urllib.parse.parse_qs(u.query, keep_blank_values=True)
 
     def _file(self, bucket, key):
-        if not bucket or "/" in bucket or bucket in (".", "..") or ".." in key.split("/") or key.endswith("/"):
+        # A key is a relative path of non-empty segments: no leading '/', no '//', no '.' or '..'
+        # (os.path.join would let "/etc/passwd" or "a/../../x" out of the bucket).
+        parts = key.split("/")
+        if not bucket or "/" in bucket or bucket in (".", "..") or any(p in ("", ".", "..") for p in parts):
             return None
-        return os.path.join(self.server.root, bucket, key)
+        base = os.path.realpath(os.path.join(self.server.root, bucket))
+        path = os.path.realpath(os.path.join(base, key))
+        return path if path.startswith(base + os.sep) else None
 
     def _reply(self, code, body=b"", ctype="application/xml", headers=None):
         self.send_response(code)

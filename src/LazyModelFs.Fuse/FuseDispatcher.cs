@@ -68,6 +68,7 @@ public sealed class FuseDispatcher
     private readonly bool _trace;
     private readonly FuseConnection? _connection;
     private volatile FuseConnectionInfo? _info;
+    private readonly ushort _maxPages;
     private int _inFlight;
     private long _reads, _readBytes, _readErrors;
 
@@ -78,7 +79,10 @@ public sealed class FuseDispatcher
         _log = logger ?? NullLogger.Instance;
         _trace = _log.IsEnabled(LogLevel.Debug);
         _connection = connection;
-        Pool = new FuseBufferPool(Math.Max(_options.MaxWrite, _options.MaxRead));
+        // READs as large as asked only where the kernel allows them (read once: INIT asks for no more,
+        // so a READ never outgrows these buffers, also when the sysctl changes meanwhile).
+        _maxPages = (ushort)Math.Min(_options.MaxPages, FuseKernel.MaxPagesLimit());
+        Pool = new FuseBufferPool(Math.Max(_options.MaxWrite, _maxPages * 4096));
     }
 
     /// <summary>Set once INIT has been answered.</summary>
@@ -490,7 +494,7 @@ public sealed class FuseDispatcher
 
         ulong granted = wanted & offered;
         uint minor = Math.Min(init.minor, FuseConstants.KernelMinorVersion);
-        ushort maxPages = _options.MaxPages;
+        ushort maxPages = _maxPages;
         var reply = new fuse_init_out
         {
             major = FuseConstants.KernelVersion,
@@ -512,15 +516,16 @@ public sealed class FuseDispatcher
         _info = info;
         SendStruct(sink, req, reply, minor <= 22 ? fuse_init_out.Compat22Size : fuse_init_out.Size);
         _log.LogInformation(
-            "fuse: INIT kernel {Major}.{KMinor}, using 7.{Minor}; flags {Flags}; max_write {MaxWrite}, max_readahead {Readahead}, largest READ {MaxRead} (max_pages {MaxPages} asked, fs.fuse.max_pages_limit {Limit})",
+            "fuse: INIT kernel {Major}.{KMinor}, using 7.{Minor}; flags {Flags}; max_write {MaxWrite}, max_readahead {Readahead}, largest READ {MaxRead} (max_pages {MaxPages} of {Wanted} wanted, fs.fuse.max_pages_limit {Limit})",
             init.major,
             init.minor,
             minor,
             (FuseInitFlags)granted,
             reply.max_write,
             init.max_readahead,
-            Math.Min(maxPages, FuseKernel.MaxPagesLimit()) * 4096,
+            maxPages * 4096,
             maxPages,
+            _options.MaxPages,
             FuseKernel.MaxPagesLimit());
     }
 

@@ -61,11 +61,11 @@ public sealed class LargeReadTests : IDisposable
         Ok(LmfsRunner.Run("import", Meta, _dir["src/m.bin"], "/m.bin", "--no-progress"));
 
         var (reads, bytes, log) = ReadThrough(256, data);
-        Assert.Contains("largest READ 1048576 (max_pages 1024 asked, fs.fuse.max_pages_limit 256)", log, StringComparison.Ordinal);
+        Assert.Contains("largest READ 1048576 (max_pages 256 of 1024 wanted, fs.fuse.max_pages_limit 256)", log, StringComparison.Ordinal);
         Assert.True(reads >= bytes / (1 << 20), $"{reads} READs carried {bytes} bytes: one was larger than 1 MiB at the default limit");
 
         (reads, bytes, log) = ReadThrough(1024, data);
-        Assert.Contains("largest READ 4194304 (max_pages 1024 asked, fs.fuse.max_pages_limit 1024)", log, StringComparison.Ordinal);
+        Assert.Contains("largest READ 4194304 (max_pages 1024 of 1024 wanted, fs.fuse.max_pages_limit 1024)", log, StringComparison.Ordinal);
         Assert.True(bytes >= data.Length, $"only {bytes} bytes went through READs");
         Assert.True(reads < bytes / (1 << 20), $"{reads} READs carried {bytes} bytes: none was larger than 1 MiB with the limit at 1024 pages");
     }

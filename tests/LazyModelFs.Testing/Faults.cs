@@ -112,7 +112,11 @@ public sealed class FaultyObjectStore(IObjectStore inner) : IObjectStore
 
     public IAsyncEnumerable<ObjectInfo> ListAsync(string prefix, CancellationToken ct = default) => inner.ListAsync(prefix, ct);
 
-    public Task DeleteAsync(string key, CancellationToken ct = default) => inner.DeleteAsync(key, ct);
+    /// <summary>Decides, per DELETE, an exception to throw instead of deleting (null: delete).</summary>
+    public Func<string, Exception?>? OnDelete { get; set; }
+
+    public Task DeleteAsync(string key, CancellationToken ct = default) =>
+        OnDelete?.Invoke(key) is { } e ? Task.FromException(e) : inner.DeleteAsync(key, ct);
 
     public void Dispose() => inner.Dispose();
 }

@@ -63,11 +63,12 @@ public sealed class TempDir : IDisposable
     public string this[string relative] => System.IO.Path.Combine(Path, relative);
 
     /// <summary>Writes <paramref name="size"/> random bytes (seeded by the size: the same size, the same bytes) at <paramref name="relative"/>, making its directory; returns the full path.</summary>
-    public string WriteRandom(string relative, int size)
+    /// <summary>Writes <paramref name="size"/> seeded random bytes (the seed defaults to the size) at <paramref name="relative"/>, directories made; returns the path.</summary>
+    public string WriteRandom(string relative, int size, int? seed = null)
     {
         string p = this[relative];
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, TestData.Random(size, size));
+        File.WriteAllBytes(p, TestData.Random(size, seed ?? size));
         return p;
     }
 
@@ -423,6 +424,17 @@ public sealed class RedisAndS3 : IDisposable
     public RedisServer Redis { get; } = new();
 
     public S3rverServer S3 { get; } = new();
+
+    /// <summary>A fresh volume's metadata URL, storage URL and options on these servers (the contract suites' Redis + s3rver pair).</summary>
+    public (string Meta, string Storage, LazyModelFs.Storage.StorageOptions Options) NewVolume() =>
+        (Redis.NewVolumeUrl(), S3.NewStorageUrl(), new LazyModelFs.Storage.StorageOptions { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey });
+
+    /// <summary>A fresh volume on the embedded pair (SQLite + local directory) under <paramref name="dir"/>.</summary>
+    public static (string Meta, string Storage, LazyModelFs.Storage.StorageOptions Options) NewEmbeddedVolume(TempDir dir)
+    {
+        string id = Guid.NewGuid().ToString("N");
+        return ($"sqlite://{dir[id + "/meta.db"]}", $"file://{dir[id + "/objects"]}", new LazyModelFs.Storage.StorageOptions());
+    }
 
     public void Dispose()
     {

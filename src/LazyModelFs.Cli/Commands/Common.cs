@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Spectre.Console;
 using LazyModelFs.Storage;
 using LazyModelFs.Util;
 
@@ -7,6 +8,31 @@ namespace LazyModelFs.Cli.Commands;
 /// <summary>Arguments and options that several commands share.</summary>
 internal static class Common
 {
+    /// <summary>
+    /// Awaits <paramref name="run"/>; when <paramref name="show"/> and on a terminal, shows one progress
+    /// bar meanwhile, which <paramref name="update"/> refreshes from the run's own counters every
+    /// 200 ms (fsck, gc). Callers pass show = false with --json: the bar draws on the terminal's stdout.
+    /// </summary>
+    public static async Task<T> WithProgressAsync<T>(Task<T> run, bool show, string first, Action<ProgressTask> update, CancellationToken ct)
+    {
+        if (show && !Console.IsOutputRedirected && !Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+        {
+            await AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn()).StartAsync(async ctx =>
+            {
+                var task = ctx.AddTask(first, maxValue: 1);
+                while (!run.IsCompleted)
+                {
+                    update(task);
+                    await Task.WhenAny(run, Task.Delay(200, ct)).ConfigureAwait(false);
+                }
+
+                task.Value = task.MaxValue;
+            }).ConfigureAwait(false);
+        }
+
+        return await run.ConfigureAwait(false);
+    }
+
     public static Argument<string> MetaUrl() => new("META_URL")
     {
         Description = "Metadata engine: sqlite:///PATH/meta.db (embedded), redis://HOST:PORT[,HOST2:PORT2][/DB][?volume=NAME], or redis+sentinel://SENTINEL:26379[,…][/DB]?service=MASTER[&volume=NAME]; password in LMFS_REDIS_PASSWORD",

@@ -23,25 +23,12 @@ internal static class FsckCommand
         {
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
             var check = new VolumeCheck(volume, new CheckOptions { Verify = p.GetValue(verify), Repair = p.GetValue(repair), Concurrency = p.GetValue(jobs) });
-            var run = check.RunAsync(p.GetValue(path)!, ct);
-            if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+            var s = await Common.WithProgressAsync(check.RunAsync(p.GetValue(path)!, ct), !p.GetValue(json), "checking", task =>
             {
-                await AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn()).StartAsync(async ctx =>
-                {
-                    var task = ctx.AddTask("checking", maxValue: 1);
-                    while (!run.IsCompleted)
-                    {
-                        task.MaxValue = Math.Max(1, check.Progress.TotalObjects);
-                        task.Value = check.Progress.ObjectsDone;
-                        task.Description = $"checking {check.Progress.FilesSeen} files";
-                        await Task.WhenAny(run, Task.Delay(200, ct)).ConfigureAwait(false);
-                    }
-
-                    task.Value = task.MaxValue;
-                }).ConfigureAwait(false);
-            }
-
-            var s = await run.ConfigureAwait(false);
+                task.MaxValue = Math.Max(1, check.Progress.TotalObjects);
+                task.Value = check.Progress.ObjectsDone;
+                task.Description = $"checking {check.Progress.FilesSeen} files";
+            }, ct).ConfigureAwait(false);
             if (p.GetValue(json))
             {
                 WriteJson(s);

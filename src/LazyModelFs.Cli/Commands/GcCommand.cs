@@ -22,25 +22,12 @@ internal static class GcCommand
         {
             using var volume = await Volume.OpenAsync(p.GetValue(meta)!, creds.Read(p), ct).ConfigureAwait(false);
             var gc = new GarbageCollector(volume, new GcOptions { DryRun = p.GetValue(dryRun), Grace = p.GetValue(grace) ?? GcOptions.DefaultGrace, Concurrency = p.GetValue(jobs) });
-            var run = gc.RunAsync(ct);
-            if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+            var s = await Common.WithProgressAsync(gc.RunAsync(ct), !p.GetValue(json), "listing", task =>
             {
-                await AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn()).StartAsync(async ctx =>
-                {
-                    var task = ctx.AddTask("listing", maxValue: 1);
-                    while (!run.IsCompleted)
-                    {
-                        task.MaxValue = Math.Max(1, gc.Progress.ToDelete);
-                        task.Value = gc.Progress.Deleted;
-                        task.Description = gc.Progress.ToDelete == 0 ? $"listing: {gc.Progress.Listed} objects" : $"deleting {gc.Progress.ToDelete} objects";
-                        await Task.WhenAny(run, Task.Delay(200, ct)).ConfigureAwait(false);
-                    }
-
-                    task.Value = task.MaxValue;
-                }).ConfigureAwait(false);
-            }
-
-            var s = await run.ConfigureAwait(false);
+                task.MaxValue = Math.Max(1, gc.Progress.ToDelete);
+                task.Value = gc.Progress.Deleted;
+                task.Description = gc.Progress.ToDelete == 0 ? $"listing: {gc.Progress.Listed} objects" : $"deleting {gc.Progress.ToDelete} objects";
+            }, ct).ConfigureAwait(false);
             if (p.GetValue(json))
             {
                 WriteJson(s);
@@ -54,7 +41,9 @@ internal static class GcCommand
                 Console.WriteLine($"kept, younger than --grace {Numeric.FormatDuration(s.Grace)}: {s.YoungObjects} object(s), {Sizes.Format(s.YoungBytes)}{(s.Rereferenced > 0 ? $"; kept, referenced again since the scan: {s.Rereferenced}" : "")}");
                 Console.WriteLine(s.RefcountsChecked
                     ? $"reference counts {(s.DryRun ? "to fix" : "fixed")}: {s.RefcountsFixed}"
-                    : "reference counts: not checked, the volume kept changing during the scan (imports or removals ran); run gc again");
+                    : s.DryRun
+                        ? "reference counts: not checked, the volume kept changing during the scan (imports or removals ran); run gc again"
+                        : "reference counts: not checked and nothing deleted: the volume kept changing during the scan (imports or removals ran); run gc again");
                 if (s.OtherObjects > 0)
                 {
                     Console.WriteLine($"left alone: {s.OtherObjects} object(s) under chunks/ that are not chunk objects (gc deletes only what lmfs writes)");
@@ -64,6 +53,14 @@ internal static class GcCommand
             if (s.MissingObjects > 0)
             {
                 await Console.Error.WriteLineAsync($"warning: {s.MissingObjects} referenced object(s) are missing from the store; run lmfs fsck META_URL to name the files").ConfigureAwait(false);
+            }
+
+            if (s.FailedDeletes > 0)
+            {
+                throw new LmfsException(
+                    $"{s.FailedDeletes} object(s) could not be deleted: the object store refused or did not answer in time",
+                    "check the object store, then run gc again (those objects stay claimed for up to 10 minutes; the next run deletes them)",
+                    5);
             }
 
             return 0;
@@ -93,6 +90,7 @@ internal static class GcCommand
             w.WriteNumber("missingObjects", s.MissingObjects);
             w.WriteBoolean("refcountsChecked", s.RefcountsChecked);
             w.WriteNumber("refcountsFixed", s.RefcountsFixed);
+            w.WriteNumber("failedDeletes", s.FailedDeletes);
             w.WriteEndObject();
         }
 

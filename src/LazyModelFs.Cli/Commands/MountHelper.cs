@@ -228,6 +228,13 @@ internal static class MountHelper
             throw new LmfsException($"redis_password_file '{path}' is readable by other users", $"chmod 600 {path}", 2);
         }
 
+        // Owned by another user, it is theirs to read and to change: refused as an untrusted secret.
+        uint owner = Posix.Stat(path).Uid;
+        if (owner != Posix.EUid && owner != 0)
+        {
+            throw new LmfsException($"redis_password_file '{path}' belongs to uid {owner}, not to this user or root", $"chown {Posix.EUid} {path} (and chmod 600)", 2);
+        }
+
         try
         {
             return File.ReadAllText(path).Split('\n')[0].TrimEnd('\r');

@@ -55,7 +55,8 @@ public sealed record GcSummary(
     long OtherObjects,
     long MissingObjects,
     long RefcountsFixed,
-    bool RefcountsChecked);
+    bool RefcountsChecked,
+    long FailedDeletes = 0);
 
 /// <summary>
 /// lmfs gc: deletes chunk objects that no chunk table references, and recounts reference counts.
@@ -125,29 +126,37 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
         }
 
         Progress.ToDelete = candidates.Count;
-        long freed = 0, freedBytes = 0, rereferenced = 0;
-        if (!options.DryRun)
+        long freed = 0, freedBytes = 0, rereferenced = 0, failed = 0;
+        string owner = Guid.NewGuid().ToString("N"); // this run's claims: another gc at once can neither take nor end them
+        if (options.DryRun)
+        {
+            freed = candidates.Count;
+            freedBytes = candidates.Sum(c => c.Size);
+        }
+        else if (consistent)
         {
             await Parallel.ForEachAsync(candidates, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Concurrency), CancellationToken = ct }, async (c, t) =>
             {
-                if (await DeleteAsync(c.Id, t).ConfigureAwait(false))
+                switch (await DeleteAsync(c.Id, owner, t).ConfigureAwait(false))
                 {
-                    Interlocked.Increment(ref freed);
-                    Interlocked.Add(ref freedBytes, c.Size);
-                }
-                else
-                {
-                    Interlocked.Increment(ref rereferenced);
+                    case Deleted.Yes:
+                        Interlocked.Increment(ref freed);
+                        Interlocked.Add(ref freedBytes, c.Size);
+                        break;
+                    case Deleted.Referenced:
+                        Interlocked.Increment(ref rereferenced);
+                        break;
+                    default:
+                        Interlocked.Increment(ref failed);
+                        break;
                 }
 
                 Interlocked.Increment(ref Progress._deleted);
             }).ConfigureAwait(false);
         }
-        else
-        {
-            freed = candidates.Count;
-            freedBytes = candidates.Sum(c => c.Size);
-        }
+
+        // Without a consistent scan (the volume changed during every try), nothing is deleted: a
+        // count that had drifted low could let a claim through for a chunk a table references.
 
         return new GcSummary(
             options.DryRun,
@@ -165,7 +174,8 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
             other,
             referenced.Keys.Count(id => !seen.Contains(id)),
             fixedCounts,
-            consistent);
+            consistent,
+            failed);
     }
 
     /// <summary>
@@ -220,34 +230,49 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
         return (scan, 0, false);
     }
 
-    /// <summary>Claim, delete, release; false when the chunk is referenced again (an import committed it since the scan).</summary>
-    private async Task<bool> DeleteAsync(ChunkId id, CancellationToken ct)
+    private enum Deleted
+    {
+        Yes,
+        Referenced,
+        Failed,
+    }
+
+    /// <summary>
+    /// Claim, delete, release. Referenced: the chunk is referenced again (an import committed it since
+    /// the scan) or another gc holds it. Failed: the store refused or did not answer in time; the claim
+    /// is then kept until it expires, since a delete that timed out on our side may still land, and a
+    /// released claim would let an import commit (and store the object again) before it does.
+    /// </summary>
+    private async Task<Deleted> DeleteAsync(ChunkId id, string owner, CancellationToken ct)
     {
         var claimedAt = options.Time.GetTimestamp();
-        if (!await volume.Meta.ClaimUnreferencedChunkAsync(id, ct).ConfigureAwait(false))
+        if (!await volume.Meta.ClaimUnreferencedChunkAsync(id, owner, ct).ConfigureAwait(false))
         {
-            return false;
+            return Deleted.Referenced;
         }
 
+        // Claimed and deleted within half the claim's life: a quarter to get here, a quarter for the
+        // delete with its retries. A process paused past that leaves the object for the next run.
+        var quarter = IMetaStore.ChunkClaimLifetime / 4;
+        if (options.Time.GetElapsedTime(claimedAt) > quarter)
+        {
+            await volume.Meta.ReleaseChunkClaimAsync(id, owner, CancellationToken.None).ConfigureAwait(false);
+            return Deleted.Referenced;
+        }
+
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(quarter);
         try
         {
-            // Claimed and deleted within half the claim's life: a quarter to get here, a quarter for the
-            // delete with its retries. A process paused past that leaves the object for the next run.
-            var quarter = IMetaStore.ChunkClaimLifetime / 4;
-            if (options.Time.GetElapsedTime(claimedAt) > quarter)
-            {
-                return false;
-            }
-
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            deadline.CancelAfter(quarter);
             await volume.Store.DeleteAsync(id.ObjectKey(), deadline.Token).ConfigureAwait(false);
-            return true;
         }
-        finally
+        catch (Exception e) when (!ct.IsCancellationRequested && e is LmfsException or OperationCanceledException or IOException)
         {
-            await volume.Meta.ReleaseChunkClaimAsync(id, CancellationToken.None).ConfigureAwait(false);
+            return Deleted.Failed; // the claim stays until it expires (see above)
         }
+
+        await volume.Meta.ReleaseChunkClaimAsync(id, owner, CancellationToken.None).ConfigureAwait(false);
+        return Deleted.Yes;
     }
 
     /// <summary>chunks/ab/cd/abcd… with 64 lowercase hex digits, as <see cref="ChunkId.ObjectKey"/> writes it; nothing else is gc's.</summary>

@@ -61,13 +61,17 @@ public interface IMetaStore : IDisposable
     Task<bool> SetChunkRefCountsAsync(long epoch, IReadOnlyList<KeyValuePair<ChunkId, long>> counts, CancellationToken ct = default);
 
     /// <summary>
-    /// If no chunk table references the chunk (its count is 0), claims it for deletion, atomically,
-    /// and returns true: until <see cref="ReleaseChunkClaimAsync"/> or <see cref="ChunkClaimLifetime"/>
-    /// passes, a create whose table references it answers <see cref="MetaResult.ChunkClaimed"/>.
+    /// If no chunk table references the chunk (its count is 0) and no other owner holds a live claim
+    /// on it, claims it for deletion for <paramref name="owner"/> (one gc run), atomically, and
+    /// returns true: until <see cref="ReleaseChunkClaimAsync"/> or <see cref="ChunkClaimLifetime"/>
+    /// passes, a create whose table references it answers <see cref="MetaResult.ChunkClaimed"/>. Two
+    /// gc runs at once therefore never both hold one chunk, and one's release never ends the other's
+    /// claim. Claims are timed by the metadata engine's clock (Redis: its TIME), not the caller's.
     /// </summary>
-    Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default);
+    Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, string owner, CancellationToken ct = default);
 
-    Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default);
+    /// <summary>Ends <paramref name="owner"/>'s claim on the chunk; a claim another owner holds is left alone.</summary>
+    Task ReleaseChunkClaimAsync(ChunkId id, string owner, CancellationToken ct = default);
 
     /// <summary>How long a claim holds when it is not released (its gc was killed); gc never deletes on a claim half this old.</summary>
     static TimeSpan ChunkClaimLifetime { get; } = TimeSpan.FromMinutes(10);

@@ -16,7 +16,7 @@ namespace LazyModelFs.Meta;
 ///   "C" ino(u64 BE)           chunk table
 ///   "R" id[32]                chunk reference count (i64 LE)
 ///   "E"                       reference epoch: advanced by every create and remove (i64 LE)
-///   "G" id[32]                lmfs gc's claim on an unreferenced chunk: unix ms when claimed (i64 LE)
+///   "G" id[32]                lmfs gc's claim on an unreferenced chunk: unix ms when claimed (i64 LE), then the owner (the gc run, UTF-8)
 /// </code>
 /// Big-endian inode numbers keep a directory's entries together and ordered by name bytes.
 /// </summary>
@@ -201,7 +201,7 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
             return true;
         }));
 
-    public Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default) =>
+    public Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, string owner, CancellationToken ct = default) =>
         Task.FromResult(kv.Write(tx =>
         {
             if (tx.Get(RefKey(id)) is { } b && BinaryPrimitives.ReadInt64LittleEndian(b) > 0)
@@ -209,14 +209,26 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
                 return false;
             }
 
-            tx.Set(ClaimKey(id), I64(_time.GetUtcNow().ToUnixTimeMilliseconds()));
+            long now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+            if (tx.Get(ClaimKey(id)) is { } c && c.Length >= 8
+                && BinaryPrimitives.ReadInt64LittleEndian(c) > now - (long)IMetaStore.ChunkClaimLifetime.TotalMilliseconds
+                && !c.AsSpan(8).SequenceEqual(Encoding.UTF8.GetBytes(owner)))
+            {
+                return false; // another gc's live claim
+            }
+
+            tx.Set(ClaimKey(id), [.. I64(now), .. Encoding.UTF8.GetBytes(owner)]);
             return true;
         }));
 
-    public Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default) =>
+    public Task ReleaseChunkClaimAsync(ChunkId id, string owner, CancellationToken ct = default) =>
         Task.FromResult(kv.Write(tx =>
         {
-            tx.Delete(ClaimKey(id));
+            if (tx.Get(ClaimKey(id)) is { } c && c.Length >= 8 && c.AsSpan(8).SequenceEqual(Encoding.UTF8.GetBytes(owner)))
+            {
+                tx.Delete(ClaimKey(id));
+            }
+
             return true;
         }));
 

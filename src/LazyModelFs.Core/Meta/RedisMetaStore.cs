@@ -20,7 +20,8 @@ namespace LazyModelFs.Meta;
 ///   lmfs{VOL}:c&lt;ino&gt;         string  chunk table
 ///   lmfs{VOL}:refs           hash    chunk id (32 raw bytes) → reference count
 ///   lmfs{VOL}:refsepoch      string  reference epoch: INCR by every create and remove
-///   lmfs{VOL}:gcclaims       hash    chunk id → unix ms when lmfs gc claimed it for deletion
+///   lmfs{VOL}:gcclaims       hash    chunk id → unix ms (the server's TIME) when lmfs gc claimed it for deletion
+///   lmfs{VOL}:gcowners       hash    chunk id → the gc run holding that claim
 /// </code>
 /// Changes run as Lua scripts (atomic on the server) that first re-check what the client read —
 /// the entry, the node record — and answer 'conflict' when anything moved, so callers retry.
@@ -45,14 +46,15 @@ public sealed class RedisMetaStore : IMetaStore
         """;
 
     // KEYS: d<parent> i<parent> i<new> c<new> refs usage i<old> c<old> d<old> gcclaims refsepoch
-    // ARGV: name entry node chunks size nNew replace expEntry expNode negOldSize nOld ids(new) ids(old) claimHorizon
+    // ARGV: name entry node chunks size nNew replace expEntry expNode negOldSize nOld ids(new) ids(old) claimLifetimeMs
     private const string CreateLua = UnlinkLua + """
 
         local p = redis.call('GET', KEYS[2])
         if not p or string.byte(p, 2) ~= 1 then return 'noparent' end
         local nNew = tonumber(ARGV[6])
         local nOld = tonumber(ARGV[11])
-        local horizon = tonumber(ARGV[#ARGV])
+        local t = redis.call('TIME')
+        local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[#ARGV])
         for i = 12, 11 + nNew do
           local c = redis.call('HGET', KEYS[10], ARGV[i])
           if c and tonumber(c) > horizon then return 'claimed' end
@@ -92,11 +94,26 @@ public sealed class RedisMetaStore : IMetaStore
         return 1
         """;
 
-    // KEYS: refs gcclaims; ARGV: id nowMs
-    private const string ClaimLua = """
+    // The server's clock, in ms: every claim is stamped and judged by it, so hosts' clocks do not matter.
+    private const string NowMsLua = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+    // KEYS: refs gcclaims gcowners; ARGV: id owner lifetimeMs
+    private const string ClaimLua = NowMsLua + """
         local n = redis.call('HGET', KEYS[1], ARGV[1])
         if n and tonumber(n) > 0 then return 0 end
-        redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+        local c = redis.call('HGET', KEYS[2], ARGV[1])
+        if c and tonumber(c) > now - tonumber(ARGV[3]) and redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[2], ARGV[1], now)
+        redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+        return 1
+        """;
+
+    // KEYS: gcclaims gcowners; ARGV: id owner
+    private const string ReleaseLua = """
+        if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+          redis.call('HDEL', KEYS[1], ARGV[1])
+          redis.call('HDEL', KEYS[2], ARGV[1])
+        end
         return 1
         """;
 
@@ -119,6 +136,7 @@ public sealed class RedisMetaStore : IMetaStore
     private readonly RedisKey _refsKey;
     private readonly RedisKey _epochKey;
     private readonly RedisKey _claimsKey;
+    private readonly RedisKey _ownersKey;
 
     private RedisMetaStore(ConnectionMultiplexer conn, int db, string volume, string describe)
     {
@@ -133,6 +151,7 @@ public sealed class RedisMetaStore : IMetaStore
         _refsKey = _prefix + "refs";
         _epochKey = _prefix + "refsepoch";
         _claimsKey = _prefix + "gcclaims";
+        _ownersKey = _prefix + "gcowners";
     }
 
     public string Volume { get; }
@@ -360,7 +379,7 @@ public sealed class RedisMetaStore : IMetaStore
         };
         AddIds(args, newIds);
         AddIds(args, oldIds);
-        args.Add((DateTimeOffset.UtcNow - IMetaStore.ChunkClaimLifetime).ToUnixTimeMilliseconds());
+        args.Add((long)IMetaStore.ChunkClaimLifetime.TotalMilliseconds);
         RedisKey[] keys =
         [
             DirKey(c.Parent), NodeKey(c.Parent), NodeKey(c.Node.Ino), ChunksKey(c.Node.Ino), _refsKey, _usageKey,
@@ -493,10 +512,11 @@ public sealed class RedisMetaStore : IMetaStore
         return true;
     }
 
-    public async Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, CancellationToken ct = default) =>
-        (long)await Run(() => _db.ScriptEvaluateAsync(ClaimLua, [_refsKey, _claimsKey], [id.ToBytes(), DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()])).ConfigureAwait(false) == 1;
+    public async Task<bool> ClaimUnreferencedChunkAsync(ChunkId id, string owner, CancellationToken ct = default) =>
+        (long)await Run(() => _db.ScriptEvaluateAsync(ClaimLua, [_refsKey, _claimsKey, _ownersKey], [id.ToBytes(), owner, (long)IMetaStore.ChunkClaimLifetime.TotalMilliseconds])).ConfigureAwait(false) == 1;
 
-    public Task ReleaseChunkClaimAsync(ChunkId id, CancellationToken ct = default) => Run(() => _db.HashDeleteAsync(_claimsKey, id.ToBytes()));
+    public Task ReleaseChunkClaimAsync(ChunkId id, string owner, CancellationToken ct = default) =>
+        Run(() => _db.ScriptEvaluateAsync(ReleaseLua, [_claimsKey, _ownersKey], [id.ToBytes(), owner]));
 
     private async Task<long> ReadEpochAsync()
     {

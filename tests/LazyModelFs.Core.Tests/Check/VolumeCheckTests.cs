@@ -30,15 +30,7 @@ public abstract class VolumeCheckContract : IDisposable
         return await Volume.OpenAsync(meta, opts);
     }
 
-    private string Source(string name, int size, int seed)
-    {
-        var b = new byte[size];
-        new Random(seed).NextBytes(b);
-        string p = Dir[name];
-        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, b);
-        return p;
-    }
+    private string Source(string name, int size, int seed) => Dir.WriteRandom(name, size, seed);
 
     private static async Task<ChunkEntry> RowAsync(Volume v, string path, int index)
     {
@@ -242,15 +234,10 @@ public abstract class VolumeCheckContract : IDisposable
 
 public sealed class SqliteLocalVolumeCheckTests : VolumeCheckContract
 {
-    protected override (string, string, StorageOptions) NewVolume()
-    {
-        string id = Guid.NewGuid().ToString("N");
-        return ($"sqlite://{Dir[id + "/meta.db"]}", $"file://{Dir[id + "/objects"]}", new StorageOptions());
-    }
+    protected override (string, string, StorageOptions) NewVolume() => RedisAndS3.NewEmbeddedVolume(Dir);
 }
 
 public sealed class RedisS3VolumeCheckTests(RedisAndS3 servers) : VolumeCheckContract, IClassFixture<RedisAndS3>
 {
-    protected override (string, string, StorageOptions) NewVolume() =>
-        (servers.Redis.NewVolumeUrl(), servers.S3.NewStorageUrl(), new StorageOptions { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey });
+    protected override (string, string, StorageOptions) NewVolume() => servers.NewVolume();
 }

@@ -7,6 +7,7 @@ using LazyModelFs.Meta;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
+using LazyModelFs.Util;
 using Xunit;
 
 namespace LazyModelFs.Core.Tests.Gc;
@@ -43,15 +44,7 @@ public abstract class GarbageCollectorContract : IDisposable
 
     private async Task<Volume> ReopenAsync(string meta) => await Volume.OpenAsync(meta, NewVolume().Options);
 
-    private string Source(string name, int size, int seed)
-    {
-        var b = new byte[size];
-        new Random(seed).NextBytes(b);
-        string p = Dir[name];
-        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, b);
-        return p;
-    }
+    private string Source(string name, int size, int seed) => Dir.WriteRandom(name, size, seed);
 
     private static Task ImportAsync(Volume v, string src, string dest) => new Importer(v, new ImportOptions()).RunAsync([src], dest);
 
@@ -201,12 +194,35 @@ public abstract class GarbageCollectorContract : IDisposable
     }
 
     [Fact]
+    public async Task A_delete_the_store_refuses_is_counted_failed_and_keeps_its_claim_so_no_other_gc_or_commit_takes_the_chunk()
+    {
+        var (v, _, _, gone) = await PopulatedAsync();
+        using var _v = v;
+        var store = new FaultyObjectStore(v.Store) { OnDelete = _ => new LmfsException("the store refused the DELETE (test)", "none", 5) };
+        using var failing = Volume.Create(v.Meta, v.Settings, store);
+        var s = await new GarbageCollector(failing, TwoDaysOn()).RunAsync();
+        Assert.Equal((0L, 2L), (s.FreedObjects, s.FailedDeletes)); // both tried, neither deleted, the run went on
+        foreach (var id in gone)
+        {
+            Assert.NotNull(await v.Store.HeadAsync(id.ObjectKey()));
+        }
+
+        // The claims stay (a DELETE that failed on our side may still land): another gc run keeps the objects.
+        var again = await new GarbageCollector(v, TwoDaysOn()).RunAsync();
+        Assert.Equal((0L, 2L), (again.FreedObjects, again.Rereferenced));
+        foreach (var id in gone)
+        {
+            Assert.NotNull(await v.Store.HeadAsync(id.ObjectKey()));
+        }
+    }
+
+    [Fact]
     public async Task A_commit_waits_while_gc_holds_a_claim_on_one_of_its_chunks_and_stores_the_deleted_object_again()
     {
         var (v, meta, _, gone) = await PopulatedAsync();
         using var _v = v;
         string b = Source("b.bin", (2 * ChunkSize) - 7, 2);
-        Assert.True(await v.Meta.ClaimUnreferencedChunkAsync(gone[0]));
+        Assert.True(await v.Meta.ClaimUnreferencedChunkAsync(gone[0], "test-gc"));
         var importer = new Importer(v, new ImportOptions());
         var import = importer.RunAsync([b], "/again/b.bin");
         while (importer.Progress.ChunksDone < 2 && !import.IsCompleted)
@@ -221,7 +237,7 @@ public abstract class GarbageCollectorContract : IDisposable
 
         // gc's delete lands, then its claim goes: the commit goes through and the object is stored again.
         await v.Store.DeleteAsync(gone[0].ObjectKey());
-        await v.Meta.ReleaseChunkClaimAsync(gone[0]);
+        await v.Meta.ReleaseChunkClaimAsync(gone[0], "test-gc");
         await import;
         Assert.Equal(File.ReadAllBytes(b), await ReadAsync(v, "/again/b.bin"));
         await AssertHealthyAsync(v);
@@ -319,11 +335,7 @@ public sealed class SqliteLocalGcTests : GarbageCollectorContract
         Assert.Equal(2, Directory.GetFiles(Dir[id + "/objects"], "*", SearchOption.AllDirectories).Length); // b.bin's orphan is still there
     }
 
-    protected override (string, string, StorageOptions) NewVolume()
-    {
-        string id = Guid.NewGuid().ToString("N");
-        return ($"sqlite://{Dir[id + "/meta.db"]}", $"file://{Dir[id + "/objects"]}", new StorageOptions());
-    }
+    protected override (string, string, StorageOptions) NewVolume() => RedisAndS3.NewEmbeddedVolume(Dir);
 
     protected override Task SetRawCountAsync(string meta, ChunkId id, long? count)
     {
@@ -352,8 +364,7 @@ public sealed class SqliteLocalGcTests : GarbageCollectorContract
 
 public sealed class RedisS3GcTests(RedisAndS3 servers) : GarbageCollectorContract, IClassFixture<RedisAndS3>
 {
-    protected override (string, string, StorageOptions) NewVolume() =>
-        (servers.Redis.NewVolumeUrl(), servers.S3.NewStorageUrl(), new StorageOptions { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey });
+    protected override (string, string, StorageOptions) NewVolume() => servers.NewVolume();
 
     protected override async Task SetRawCountAsync(string meta, ChunkId id, long? count)
     {

@@ -30,15 +30,7 @@ public abstract class ImportContract : IDisposable
         return await Volume.OpenAsync(meta, opts);
     }
 
-    protected string WriteSource(string name, int size, int seed)
-    {
-        var b = new byte[size];
-        new Random(seed).NextBytes(b);
-        string p = Dir[name];
-        Directory.CreateDirectory(Path.GetDirectoryName(p)!);
-        File.WriteAllBytes(p, b);
-        return p;
-    }
+    protected string WriteSource(string name, int size, int seed) => Dir.WriteRandom(name, size, seed);
 
     protected static async Task<byte[]> ReadAsync(Volume v, string path)
     {
@@ -423,15 +415,10 @@ public sealed class MemoryImportTests : ImportContract
 
 public sealed class SqliteLocalImportTests : ImportContract
 {
-    protected override (string, string, StorageOptions) NewVolume()
-    {
-        string id = Guid.NewGuid().ToString("N");
-        return ($"sqlite://{Dir[id + "/meta.db"]}", $"file://{Dir[id + "/objects"]}", new StorageOptions());
-    }
+    protected override (string, string, StorageOptions) NewVolume() => RedisAndS3.NewEmbeddedVolume(Dir);
 }
 
 public sealed class RedisS3ImportTests(RedisAndS3 servers) : ImportContract, IClassFixture<RedisAndS3>
 {
-    protected override (string, string, StorageOptions) NewVolume() =>
-        (servers.Redis.NewVolumeUrl(), servers.S3.NewStorageUrl(), new StorageOptions { AccessKey = S3rverServer.AccessKey, SecretKey = S3rverServer.SecretKey });
+    protected override (string, string, StorageOptions) NewVolume() => servers.NewVolume();
 }

@@ -230,18 +230,21 @@ public abstract class MetaStoreContract
         using var _m = m;
         var used = Table("used");
         await m.CreateAsync(new EntryCreate(Node.RootIno, "f", await NewFile(m, Node.RootIno, 4), used));
-        Assert.False(await m.ClaimUnreferencedChunkAsync(used[0].Id));
+        Assert.False(await m.ClaimUnreferencedChunkAsync(used[0].Id, "gc-a"));
 
         var orphan = Table("orphan");
-        Assert.True(await m.ClaimUnreferencedChunkAsync(orphan[0].Id));
+        Assert.True(await m.ClaimUnreferencedChunkAsync(orphan[0].Id, "gc-a"));
+        Assert.True(await m.ClaimUnreferencedChunkAsync(orphan[0].Id, "gc-a")); // its own claim again
+        Assert.False(await m.ClaimUnreferencedChunkAsync(orphan[0].Id, "gc-b")); // another gc at once: refused
+        await m.ReleaseChunkClaimAsync(orphan[0].Id, "gc-b"); // and its release ends nothing of gc-a's
         var g = await NewFile(m, Node.RootIno, 6);
         Assert.Equal(MetaResult.ChunkClaimed, await m.CreateAsync(new EntryCreate(Node.RootIno, "g", g, orphan)));
         Assert.Null(await m.LookupAsync(Node.RootIno, "g"));
         Assert.Equal(0, await m.GetChunkRefCountAsync(orphan[0].Id));
 
-        await m.ReleaseChunkClaimAsync(orphan[0].Id);
+        await m.ReleaseChunkClaimAsync(orphan[0].Id, "gc-a");
         Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "g", g, orphan)));
         Assert.Equal(1, await m.GetChunkRefCountAsync(orphan[0].Id));
-        Assert.False(await m.ClaimUnreferencedChunkAsync(orphan[0].Id));
+        Assert.False(await m.ClaimUnreferencedChunkAsync(orphan[0].Id, "gc-b"));
     }
 }
