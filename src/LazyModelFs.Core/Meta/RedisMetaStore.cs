@@ -194,13 +194,21 @@ public sealed class RedisMetaStore : IMetaStore
             ? $"the sentinel{(url.Hosts.Count > 1 ? "s" : "")} at {url.HostList} for master '{url.Service}'"
             : url.Hosts.Count > 1 ? $"any of {url.HostList}" : url.HostList;
         ConnectionMultiplexer conn;
+        var connecting = ConnectionMultiplexer.ConnectAsync(opts, TextWriter.Null);
         try
         {
-            using var log = new StringWriter();
-            conn = await ConnectionMultiplexer.ConnectAsync(opts, log).WaitAsync(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
+            conn = await connecting.WaitAsync(TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (ex is RedisException or TimeoutException or OperationCanceledException)
         {
+            // Given up on (timeout, Ctrl-C): a connection that still arrives later is closed, not left
+            // reconnecting for the life of the process (the CSI plugin lives long).
+            _ = connecting.ContinueWith(static t => t.Result.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+            if (ex is OperationCanceledException)
+            {
+                throw;
+            }
+
             throw ConnectFailed(ex, url, describe, tried, opts.Password is not null);
         }
 
@@ -274,11 +282,14 @@ public sealed class RedisMetaStore : IMetaStore
     public async Task<IReadOnlyList<string>?> ListVolumesAsync(int max = 50, CancellationToken ct = default)
     {
         var names = new SortedSet<string>(StringComparer.Ordinal);
+        // A hint on an error path (CSI NodeStage among them): a few seconds in all, however large the database.
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(TimeSpan.FromSeconds(5));
         try
         {
             foreach (var server in _conn.GetServers().Where(s => s.IsConnected && !s.IsReplica))
             {
-                await foreach (var key in server.KeysAsync(_db.Database, "lmfs{*}:setting", pageSize: 1000).WithCancellation(ct).ConfigureAwait(false))
+                await foreach (var key in server.KeysAsync(_db.Database, "lmfs{*}:setting", pageSize: 1000).WithCancellation(deadline.Token).ConfigureAwait(false))
                 {
                     string k = key.ToString();
                     if (k.StartsWith("lmfs{", StringComparison.Ordinal) && k.EndsWith("}:setting", StringComparison.Ordinal))
@@ -296,6 +307,10 @@ public sealed class RedisMetaStore : IMetaStore
         catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
             return null; // only a hint depends on this list; the error it is part of stands without it
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return names.Count > 0 ? [.. names] : null; // out of time: what was found, or no claim at all
         }
 
         return [.. names];
