@@ -266,7 +266,7 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
         {
             await volume.Store.DeleteAsync(id.ObjectKey(), deadline.Token).ConfigureAwait(false);
         }
-        catch (Exception e) when (!ct.IsCancellationRequested && e is LmfsException or OperationCanceledException or IOException)
+        catch (Exception e) when (!ct.IsCancellationRequested && e is LmfsException or OperationCanceledException or IOException or UnauthorizedAccessException)
         {
             return Deleted.Failed; // the claim stays until it expires (see above)
         }
