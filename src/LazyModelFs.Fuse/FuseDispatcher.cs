@@ -68,6 +68,7 @@ public sealed class FuseDispatcher
     private readonly bool _trace;
     private readonly FuseConnection? _connection;
     private volatile FuseConnectionInfo? _info;
+    private readonly int _maxPagesLimit;
     private readonly ushort _maxPages;
     private int _inFlight;
     private long _reads, _readBytes, _readErrors;
@@ -81,7 +82,8 @@ public sealed class FuseDispatcher
         _connection = connection;
         // READs as large as asked only where the kernel allows them (read once: INIT asks for no more,
         // so a READ never outgrows these buffers, also when the sysctl changes meanwhile).
-        _maxPages = (ushort)Math.Min(_options.MaxPages, FuseKernel.MaxPagesLimit());
+        _maxPagesLimit = FuseKernel.MaxPagesLimit();
+        _maxPages = (ushort)Math.Min(_options.MaxPages, _maxPagesLimit);
         Pool = new FuseBufferPool(Math.Max(_options.MaxWrite, _maxPages * 4096));
     }
 
@@ -494,7 +496,6 @@ public sealed class FuseDispatcher
 
         ulong granted = wanted & offered;
         uint minor = Math.Min(init.minor, FuseConstants.KernelMinorVersion);
-        ushort maxPages = _maxPages;
         var reply = new fuse_init_out
         {
             major = FuseConstants.KernelVersion,
@@ -507,11 +508,11 @@ public sealed class FuseDispatcher
             congestion_threshold = (ushort)(_options.MaxBackground * 3 / 4),
             max_write = (uint)_options.MaxWrite,
             time_gran = 1,
-            max_pages = maxPages,
+            max_pages = _maxPages,
             max_stack_depth = (granted & (ulong)FuseInitFlags.PASSTHROUGH) != 0 ? 1u : 0u,
         };
 
-        var info = new FuseConnectionInfo(init.major, minor, (FuseInitFlags)offered, (FuseInitFlags)granted, reply.max_write, reply.max_readahead, maxPages, reply.max_background);
+        var info = new FuseConnectionInfo(init.major, minor, (FuseInitFlags)offered, (FuseInitFlags)granted, reply.max_write, reply.max_readahead, _maxPages, reply.max_background);
         _fs.Init(info, _connection);
         _info = info;
         SendStruct(sink, req, reply, minor <= 22 ? fuse_init_out.Compat22Size : fuse_init_out.Size);
@@ -523,10 +524,10 @@ public sealed class FuseDispatcher
             (FuseInitFlags)granted,
             reply.max_write,
             init.max_readahead,
-            maxPages * 4096,
-            maxPages,
+            _maxPages * 4096,
+            _maxPages,
             _options.MaxPages,
-            FuseKernel.MaxPagesLimit());
+            _maxPagesLimit);
     }
 
     private void BatchForget(ReadOnlySpan<byte> body)

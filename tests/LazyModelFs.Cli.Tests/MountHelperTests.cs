@@ -30,6 +30,17 @@ public sealed class MountHelperTests : IDisposable
         return (meta, src);
     }
 
+    /// <summary>A directory <paramref name="dir"/> holding <paramref name="name"/> linked to the lmfs binary, and an empty mount point.</summary>
+    private (string Bin, string Mnt) Linked(string dir, string name)
+    {
+        string bin = _dir[dir];
+        Directory.CreateDirectory(bin);
+        File.CreateSymbolicLink(Path.Combine(bin, name), Binary);
+        string mp = _dir["mnt"];
+        Directory.CreateDirectory(mp);
+        return (bin, mp);
+    }
+
     /// <summary>Runs <paramref name="script"/> with bash in a private mount namespace; its exit code and output.</summary>
     private static (int Code, string Output) InNamespace(string script)
     {
@@ -50,11 +61,7 @@ public sealed class MountHelperTests : IDisposable
     public void Mount_t_and_an_fstab_line_mount_through_the_helper_in_sbin_and_read_back_bit_for_bit()
     {
         var (meta, src) = Volume();
-        string bin = _dir["sbin"];
-        Directory.CreateDirectory(bin);
-        File.CreateSymbolicLink(Path.Combine(bin, "mount.fuse.lazymodelfs"), Binary);
-        string mp = _dir["mnt"];
-        Directory.CreateDirectory(mp);
+        var (bin, mp) = Linked("sbin", "mount.fuse.lazymodelfs");
         File.WriteAllText(_dir["fstab"], $"{meta} {mp} fuse.lazymodelfs ro,allow_other,noexec,cache_dir={_dir["cache"]},buffer_size=64M,_netdev,nofail,x-systemd.requires=network-online.target 0 0\n");
         var (code, output) = InNamespace($"""
             trap 'umount -l {mp} 2>/dev/null || true' EXIT
@@ -92,11 +99,7 @@ public sealed class MountHelperTests : IDisposable
         string file = _dir["redis.pass"];
         File.WriteAllText(file, password + "\n");
         File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        string bin = _dir["sbin"];
-        Directory.CreateDirectory(bin);
-        File.CreateSymbolicLink(Path.Combine(bin, "mount.fuse.lazymodelfs"), Binary);
-        string mp = _dir["mnt"];
-        Directory.CreateDirectory(mp);
+        var (bin, mp) = Linked("sbin", "mount.fuse.lazymodelfs");
         File.WriteAllText(_dir["fstab"], $"{meta} {mp} fuse.lazymodelfs ro,cache_dir={_dir["cache"]},redis_password_file={file},_netdev,nofail 0 0\n");
         var (code, output) = InNamespace($"""
             trap 'umount -l {mp} 2>/dev/null || true' EXIT
@@ -116,11 +119,7 @@ public sealed class MountHelperTests : IDisposable
     public void Mount_t_without_the_sbin_helper_goes_through_mount_fuse3_and_the_lazymodelfs_program()
     {
         var (meta, src) = Volume();
-        string bin = _dir["localbin"];
-        Directory.CreateDirectory(bin);
-        File.CreateSymbolicLink(Path.Combine(bin, "lazymodelfs"), Binary);
-        string mp = _dir["mnt"];
-        Directory.CreateDirectory(mp);
+        var (bin, mp) = Linked("localbin", "lazymodelfs");
         var (code, output) = InNamespace($"""
             trap 'umount -l {mp} 2>/dev/null || true' EXIT
             mount --bind {bin} /usr/local/bin

@@ -73,50 +73,43 @@ internal static class FsckCommand
         _ => "fails verification",
     };
 
-    private static void WriteJson(CheckSummary s)
+    private static void WriteJson(CheckSummary s) => Json.Write(w =>
     {
-        using var stdout = Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stdout, Json.WriterOptions))
+        w.WriteStartObject();
+        w.WriteBoolean("healthy", s.Healthy);
+        w.WriteBoolean("verified", s.Verified);
+        w.WriteNumber("files", s.Files);
+        w.WriteNumber("chunks", s.Chunks);
+        w.WriteNumber("objects", s.Objects);
+        w.WriteNumber("bytes", s.Bytes);
+        w.WriteNumber("bytesRead", s.BytesRead);
+        w.WriteNumber("damagedFiles", s.DamagedFiles);
+        w.WriteNumber("damagedChunks", s.DamagedChunks);
+        w.WriteNumber("removedObjects", s.RemovedObjects);
+        w.WriteStartArray("damaged");
+        foreach (var d in s.Damaged)
         {
             w.WriteStartObject();
-            w.WriteBoolean("healthy", s.Healthy);
-            w.WriteBoolean("verified", s.Verified);
-            w.WriteNumber("files", s.Files);
-            w.WriteNumber("chunks", s.Chunks);
-            w.WriteNumber("objects", s.Objects);
-            w.WriteNumber("bytes", s.Bytes);
-            w.WriteNumber("bytesRead", s.BytesRead);
-            w.WriteNumber("damagedFiles", s.DamagedFiles);
-            w.WriteNumber("damagedChunks", s.DamagedChunks);
-            w.WriteNumber("removedObjects", s.RemovedObjects);
-            w.WriteStartArray("damaged");
-            foreach (var d in s.Damaged)
+            w.WriteString("path", d.Path);
+            w.WriteNumber("inode", d.Ino);
+            if (d.Problem is null)
+            {
+                w.WriteNull("problem");
+            }
+            else
+            {
+                w.WriteString("problem", d.Problem);
+            }
+
+            w.WriteStartArray("chunks");
+            foreach (var c in d.Chunks)
             {
                 w.WriteStartObject();
-                w.WriteString("path", d.Path);
-                w.WriteNumber("inode", d.Ino);
-                if (d.Problem is null)
-                {
-                    w.WriteNull("problem");
-                }
-                else
-                {
-                    w.WriteString("problem", d.Problem);
-                }
-
-                w.WriteStartArray("chunks");
-                foreach (var c in d.Chunks)
-                {
-                    w.WriteStartObject();
-                    w.WriteNumber("index", c.Index);
-                    w.WriteString("id", c.Id.ToHex());
-                    w.WriteString("problem", c.Problem switch { ChunkProblem.Missing => "missing", ChunkProblem.WrongSize => "wrong-size", _ => "fails-verification" });
-                    w.WriteString("detail", c.Detail);
-                    w.WriteBoolean("removed", c.Removed);
-                    w.WriteEndObject();
-                }
-
-                w.WriteEndArray();
+                w.WriteNumber("index", c.Index);
+                w.WriteString("id", c.Id.ToHex());
+                w.WriteString("problem", c.Problem switch { ChunkProblem.Missing => "missing", ChunkProblem.WrongSize => "wrong-size", _ => "fails-verification" });
+                w.WriteString("detail", c.Detail);
+                w.WriteBoolean("removed", c.Removed);
                 w.WriteEndObject();
             }
 
@@ -124,6 +117,7 @@ internal static class FsckCommand
             w.WriteEndObject();
         }
 
-        stdout.WriteByte((byte)'\n');
-    }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    });
 }

@@ -68,32 +68,26 @@ internal static class GcCommand
         return cmd;
     }
 
-    private static void WriteJson(GcSummary s)
+    private static void WriteJson(GcSummary s) => Json.Write(w =>
     {
-        using var stdout = Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = true }))
-        {
-            w.WriteStartObject();
-            w.WriteBoolean("dryRun", s.DryRun);
-            w.WriteNumber("graceSeconds", (long)s.Grace.TotalSeconds);
-            w.WriteNumber("tables", s.Tables);
-            w.WriteNumber("referencedObjects", s.ReferencedObjects);
-            w.WriteNumber("referencedBytes", s.ReferencedBytes);
-            w.WriteNumber("unreferencedObjects", s.UnreferencedObjects);
-            w.WriteNumber("unreferencedBytes", s.UnreferencedBytes);
-            w.WriteNumber("freedObjects", s.FreedObjects);
-            w.WriteNumber("freedBytes", s.FreedBytes);
-            w.WriteNumber("youngObjects", s.YoungObjects);
-            w.WriteNumber("youngBytes", s.YoungBytes);
-            w.WriteNumber("rereferencedObjects", s.Rereferenced);
-            w.WriteNumber("otherObjects", s.OtherObjects);
-            w.WriteNumber("missingObjects", s.MissingObjects);
-            w.WriteBoolean("refcountsChecked", s.RefcountsChecked);
-            w.WriteNumber("refcountsFixed", s.RefcountsFixed);
-            w.WriteNumber("failedDeletes", s.FailedDeletes);
-            w.WriteEndObject();
-        }
-
-        stdout.WriteByte((byte)'\n');
-    }
+        w.WriteStartObject();
+        w.WriteBoolean("dryRun", s.DryRun);
+        w.WriteNumber("graceSeconds", (long)s.Grace.TotalSeconds);
+        w.WriteNumber("tables", s.Tables);
+        w.WriteNumber("referencedObjects", s.ReferencedObjects);
+        w.WriteNumber("referencedBytes", s.ReferencedBytes);
+        w.WriteNumber("unreferencedObjects", s.UnreferencedObjects);
+        w.WriteNumber("unreferencedBytes", s.UnreferencedBytes);
+        w.WriteNumber("freedObjects", s.FreedObjects);
+        w.WriteNumber("freedBytes", s.FreedBytes);
+        w.WriteNumber("youngObjects", s.YoungObjects);
+        w.WriteNumber("youngBytes", s.YoungBytes);
+        w.WriteNumber("rereferencedObjects", s.Rereferenced);
+        w.WriteNumber("otherObjects", s.OtherObjects);
+        w.WriteNumber("missingObjects", s.MissingObjects);
+        w.WriteBoolean("refcountsChecked", s.RefcountsChecked);
+        w.WriteNumber("refcountsFixed", s.RefcountsFixed);
+        w.WriteNumber("failedDeletes", s.FailedDeletes);
+        w.WriteEndObject();
+    });
 }

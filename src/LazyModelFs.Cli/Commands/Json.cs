@@ -21,6 +21,18 @@ internal static class Json
 
     public static void Print(JsonNode document) => Console.WriteLine(document.ToJsonString(Options));
 
+    /// <summary>Streams one document to stdout in this style (for the large ones: fsck's damage list), then the newline.</summary>
+    public static void Write(Action<Utf8JsonWriter> document)
+    {
+        using var stdout = Console.OpenStandardOutput();
+        using (var w = new Utf8JsonWriter(stdout, WriterOptions))
+        {
+            document(w);
+        }
+
+        stdout.WriteByte((byte)'\n');
+    }
+
     /// <summary>RFC 3339, UTC: `2026-12-01T14:00:00Z`, or `2026-12-01T14:00:00.123456789Z` when the time has a fraction of a second.</summary>
     public static string Time(long unixNs)
     {
