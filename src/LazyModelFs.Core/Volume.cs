@@ -12,6 +12,9 @@ public sealed class Volume : IDisposable
     public const int MaxChunkSize = 64 << 20;
     public const int DefaultChunkSize = 4 << 20;
 
+    /// <inheritdoc cref="VolumeSettings.DefaultBlockSize"/>
+    public const int DefaultBlockSize = VolumeSettings.DefaultBlockSize;
+
     private Volume(IMetaStore meta, VolumeSettings settings, IObjectStore store)
     {
         Meta = meta;
@@ -58,11 +61,20 @@ public sealed class Volume : IDisposable
     /// Formats a new volume: checks the object store (reachable, bucket present, credentials accepted)
     /// before writing anything, then writes settings and the root directory in one transaction.
     /// </summary>
-    public static async Task<VolumeSettings> FormatAsync(string metaUrl, string storageUrl, StorageOptions storage, int chunkSize, string compression, string name, CancellationToken ct = default)
+    /// <param name="blockSize">
+    /// Bytes per hashed block (format version 2: a READ fetches and verifies only the blocks it needs);
+    /// 0 formats a version 1 volume (whole-chunk reads only, readable by lmfs releases before block hashes).
+    /// </param>
+    public static async Task<VolumeSettings> FormatAsync(string metaUrl, string storageUrl, StorageOptions storage, int chunkSize, string compression, string name, int blockSize = DefaultBlockSize, CancellationToken ct = default)
     {
         if (chunkSize < MinChunkSize || chunkSize > MaxChunkSize || (chunkSize & (chunkSize - 1)) != 0)
         {
             throw new LmfsException($"chunk size {Sizes.Format(chunkSize)} is not allowed", "use a power of two from 1M to 64M (default 4M)", 2);
+        }
+
+        if (blockSize != 0 && ChunkTable.CheckBlockSize(blockSize, chunkSize) is { } why)
+        {
+            throw new LmfsException($"block size {Sizes.Format(blockSize)} is not allowed: {why}", $"use a power of two from {Sizes.Format(Math.Max(BlockHashes.MinBlockSize, chunkSize / BlockHashes.MaxBlocks))} to the chunk size (default {Sizes.Format(DefaultBlockSize)}), or 0 for a version 1 volume without block hashes", 2);
         }
 
         if (compression is not ("none" or "zstd"))
@@ -80,6 +92,8 @@ public sealed class Volume : IDisposable
             Name = name,
             Uuid = Guid.NewGuid(),
             ChunkSize = chunkSize,
+            FormatVersion = blockSize == 0 ? VolumeSettings.OldestFormatVersion : VolumeSettings.CurrentFormatVersion,
+            BlockSize = blockSize,
             Compression = compression,
             Storage = canonicalStorage,
             CreatedAt = DateTimeOffset.UtcNow,

@@ -37,6 +37,7 @@ internal static class StatCommand
                         ["formatVersion"] = settings.FormatVersion,
                         ["storage"] = settings.Storage,
                         ["chunkSize"] = settings.ChunkSize,
+                        ["blockSize"] = settings.BlockSize,
                         ["compression"] = settings.Compression,
                         ["usageBytes"] = u.Bytes,
                         ["usageInodes"] = u.Inodes,
@@ -49,6 +50,7 @@ internal static class StatCommand
                 {
                     var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty(settings.ChunkSize);
                     o["chunkSize"] = settings.ChunkSize;
+                    o["blockSize"] = t.BlockSize;
                     o["chunkCount"] = t.Count;
                     o["storedBytes"] = t.StoredSize;
                     var rows = new JsonArray();
@@ -93,7 +95,7 @@ internal static class StatCommand
                 var u = await m.GetUsageAsync(ct).ConfigureAwait(false);
                 Console.WriteLine($"volume:   {show(settings.Name)} {settings.Uuid}, format version {settings.FormatVersion}, created {settings.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
                 Console.WriteLine($"storage:  {settings.Storage}");
-                Console.WriteLine($"chunks:   {Sizes.Format(settings.ChunkSize)}, compression {settings.Compression}");
+                Console.WriteLine($"chunks:   {Sizes.Format(settings.ChunkSize)}, compression {settings.Compression}, {(settings.BlockSize == 0 ? "no block hashes" : $"block hashes every {Sizes.Format(settings.BlockSize)}")}");
                 Console.WriteLine($"usage:    {u.Bytes} bytes ({Sizes.Format(u.Bytes)}) in {u.Inodes} inodes");
             }
 
@@ -101,7 +103,7 @@ internal static class StatCommand
             {
                 var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty(settings.ChunkSize);
                 int zstd = t.Entries.Count(e => e.Codec == ChunkCodec.Zstd);
-                Console.WriteLine($"chunks:   {t.Count} of {Sizes.Format(settings.ChunkSize)}; {zstd} zstd, {t.Count - zstd} plain; stored {Sizes.Format(t.StoredSize)} for {Sizes.Format(t.PlainSize)}");
+                Console.WriteLine($"chunks:   {t.Count} of {Sizes.Format(settings.ChunkSize)}; {zstd} zstd, {t.Count - zstd} plain; stored {Sizes.Format(t.StoredSize)} for {Sizes.Format(t.PlainSize)}{(t.BlockSize == 0 ? "" : $"; block hashes every {Sizes.Format(t.BlockSize)}")}");
                 if (p.GetValue(chunks))
                 {
                     for (int i = 0; i < t.Count; i++)

@@ -128,6 +128,7 @@ public sealed class VolumeCheck(Volume volume, CheckOptions options)
                     try
                     {
                         await RetryPolicy.Bounded.RunAsync(c => volume.Chunks.ReadAsync(e, plain, c), t).ConfigureAwait(false);
+                        ChunkObject.VerifyBlocks(plain, e);
                     }
                     catch (ObjectNotFoundException ex)
                     {

@@ -223,4 +223,18 @@ public static class ChunkObject
             throw new ChunkRowMismatchException($"chunk {entry.Id}: the chunk table row's CRC32C {entry.Crc32C:x8} does not match the chunk's content (the row is damaged: the metadata names the wrong chunk)");
         }
     }
+
+    /// <summary>
+    /// Throws unless every block hash of the row names its block of <paramref name="plain"/> (the
+    /// chunk, already verified by <see cref="Verify"/>). A whole-chunk read checks the id, not these:
+    /// a row whose block hashes are wrong reads right whole and fails its partial reads, so
+    /// <c>lmfs fsck --verify</c> checks them here.
+    /// </summary>
+    public static void VerifyBlocks(ReadOnlySpan<byte> plain, in ChunkEntry entry)
+    {
+        if (!entry.Blocks.IsEmpty && entry.Blocks.FirstMismatch(plain) is >= 0 and int k)
+        {
+            throw new ChunkRowMismatchException($"chunk {entry.Id}: the chunk table row's hash of block {k} ({entry.Blocks.BlockSize} bytes a block) does not match the chunk's content (the row is damaged: partial reads of that block fail)");
+        }
+    }
 }

@@ -52,6 +52,36 @@ public sealed class ChunkStore(IObjectStore store) : IChunkSource
         return ChunkObject.HeaderSize;
     }
 
+    /// <inheritdoc/>
+    public async Task ReadBlocksAsync(ChunkEntry entry, int first, int count, Memory<byte> dest, CancellationToken ct = default)
+    {
+        var blocks = entry.Blocks;
+        if (!entry.HasBlocks || first < 0 || count <= 0 || first + count > blocks.Count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(first), $"blocks {first}+{count} of chunk {entry.Id} ({blocks.Count} blocks, codec {entry.Codec})");
+        }
+
+        int size = blocks.BlockSize;
+        int from = first * size;
+        int len = Math.Min(count * size, entry.PlainLength - from);
+
+        // A plain object is the 16-byte header then the chunk's bytes: block k is at 16 + k × size.
+        int n = await Store.GetAsync(entry.Id.ObjectKey(), ChunkObject.HeaderSize + (long)from, dest[..len], ct).ConfigureAwait(false);
+        if (n != len)
+        {
+            throw new Util.ChunkCorruptException($"chunk {entry.Id}: object is shorter than the chunk table's {entry.StoredLength} bytes (a ranged read of {len} bytes at {ChunkObject.HeaderSize + from} got {n})");
+        }
+
+        var got = dest.Span[..len];
+        for (int k = 0; k < count; k++)
+        {
+            if (!blocks.Matches(first + k, BlockHashes.BlockOf(got, k, size)))
+            {
+                throw new Util.ChunkCorruptException($"chunk {entry.Id}: block {first + k} does not match its hash in the chunk table row (the object or the row is damaged; lmfs fsck --verify tells which)");
+            }
+        }
+    }
+
     /// <summary>Smallest range worth its own GET when a chunk is fetched in parts.</summary>
     public const int MinPart = 512 << 10;
 

@@ -16,7 +16,12 @@ public enum ChunkCodec : byte
 /// <param name="StoredLength">Size of the whole object, header included.</param>
 /// <param name="Codec">How the payload is encoded.</param>
 /// <param name="Crc32C">CRC-32C of the plain bytes, for cheap checks of cached copies.</param>
-public readonly record struct ChunkEntry(ChunkId Id, int PlainLength, int StoredLength, ChunkCodec Codec, uint Crc32C);
+/// <param name="Blocks">The SHA-256 of each block (a version 2 table); empty in a version 1 table.</param>
+public readonly record struct ChunkEntry(ChunkId Id, int PlainLength, int StoredLength, ChunkCodec Codec, uint Crc32C, BlockHashes Blocks = default)
+{
+    /// <summary>Whether a block-aligned part of the chunk can be fetched and verified alone: the row has block hashes and the object is stored plain.</summary>
+    public bool HasBlocks => !Blocks.IsEmpty && Codec == ChunkCodec.None;
+}
 
 /// <summary>Where one byte of a file lives: <see cref="Within"/> bytes into chunk <see cref="Index"/>.</summary>
 public readonly record struct ChunkPosition(int Index, int Within);
@@ -31,11 +36,13 @@ public readonly record struct ChunkPosition(int Index, int Within);
 /// Encoding (little-endian), see docs/data-format.md:
 /// <code>
 ///   0  4  magic "LMCT"
-///   4  2  version (1)
+///   4  2  version (1, or 2 with block hashes)
 ///   6  2  reserved (0)
 ///   8  4  entry count
-///  12  4  reserved (0)
-///  16  48 × count entries: id[32] plain_len u32, stored_len u32, codec u8, pad[3], crc32c u32
+///  12  4  version 1: reserved (0); version 2: block size
+///  16  rows: id[32] plain_len u32, stored_len u32, codec u8, pad[3], crc32c u32
+///      version 2 only, after each row's 48 bytes: chunk size ÷ block size SHA-256 block hashes of
+///      32 bytes (those past the chunk's last block zero)
 /// </code>
 /// Fixed-size rows let a reader find row i without parsing the rest.
 /// </summary>
@@ -44,26 +51,60 @@ public sealed class ChunkTable
     public const int HeaderSize = 16;
     public const int EntrySize = 48;
     private const uint Magic = 0x54434D4C; // "LMCT" little-endian
-    private const ushort Version = 1;
+    private const ushort Version1 = 1;
+    private const ushort Version2 = 2;
 
     /// <param name="entries">The rows, complete (they are not changed afterwards).</param>
     /// <param name="chunkSize">The volume's chunk size: chunk i starts at byte i × chunkSize.</param>
-    public ChunkTable(IReadOnlyList<ChunkEntry> entries, int chunkSize)
+    /// <param name="blockSize">
+    /// 0: a version 1 table (no row has block hashes). Otherwise every row carries the hashes of its
+    /// blocks of this size (a version 2 table); <see cref="CheckBlockSize"/> says which sizes are allowed.
+    /// Null: the first row's (0 for no rows).
+    /// </param>
+    public ChunkTable(IReadOnlyList<ChunkEntry> entries, int chunkSize, int? blockSize = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkSize);
+        blockSize ??= entries.Count > 0 ? entries[0].Blocks.BlockSize : 0;
+        if (blockSize != 0 && CheckBlockSize(blockSize.Value, chunkSize) is { } why)
+        {
+            throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, why);
+        }
+
         Entries = entries;
         ChunkSize = chunkSize;
+        BlockSize = blockSize.Value;
         long total = 0;
         foreach (var e in entries)
         {
             total += e.PlainLength;
+            if (e.Blocks.BlockSize != blockSize || (blockSize != 0 && e.Blocks.Count != BlockHashes.CountFor(e.PlainLength, blockSize.Value)))
+            {
+                throw new ArgumentException($"row of chunk {e.Id} has {e.Blocks.Count} block hashes of {e.Blocks.BlockSize} bytes; the table's block size is {blockSize}", nameof(entries));
+            }
         }
 
         PlainSize = total;
     }
 
     /// <summary>The table of an empty file: no chunks.</summary>
-    public static ChunkTable Empty(int chunkSize) => new([], chunkSize);
+    public static ChunkTable Empty(int chunkSize) => new([], chunkSize, 0);
+
+    /// <summary>
+    /// Why <paramref name="blockSize"/> cannot split chunks of <paramref name="chunkSize"/> (null: it can):
+    /// a power of two from 4 KiB up to the chunk size, and at most <see cref="BlockHashes.MaxBlocks"/> blocks a chunk.
+    /// </summary>
+    public static string? CheckBlockSize(int blockSize, int chunkSize) =>
+        blockSize < BlockHashes.MinBlockSize || (blockSize & (blockSize - 1)) != 0 || blockSize > chunkSize
+            ? $"a block size is a power of two from 4K to the chunk size ({Sizes.Format(chunkSize)})"
+            : chunkSize / blockSize > BlockHashes.MaxBlocks
+                ? $"{Sizes.Format(chunkSize)} chunks of {Sizes.Format(blockSize)} blocks would have {chunkSize / blockSize} blocks each; at most {BlockHashes.MaxBlocks} (a block size of {Sizes.Format(chunkSize / BlockHashes.MaxBlocks)} or more)"
+                : null;
+
+    /// <summary>0 in a version 1 table; else the bytes per block of every row's <see cref="ChunkEntry.Blocks"/>.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>Bytes of one encoded row.</summary>
+    private int RowSize => EntrySize + (BlockSize == 0 ? 0 : BlockHashes.HashSize * (ChunkSize / BlockSize));
 
     public IReadOnlyList<ChunkEntry> Entries { get; }
 
@@ -142,20 +183,23 @@ public sealed class ChunkTable
 
     public byte[] Encode()
     {
-        var buf = new byte[HeaderSize + (EntrySize * Entries.Count)];
+        int rowSize = RowSize;
+        var buf = new byte[HeaderSize + (rowSize * Entries.Count)];
         var s = buf.AsSpan();
         BinaryPrimitives.WriteUInt32LittleEndian(s, Magic);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], Version);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], BlockSize == 0 ? Version1 : Version2);
         BinaryPrimitives.WriteUInt32LittleEndian(s[8..], (uint)Entries.Count);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[12..], (uint)BlockSize);
         for (int i = 0; i < Entries.Count; i++)
         {
             var e = Entries[i];
-            var row = s.Slice(HeaderSize + (i * EntrySize), EntrySize);
+            var row = s.Slice(HeaderSize + (i * rowSize), rowSize);
             e.Id.WriteTo(row);
             BinaryPrimitives.WriteInt32LittleEndian(row[32..], e.PlainLength);
             BinaryPrimitives.WriteInt32LittleEndian(row[36..], e.StoredLength);
             row[40] = (byte)e.Codec;
             BinaryPrimitives.WriteUInt32LittleEndian(row[44..], e.Crc32C);
+            e.Blocks.Span.CopyTo(row[EntrySize..]);
         }
 
         return buf;
@@ -170,21 +214,38 @@ public sealed class ChunkTable
         }
 
         ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
-        if (version != Version)
+        if (version is not (Version1 or Version2))
         {
-            throw new MetaCorruptException($"chunk table version {version} is not supported (this lmfs reads version {Version})");
+            throw new MetaCorruptException($"chunk table version {version} is not supported (this lmfs reads versions {Version1} and {Version2})");
         }
 
         uint count = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
-        if ((long)count * EntrySize != s.Length - HeaderSize)
+        uint field12 = BinaryPrimitives.ReadUInt32LittleEndian(s[12..]);
+        int blockSize = 0;
+        if (version == Version2)
+        {
+            string? why = field12 > int.MaxValue ? "too large" : CheckBlockSize((int)field12, chunkSize);
+            if (why is not null)
+            {
+                throw new MetaCorruptException($"chunk table has block size {field12}: {why}");
+            }
+
+            blockSize = (int)field12;
+        }
+
+        int hashesPerRow = blockSize == 0 ? 0 : chunkSize / blockSize;
+        int rowSize = EntrySize + (BlockHashes.HashSize * hashesPerRow);
+        if ((long)count * rowSize != s.Length - HeaderSize)
         {
             throw new MetaCorruptException($"chunk table says {count} entries but holds {s.Length - HeaderSize} bytes of rows");
         }
 
+        // Every row's hashes in one array (rows keep slices of it, so a table is two allocations).
+        byte[] hashes = hashesPerRow == 0 ? [] : new byte[count * hashesPerRow * BlockHashes.HashSize];
         var entries = new ChunkEntry[count];
         for (int i = 0; i < count; i++)
         {
-            var row = s.Slice(HeaderSize + (i * EntrySize), EntrySize);
+            var row = s.Slice(HeaderSize + (i * rowSize), rowSize);
             var e = new ChunkEntry(
                 ChunkId.FromBytes(row[..32]),
                 BinaryPrimitives.ReadInt32LittleEndian(row[32..]),
@@ -195,6 +256,20 @@ public sealed class ChunkTable
             if (e.PlainLength <= 0 || e.PlainLength > chunkSize || (!last && e.PlainLength != chunkSize))
             {
                 throw new MetaCorruptException($"chunk table row {i} has plain length {e.PlainLength} (chunk size {chunkSize})");
+            }
+
+            if (blockSize != 0)
+            {
+                int n = BlockHashes.CountFor(e.PlainLength, blockSize);
+                var rowHashes = row[EntrySize..];
+                if (rowHashes[(n * BlockHashes.HashSize)..].IndexOfAnyExcept((byte)0) >= 0)
+                {
+                    throw new MetaCorruptException($"chunk table row {i} has block hashes past its {n} blocks");
+                }
+
+                var mine = hashes.AsMemory(i * hashesPerRow * BlockHashes.HashSize, n * BlockHashes.HashSize);
+                rowHashes[..mine.Length].CopyTo(mine.Span);
+                e = e with { Blocks = new BlockHashes(blockSize, mine) };
             }
 
             // A plain object is exactly header + bytes; a zstd one is stored only when smaller than that.
@@ -212,7 +287,7 @@ public sealed class ChunkTable
             entries[i] = e;
         }
 
-        return new ChunkTable(entries, chunkSize);
+        return new ChunkTable(entries, chunkSize, blockSize);
     }
 
     public bool ContentEquals(ChunkTable other)

@@ -14,4 +14,13 @@ public interface IChunkSource
     /// whatever the source, nobody sees bytes that do not match the metadata.
     /// </summary>
     Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, int parts = 1, CancellationToken ct = default);
+
+    /// <summary>
+    /// Fetches blocks <paramref name="first"/> to <paramref name="first"/> + <paramref name="count"/> − 1
+    /// of a chunk whose row <see cref="ChunkEntry.HasBlocks"/> into <paramref name="dest"/> (their
+    /// plain bytes, the first block's at 0), each verified against its block hash; a block that does
+    /// not match throws <see cref="Util.ChunkCorruptException"/>. Bytes outside those blocks are never
+    /// written, so a caller may fetch into a buffer other readers are reading other blocks of.
+    /// </summary>
+    Task ReadBlocksAsync(ChunkEntry entry, int first, int count, Memory<byte> dest, CancellationToken ct = default);
 }

@@ -600,7 +600,9 @@ public sealed class Importer(Volume volume, ImportOptions options)
             Interlocked.Increment(ref _uploadedChunks);
         }
 
-        return stored;
+        // Format 2: the row carries the hash of each block, so a reader can fetch and verify a part alone.
+        int blockSize = volume.Settings.BlockSize;
+        return blockSize == 0 ? stored : stored with { Entry = stored.Entry with { Blocks = BlockHashes.Compute(slot.Span[ChunkObject.HeaderSize..], blockSize) } };
     }
 
     /// <param name="now">The source as it is after its last chunk was read: fstat of the handle it was read through, or stat of the path for an empty file.</param>
@@ -614,7 +616,7 @@ public sealed class Importer(Volume volume, ImportOptions options)
             throw new LmfsException($"source '{Posix.ShowName(f.Source)}' changed while it was imported", "re-run the import once the file is no longer being written", 1);
         }
 
-        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize), null, ct, f.Repair).ConfigureAwait(false);
+        await CommitAsync(f.Path, NodeType.File, f.Stat, (ulong)f.Size, new ChunkTable(f.Entries, ChunkSize, volume.Settings.BlockSize), null, ct, f.Repair).ConfigureAwait(false);
         await EnsureStoredAsync(f, ct).ConfigureAwait(false);
         Interlocked.Increment(ref Progress._filesDone);
     }

@@ -135,9 +135,20 @@ public readonly record struct VolumeUsage(long Bytes, long Inodes);
 /// </summary>
 public sealed record VolumeSettings
 {
-    public const int CurrentFormatVersion = 1;
+    /// <summary>The newest format this lmfs writes and reads: 2 adds block hashes (<see cref="BlockSize"/>).</summary>
+    public const int CurrentFormatVersion = 2;
 
+    /// <summary>The oldest format this lmfs still reads and writes (1: whole-chunk reads only).</summary>
+    public const int OldestFormatVersion = 1;
+
+    /// <summary>1: chunk tables without block hashes; 2: with them (<see cref="BlockSize"/> above 0).</summary>
     public int FormatVersion { get; init; } = CurrentFormatVersion;
+
+    /// <summary>Bytes per hashed block in every chunk-table row (format 2); 0 in a format 1 volume (decoding a version 1 document sets it so).</summary>
+    public int BlockSize { get; init; } = DefaultBlockSize;
+
+    /// <summary>Block size of a new volume's block hashes (docs/benchmarks.md, issue 14: why this size).</summary>
+    public const int DefaultBlockSize = 256 << 10;
 
     public required string Name { get; init; }
 
@@ -169,15 +180,32 @@ public static class SettingsCodec
         {
             // Read the version first so a newer layout fails on the version, not on a missing field.
             using var doc = System.Text.Json.JsonDocument.Parse(json.ToArray());
-            if (doc.RootElement.TryGetProperty("formatVersion", out var v) && v.TryGetInt32(out int version) && version != VolumeSettings.CurrentFormatVersion)
+            if (doc.RootElement.TryGetProperty("formatVersion", out var v) && v.TryGetInt32(out int version)
+                && version is < VolumeSettings.OldestFormatVersion or > VolumeSettings.CurrentFormatVersion)
             {
                 throw new LmfsException(
-                    $"the volume's metadata format version is {version}; this lmfs understands version {VolumeSettings.CurrentFormatVersion}",
+                    $"the volume's metadata format version is {version}; this lmfs understands versions {VolumeSettings.OldestFormatVersion} to {VolumeSettings.CurrentFormatVersion}",
                     version > VolumeSettings.CurrentFormatVersion ? "upgrade lmfs to a release that reads this volume" : "migrate the volume with the lmfs release that created it",
                     3);
             }
 
             s = System.Text.Json.JsonSerializer.Deserialize(json, MetaJsonContext.Default.VolumeSettings);
+            if (s is { FormatVersion: 1 })
+            {
+                s = s with { BlockSize = 0 }; // version 1 documents have no block size: the default is not theirs
+            }
+
+            if (s is not null)
+            {
+                // Version 1 has no block hashes; version 2 names a block size its chunks can be split into.
+                string? why = s.FormatVersion == 1
+                    ? (s.BlockSize == 0 ? null : "format version 1 has no block size")
+                    : s.BlockSize == 0 ? "format version 2 needs a block size" : Chunks.ChunkTable.CheckBlockSize(s.BlockSize, s.ChunkSize);
+                if (why is not null)
+                {
+                    throw new MetaCorruptException($"volume settings have format version {s.FormatVersion} and block size {s.BlockSize}: {why}");
+                }
+            }
         }
         catch (System.Text.Json.JsonException e)
         {

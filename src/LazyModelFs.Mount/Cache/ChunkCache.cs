@@ -64,7 +64,7 @@ public sealed record ChunkCacheOptions
 ///   deadline; a missing object or a damaged one fails at once (it will not get better) and is
 ///   logged naming the chunk.
 /// </summary>
-public sealed class ChunkCache : IDisposable
+public sealed partial class ChunkCache : IDisposable
 {
     private readonly IChunkSource _source;
     private readonly MemoryTier _memory;
@@ -253,7 +253,7 @@ public sealed class ChunkCache : IDisposable
         {
             lock (_lock)
             {
-                return _inflight.Count + Volatile.Read(ref _pendingWrites);
+                return _inflight.Count + Volatile.Read(ref _pendingWrites) + Volatile.Read(ref _blockFetchesRunning);
             }
         }
     }
@@ -508,6 +508,11 @@ public sealed class ChunkCache : IDisposable
     public (int Memory, int Disk) Evict(IReadOnlyCollection<ChunkId> ids, bool disk)
     {
         CancelQueued(ids);
+        lock (_lock)
+        {
+            DropPartials(ids);
+        }
+
         int memory = _memory.Drop(ids);
         int removed = 0;
         if (disk && _disk is { } cache)
@@ -578,6 +583,7 @@ public sealed class ChunkCache : IDisposable
     {
         o["storeFetches"] = StoreFetches;
         o["storeBytes"] = StoreBytes;
+        AddPartialStats(o);
         o["fetchErrors"] = Errors;
         o["busy"] = Busy;
         o["memoryHits"] = _memory.Hits;
@@ -628,6 +634,11 @@ public sealed class ChunkCache : IDisposable
         foreach (var f in abandoned)
         {
             f.Done.TrySetException(new ObjectDisposedException(nameof(ChunkCache)));
+        }
+
+        lock (_lock)
+        {
+            DropPartials(null);
         }
 
         if (_ownsMemory)
@@ -703,6 +714,7 @@ public sealed class ChunkCache : IDisposable
         lock (_lock)
         {
             RemoveInflight(f);
+            DropPartial(f.Entry.Id); // a partial of it (one the fetch did not adopt) is superseded
             _memory.AddRefs(chunk, f.Waiters); // one reference per waiter still waiting
             f.Completed = true;
             if (fromStore && _failed.Count > 0)
@@ -775,8 +787,16 @@ public sealed class ChunkCache : IDisposable
                 return (chunk, false);
             }
 
+            // Partial (random READs brought some of its blocks): fetch only the rest, into that buffer.
+            if (await TryAdoptPartialAsync(e, parts, budget).ConfigureAwait(false) is { } adopted)
+            {
+                chunk.Dispose();
+                return (adopted, true);
+            }
+
             const int objectStart = CachedChunk.DataStart - ChunkObject.HeaderSize;
-            int plainAt = await FetchFromSourceAsync(e, chunk.Buffer[objectStart..], parts, budget).ConfigureAwait(false);
+            var buffer = chunk.Buffer[objectStart..];
+            int plainAt = await FetchFromSourceAsync(e, token => _source.ReadIntoAsync(e, buffer, parts, token), e.StoredLength, budget).ConfigureAwait(false);
             chunk.Offset = objectStart + plainAt;
             chunk.Length = e.PlainLength;
             chunk.FromDisk = false;
@@ -791,9 +811,10 @@ public sealed class ChunkCache : IDisposable
 
     /// <summary>
     /// The read path's one retry layer (<see cref="RetryPolicy"/>), bounded by the fetch's budget:
-    /// the store below makes one attempt per call.
+    /// the store below makes one attempt per call. <paramref name="attempt"/> fetches the whole chunk
+    /// or some of its blocks (<paramref name="bytes"/> of transfer, counted when it succeeds).
     /// </summary>
-    private async Task<int> FetchFromSourceAsync(ChunkEntry e, Memory<byte> buffer, int parts, TimeSpan budget)
+    private async Task<int> FetchFromSourceAsync(ChunkEntry e, Func<CancellationToken, Task<int>> attempt, long bytes, TimeSpan budget)
     {
         var sw = Stopwatch.StartNew();
         long started = Stopwatch.GetTimestamp();
@@ -804,13 +825,13 @@ public sealed class ChunkCache : IDisposable
                 token =>
                 {
                     attempts++;
-                    return _source.ReadIntoAsync(e, buffer, parts, token);
+                    return attempt(token);
                 },
                 _shutdown.Token,
                 onBudget: (n, last) => Timeout(e, sw.Elapsed, n, last),
                 onRetry: (n, ex, wait) => _log.LogWarning("read: chunk {Chunk} attempt {Attempt} failed ({Message}); retrying in {Backoff} ms", e.Id, n, ex.Message, (int)wait.TotalMilliseconds)).ConfigureAwait(false);
             Interlocked.Increment(ref _storeFetches);
-            Interlocked.Add(ref _storeBytes, e.StoredLength);
+            Interlocked.Add(ref _storeBytes, bytes);
             _fetchSeconds.Observe(Stopwatch.GetTimestamp() - started);
             return offset;
         }

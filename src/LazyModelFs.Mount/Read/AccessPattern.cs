@@ -42,8 +42,16 @@ internal sealed class AccessPattern(long chunkSize, long maxWindow)
     /// <summary>Sequential bytes a stream must cover before it gets a readahead window: a chunk, at least 2 MiB.</summary>
     public long RunBeforeWindow { get; } = Math.Max(chunkSize, 2 * MinSlack);
 
-    public (long From, long To)? OnRead(long offset, int size, long fileSize)
+    public (long From, long To)? OnRead(long offset, int size, long fileSize) => OnRead(offset, size, fileSize, out _);
+
+    /// <param name="sequential">
+    /// Set when the READ continues a stream that has earned a readahead window: its chunk will be read
+    /// on, so it is fetched whole; any other READ (random, or the start of a stream) fetches only the
+    /// blocks it touches first (ChunkCache.GetRangeAsync).
+    /// </param>
+    public (long From, long To)? OnRead(long offset, int size, long fileSize, out bool sequential)
     {
+        sequential = false;
         long end = offset + size;
         lock (_lock)
         {
@@ -86,6 +94,7 @@ internal sealed class AccessPattern(long chunkSize, long maxWindow)
             }
 
             st.Window = st.Window == 0 ? chunkSize : Math.Min(st.Window * 2, maxWindow);
+            sequential = true;
             long from = Math.Max(st.RequestedTo, st.Next);
             long to = Math.Min(fileSize, st.Next + st.Window);
             if (to <= from)

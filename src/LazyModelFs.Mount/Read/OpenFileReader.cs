@@ -102,7 +102,7 @@ internal sealed class OpenFileReader
         }
 
         int len = (int)Math.Min(buffer.Length, size - offset);
-        if (_prefetch != PrefetchMode.None && _pattern.OnRead(offset, len, size) is { } ahead)
+        if (_pattern.OnRead(offset, len, size, out bool sequential) is { } ahead && _prefetch != PrefetchMode.None)
         {
             Readahead(table, ahead.From, ahead.To);
         }
@@ -110,7 +110,7 @@ internal sealed class OpenFileReader
         var at = table.Locate(offset);
         if (at.Index == table.Locate(offset + len - 1).Index)
         {
-            var vt = _cache.GetAsync(table[at.Index], FetchPriority.Demand);
+            var vt = _cache.GetRangeAsync(table[at.Index], at.Within, len, sequential);
             if (!vt.IsCompletedSuccessfully)
             {
                 return ReadOneAsync(vt, at.Within, len, at.Index);
@@ -127,7 +127,7 @@ internal sealed class OpenFileReader
             return ValueTask.FromResult(FuseReadResult.FromMemory(c.Data.Slice(at.Within, len), c)); // zero copy; released after the reply
         }
 
-        return ReadSpanningAsync(table, offset, buffer[..len]);
+        return ReadSpanningAsync(table, offset, buffer[..len], sequential);
     }
 
     private async ValueTask<FuseReadResult> ReadOneAsync(ValueTask<CachedChunk> vt, int within, int len, int index)
@@ -158,7 +158,7 @@ internal sealed class OpenFileReader
     private Util.ChunkRowMismatchException ShortChunk(int index, int have, int need) =>
         new($"inode {_node.Ino}: chunk {index} has {have} bytes where the chunk table needs {need}");
 
-    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest)
+    private async ValueTask<FuseReadResult> ReadSpanningAsync(ChunkTable table, long offset, Memory<byte> dest, bool sequential)
     {
         int done = 0;
         while (done < dest.Length)
@@ -168,7 +168,7 @@ internal sealed class OpenFileReader
             bool hit;
             try
             {
-                var vt = _cache.GetAsync(table[index], FetchPriority.Demand);
+                var vt = _cache.GetRangeAsync(table[index], within, Math.Min(dest.Length - done, table[index].PlainLength - within), sequential);
                 hit = vt.IsCompletedSuccessfully;
                 c = await vt.ConfigureAwait(false);
             }
@@ -248,7 +248,9 @@ internal sealed class OpenFileReader
         try
         {
             long? n;
-            using (var c0 = await _cache.GetAsync(table[0], FetchPriority.Readahead).ConfigureAwait(false))
+            // The header's blocks only (format v2): the loader's own first READs want the same ones, and
+            // a whole-chunk fetch started here would make them wait for all of chunk 0.
+            using (var c0 = await _cache.GetRangeAsync(table[0], 0, Math.Min(8, table[0].PlainLength), sequential: false).ConfigureAwait(false))
             {
                 n = SafetensorsHeader.HeaderLength(c0.Data.Span, size);
             }
@@ -260,8 +262,9 @@ internal sealed class OpenFileReader
                 for (long pos = 8; pos < 8 + headerLen;)
                 {
                     var (idx, within) = table.Locate(pos);
-                    using var c = await _cache.GetAsync(table[idx], FetchPriority.Readahead).ConfigureAwait(false);
-                    int take = (int)Math.Min(c.Data.Length - within, 8 + headerLen - pos);
+                    int want = (int)Math.Min(table[idx].PlainLength - within, 8 + headerLen - pos);
+                    using var c = await _cache.GetRangeAsync(table[idx], within, want, sequential: false).ConfigureAwait(false);
+                    int take = (int)Math.Min(c.Data.Length - within, want);
                     if (take <= 0)
                     {
                         throw new Util.ChunkRowMismatchException($"inode {_node.Ino}: chunk {idx} is shorter than the safetensors header needs");

@@ -200,7 +200,7 @@ public sealed class ProcessFaultTests : IDisposable
         var newer = (byte[])table.Clone();
         newer[4] = 99;
         Assert.Contains("version 99", Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(newer, 1 << 20)).Message, StringComparison.Ordinal);
-        var future = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(settings).Replace("\"formatVersion\":1", "\"formatVersion\":9", StringComparison.Ordinal));
+        var future = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(settings).Replace($"\"formatVersion\":{VolumeSettings.CurrentFormatVersion}", "\"formatVersion\":9", StringComparison.Ordinal));
         Assert.Contains("upgrade lmfs", Assert.Throws<LmfsException>(() => SettingsCodec.Decode(future)).Hint, StringComparison.Ordinal);
     }
 

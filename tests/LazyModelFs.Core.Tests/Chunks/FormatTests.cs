@@ -166,7 +166,7 @@ public class FormatTests
     {
         var s = new VolumeSettings { Name = "v", Uuid = Guid.NewGuid(), ChunkSize = 1 << 22, Compression = "none", Storage = "file:///x", CreatedAt = DateTimeOffset.UnixEpoch };
         Assert.Equal(s, SettingsCodec.Decode(SettingsCodec.Encode(s)));
-        var newer = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(SettingsCodec.Encode(s)).Replace("\"formatVersion\":1", "\"formatVersion\":7", StringComparison.Ordinal));
+        var newer = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(SettingsCodec.Encode(s)).Replace($"\"formatVersion\":{VolumeSettings.CurrentFormatVersion}", "\"formatVersion\":7", StringComparison.Ordinal));
         var ex = Assert.Throws<LmfsException>(() => SettingsCodec.Decode(newer));
         Assert.Contains("version is 7", ex.Message, StringComparison.Ordinal);
         Assert.Contains("upgrade", ex.Hint, StringComparison.Ordinal);
