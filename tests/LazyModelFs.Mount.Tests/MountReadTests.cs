@@ -35,10 +35,11 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
     private string _meta = "";
 
     /// <summary>A fresh volume with /m/big.bin (24 chunks), /m/small.txt and /m/model.safetensors, imported from local files.</summary>
-    private async Task<Volume> VolumeAsync()
+    /// <param name="blockSize">Format version 2 with this block size, or 0 for a version 1 volume (no block hashes).</param>
+    private async Task<Volume> VolumeAsync(int blockSize = Volume.DefaultBlockSize)
     {
         _meta = servers.Redis.NewVolumeUrl();
-        await Volume.FormatAsync(_meta, servers.S3.NewStorageUrl(), Creds, Chunk, "none", "mnt");
+        await Volume.FormatAsync(_meta, servers.S3.NewStorageUrl(), Creds, Chunk, "none", "mnt", blockSize);
         var v = await Volume.OpenAsync(_meta, Creds);
         Directory.CreateDirectory(_dir["src/m"]);
         File.WriteAllBytes(_dir["src/m/big.bin"], TestData.Random((24 * Chunk) + 333, 1));
@@ -80,10 +81,14 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         }
     }
 
-    [MountFact]
-    public async Task Bytes_through_the_mount_equal_the_imported_source()
+    [MountTheory]
+    [InlineData(0)]            // format version 1: whole-chunk reads
+    [InlineData(256 << 10)]    // version 2: random READs fetch their blocks
+    [InlineData(64 << 10)]     // smaller blocks: several per READ, READs spanning blocks and chunks
+    public async Task Bytes_through_the_mount_equal_the_imported_source(int blockSize)
     {
-        using var v = await VolumeAsync();
+        using var v = await VolumeAsync(blockSize);
+        Assert.Equal(blockSize == 0 ? 1 : 2, v.Settings.FormatVersion);
         var m = Mount(v, _dir["cache"]); // memory tier of 8 chunks: the 24-chunk file does not fit
         string big = Path.Combine(m.MountPoint, "m/big.bin");
         byte[] want = Source("big.bin");

@@ -18,6 +18,15 @@ public sealed class MountFactAttribute : FactAttribute
     }
 }
 
+/// <summary>A <see cref="MountFactAttribute"/> test with cases.</summary>
+public sealed class MountTheoryAttribute : TheoryAttribute
+{
+    public MountTheoryAttribute()
+    {
+        Skip = new MountFactAttribute().Skip;
+    }
+}
+
 /// <summary>A test that needs root (to run commands as another uid, or to bind-mount): skipped, with the reason, otherwise.</summary>
 public sealed class RootFactAttribute : FactAttribute
 {
