@@ -24,17 +24,27 @@ public sealed class RedisMonitor : IDisposable
     private RedisMonitor(RedisServer server)
     {
         _server = server;
-        _tcp.Connect(IPAddress.Loopback, server.Port);
-        var stream = _tcp.GetStream();
-        var text = new StreamReader(stream, Encoding.Latin1);
-        if (server.Password is { } pw)
+        StreamReader text;
+        try
         {
-            Send(stream, "AUTH", pw);
+            _tcp.Connect(IPAddress.Loopback, server.Port);
+            var stream = _tcp.GetStream();
+            text = new StreamReader(stream, Encoding.Latin1);
+            if (server.Password is { } pw)
+            {
+                Send(stream, "AUTH", pw);
+                Expect(text.ReadLine(), "+OK");
+            }
+
+            Send(stream, "MONITOR");
             Expect(text.ReadLine(), "+OK");
         }
+        catch
+        {
+            _tcp.Dispose();
+            throw;
+        }
 
-        Send(stream, "MONITOR");
-        Expect(text.ReadLine(), "+OK");
         _reader = new Thread(() => Read(text)) { IsBackground = true, Name = "redis-monitor" };
         _reader.Start();
     }
@@ -74,7 +84,7 @@ public sealed class RedisMonitor : IDisposable
     public void Dispose()
     {
         _tcp.Dispose(); // the reader thread ends on the closed stream
-        _reader?.Join(TimeSpan.FromSeconds(10));
+        _reader.Join(TimeSpan.FromSeconds(10));
     }
 
     private int Index(string marker)
