@@ -23,11 +23,26 @@ public interface IMetaStore : IDisposable
 
     Task<DirEntry?> LookupAsync(ulong parent, string name, CancellationToken ct = default);
 
+    /// <summary>
+    /// The entry <paramref name="name"/> in <paramref name="parent"/> and the node record it names, read
+    /// together at one moment, in one round trip (Redis: one script; SQLite: one read transaction): what a
+    /// path walk and a FUSE LOOKUP need. Null when there is no such entry; <see cref="EntryAndNode.Node"/>
+    /// is null when the entry names an inode whose record does not exist (damaged metadata). Both are
+    /// returned as stored: a record of another type than the entry says is the caller's to judge.
+    /// </summary>
+    Task<EntryAndNode?> LookupNodeAsync(ulong parent, string name, CancellationToken ct = default);
+
     /// <summary>Entries ordered by the UTF-8 bytes of their names (a stable order for readdir cookies).</summary>
     Task<IReadOnlyList<DirEntry>> ListAsync(ulong parent, CancellationToken ct = default);
 
     /// <summary>The file's chunk table, or null for an inode that has none.</summary>
     Task<ChunkTable?> GetChunkTableAsync(ulong ino, int chunkSize, CancellationToken ct = default);
+
+    /// <summary>
+    /// An inode's record and its chunk table, read together at one moment, in one round trip (Redis: MGET
+    /// of the two keys; SQLite: one read transaction): what OPEN needs. Either is null when absent.
+    /// </summary>
+    Task<NodeAndTable> GetNodeAndChunkTableAsync(ulong ino, int chunkSize, CancellationToken ct = default);
 
     Task<ulong> AllocateInodeAsync(CancellationToken ct = default);
 

@@ -55,6 +55,18 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
     public Task<DirEntry?> LookupAsync(ulong parent, string name, CancellationToken ct = default) =>
         Task.FromResult(kv.Read(tx => tx.Get(EntryKey(parent, name)) is { } b ? DirEntry.DecodeValue(name, b) : (DirEntry?)null));
 
+    public Task<EntryAndNode?> LookupNodeAsync(ulong parent, string name, CancellationToken ct = default) =>
+        Task.FromResult(kv.Read(tx =>
+        {
+            if (tx.Get(EntryKey(parent, name)) is not { } b)
+            {
+                return (EntryAndNode?)null;
+            }
+
+            var e = DirEntry.DecodeValue(name, b);
+            return new EntryAndNode(e, tx.Get(NodeKey(e.Ino)) is { } n ? Node.Decode(e.Ino, n) : null);
+        }));
+
     public Task<IReadOnlyList<DirEntry>> ListAsync(ulong parent, CancellationToken ct = default) =>
         Task.FromResult<IReadOnlyList<DirEntry>>(kv.Read(tx =>
         {
@@ -70,6 +82,11 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
 
     public Task<ChunkTable?> GetChunkTableAsync(ulong ino, int chunkSize, CancellationToken ct = default) =>
         Task.FromResult(kv.Read(tx => tx.Get(ChunksKey(ino)) is { } b ? ChunkTable.Decode(b, chunkSize) : null));
+
+    public Task<NodeAndTable> GetNodeAndChunkTableAsync(ulong ino, int chunkSize, CancellationToken ct = default) =>
+        Task.FromResult(kv.Read(tx => new NodeAndTable(
+            tx.Get(NodeKey(ino)) is { } n ? Node.Decode(ino, n) : null,
+            tx.Get(ChunksKey(ino)) is { } c ? ChunkTable.Decode(c, chunkSize) : null)));
 
     public Task<ulong> AllocateInodeAsync(CancellationToken ct = default) =>
         Task.FromResult(kv.Write(tx =>
@@ -337,13 +354,13 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
         return k;
     }
 
-    private static byte[] NodeKey(ulong ino) => InoKey((byte)'A', ino);
+    internal static byte[] NodeKey(ulong ino) => InoKey((byte)'A', ino);
 
     private static byte[] ChunksKey(ulong ino) => InoKey((byte)'C', ino);
 
     private static byte[] EntryPrefix(ulong parent) => InoKey((byte)'D', parent);
 
-    private static byte[] EntryKey(ulong parent, string name)
+    internal static byte[] EntryKey(ulong parent, string name)
     {
         int n = Encoding.UTF8.GetByteCount(name);
         var k = InoKey((byte)'D', parent, n);

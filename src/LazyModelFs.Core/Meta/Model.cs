@@ -126,6 +126,15 @@ public readonly record struct DirEntry(string Name, ulong Ino, NodeType Type)
     }
 }
 
+/// <summary>
+/// What <see cref="IMetaStore.LookupNodeAsync"/> found: the entry, and the record of the inode it names
+/// (null when that record is missing: damaged metadata).
+/// </summary>
+public readonly record struct EntryAndNode(DirEntry Entry, Node? Node);
+
+/// <summary>What <see cref="IMetaStore.GetNodeAndChunkTableAsync"/> read: an inode's record and its chunk table, each null when absent.</summary>
+public readonly record struct NodeAndTable(Node? Node, ChunkTable? Table);
+
 /// <summary>Totals kept up to date by every namespace change (for statfs and `lmfs stat /`).</summary>
 public readonly record struct VolumeUsage(long Bytes, long Inodes);
 

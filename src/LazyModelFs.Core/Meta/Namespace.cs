@@ -60,17 +60,13 @@ public sealed class Namespace(IMetaStore meta, VolumeSettings settings)
                 return null;
             }
 
-            var e = await Meta.LookupAsync(node.Ino, name, ct).ConfigureAwait(false);
-            if (e is null)
+            // Entry and record in one round trip per component (IMetaStore.LookupNodeAsync).
+            if (await Meta.LookupNodeAsync(node.Ino, name, ct).ConfigureAwait(false) is not { Node: { } next })
             {
-                return null;
+                return null; // no such name, or an entry whose record is missing
             }
 
-            node = await Meta.GetNodeAsync(e.Value.Ino, ct).ConfigureAwait(false);
-            if (node is null)
-            {
-                return null;
-            }
+            node = next;
         }
 
         return node;
@@ -222,17 +218,11 @@ public sealed class Namespace(IMetaStore meta, VolumeSettings settings)
         throw new LmfsException($"cannot remove '{shownPath}': too many concurrent changes", "retry");
     }
 
-    /// <summary>Reads what an entry points at, for use as an optimistic condition; null if it vanished.</summary>
+    /// <summary>Reads what an entry points at (record and chunk table, one round trip), for use as an optimistic condition; null if it vanished.</summary>
     public async Task<Replaced?> DescribeAsync(DirEntry entry, CancellationToken ct = default)
     {
-        var node = await Meta.GetNodeAsync(entry.Ino, ct).ConfigureAwait(false);
-        if (node is null)
-        {
-            return null;
-        }
-
-        var chunks = node.Type == NodeType.File ? await Meta.GetChunkTableAsync(entry.Ino, Settings.ChunkSize, ct).ConfigureAwait(false) : null;
-        return new Replaced(entry, node, chunks);
+        var (node, chunks) = await Meta.GetNodeAndChunkTableAsync(entry.Ino, Settings.ChunkSize, ct).ConfigureAwait(false);
+        return node is null ? null : new Replaced(entry, node, node.Type == NodeType.File ? chunks : null);
     }
 
     public static long NowNs() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;

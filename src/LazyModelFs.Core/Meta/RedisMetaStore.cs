@@ -25,6 +25,8 @@ namespace LazyModelFs.Meta;
 /// </code>
 /// Changes run as Lua scripts (atomic on the server) that first re-check what the client read —
 /// the entry, the node record — and answer 'conflict' when anything moved, so callers retry.
+/// Reads that need two keys take one round trip: a lookup is a script (the entry names the node's
+/// key), an open is one MGET (issue 14, item 3; docs/architecture.md, "Metadata round trips").
 /// </summary>
 public sealed class RedisMetaStore : IMetaStore
 {
@@ -84,6 +86,32 @@ public sealed class RedisMetaStore : IMetaStore
         return r
         """;
 
+    // KEYS: d<parent>; ARGV: name, the node keys' prefix (lmfs{VOL}:i).
+    // The entry and the record it names, at one moment: {entry, record}, {entry} when the record is
+    // missing or the entry is not 9 bytes (the client's decoding names the damage), false when there
+    // is no entry. The node key is built here, where the inode is known; it is not in KEYS, but it
+    // carries the volume's hash tag, so it is in KEYS[1]'s slot and legal on a Cluster. The inode is
+    // a u64 little-endian, written in decimal by long division over its bytes: Lua's numbers are
+    // doubles, exact only below 2^53.
+    private const string LookupLua = """
+        local e = redis.call('HGET', KEYS[1], ARGV[1])
+        if not e then return false end
+        if #e ~= 9 then return {e} end
+        local b = {string.byte(e, 1, 8)}
+        local digits = ''
+        repeat
+          local rem, more = 0, false
+          for i = 8, 1, -1 do
+            local v = rem * 256 + b[i]
+            b[i] = math.floor(v / 10)
+            rem = v % 10
+            if b[i] ~= 0 then more = true end
+          end
+          digits = string.char(48 + rem) .. digits
+        until not more
+        return {e, redis.call('GET', ARGV[2] .. digits)}
+        """;
+
     // KEYS: refs refsepoch; ARGV: epoch (id count)...
     private const string SetRefsLua = """
         if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
@@ -137,6 +165,7 @@ public sealed class RedisMetaStore : IMetaStore
     private readonly RedisKey _epochKey;
     private readonly RedisKey _claimsKey;
     private readonly RedisKey _ownersKey;
+    private readonly RedisValue _nodePrefix;
 
     private RedisMetaStore(ConnectionMultiplexer conn, int db, string volume, string describe)
     {
@@ -152,6 +181,7 @@ public sealed class RedisMetaStore : IMetaStore
         _epochKey = _prefix + "refsepoch";
         _claimsKey = _prefix + "gcclaims";
         _ownersKey = _prefix + "gcowners";
+        _nodePrefix = _prefix + "i";
     }
 
     public string Volume { get; }
@@ -343,6 +373,19 @@ public sealed class RedisMetaStore : IMetaStore
         return v.IsNull ? null : DirEntry.DecodeValue(name, (byte[])v!);
     }
 
+    public async Task<EntryAndNode?> LookupNodeAsync(ulong parent, string name, CancellationToken ct = default)
+    {
+        var r = await Run(() => _db.ScriptEvaluateAsync(LookupLua, [DirKey(parent)], [Encoding.UTF8.GetBytes(name), _nodePrefix])).ConfigureAwait(false);
+        if (r.IsNull)
+        {
+            return null;
+        }
+
+        var parts = (RedisResult[])r!;
+        var e = DirEntry.DecodeValue(name, (byte[])parts[0]!);
+        return new EntryAndNode(e, parts.Length > 1 && !parts[1].IsNull ? Node.Decode(e.Ino, (byte[])parts[1]!) : null);
+    }
+
     public async Task<IReadOnlyList<DirEntry>> ListAsync(ulong parent, CancellationToken ct = default)
     {
         var all = await Run(() => _db.HashGetAllAsync(DirKey(parent))).ConfigureAwait(false);
@@ -367,6 +410,15 @@ public sealed class RedisMetaStore : IMetaStore
     {
         var v = await Run(() => _db.StringGetAsync(ChunksKey(ino))).ConfigureAwait(false);
         return v.IsNull ? null : ChunkTable.Decode((byte[])v!, chunkSize);
+    }
+
+    public async Task<NodeAndTable> GetNodeAndChunkTableAsync(ulong ino, int chunkSize, CancellationToken ct = default)
+    {
+        // One MGET: both keys carry the volume's hash tag, so they are in one slot.
+        var v = await Run(() => _db.StringGetAsync([NodeKey(ino), ChunksKey(ino)])).ConfigureAwait(false);
+        return new NodeAndTable(
+            v[0].IsNull ? null : Node.Decode(ino, (byte[])v[0]!),
+            v[1].IsNull ? null : ChunkTable.Decode((byte[])v[1]!, chunkSize));
     }
 
     public async Task<ulong> AllocateInodeAsync(CancellationToken ct = default) =>

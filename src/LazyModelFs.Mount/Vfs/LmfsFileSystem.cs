@@ -52,8 +52,8 @@ public sealed record VfsOptions
 /// record it reads with the one the daemon holds: a changed record replaces the daemon's state for
 /// that number (chunk table included), and the new generation makes the kernel drop its old inode
 /// and its pages (fs/fuse/inode.c, fuse_iget: a cached inode with another generation is made bad).
-/// OPEN re-reads the record beside the chunk table, so a name looked up before the change cannot
-/// open the other file's bytes (ESTALE). Issue 11, item 1.
+/// OPEN re-reads the record with the chunk table (one read of both: IMetaStore.GetNodeAndChunkTableAsync),
+/// so a name looked up before the change cannot open the other file's bytes (ESTALE). Issue 11, item 1.
 ///
 /// READ is the read side's: each file the daemon tracks has one <see cref="OpenFileReader"/>, shared
 /// by every handle the kernel opens on it (readahead streams and prefetch are per file, not per
@@ -264,14 +264,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                 return Negative();
             }
 
-            var e = await _volume.Meta.LookupAsync(parent, s).ConfigureAwait(false);
-            if (e is null)
-            {
-                return Negative();
-            }
-
-            var node = await _volume.Meta.GetNodeAsync(e.Value.Ino).ConfigureAwait(false);
-            if (node is null)
+            // The entry and the record it names in one round trip (IMetaStore.LookupNodeAsync): no name, or
+            // an entry whose record is missing, is a negative answer.
+            if (await _volume.Meta.LookupNodeAsync(parent, s).ConfigureAwait(false) is not { Node: { } node })
             {
                 return Negative();
             }
@@ -453,13 +448,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             var reads = st.Reads ?? throw new InvalidOperationException($"inode {nodeId} is a file without a read side"); // Track gives every file one
             if (reads.Table is null)
             {
-                // The record is read again beside the table (in parallel: no extra round trip), so a
+                // The record is read again with the table (one command, one moment: no extra round trip), so a
                 // table that belongs to another file under this number is never attached to this one.
-                var tableTask = _volume.Meta.GetChunkTableAsync(nodeId, _chunkSize);
-                var nodeTask = _volume.Meta.GetNodeAsync(nodeId);
-                await Task.WhenAll(tableTask, nodeTask).ConfigureAwait(false); // both observed, whichever fails
-                var current = await nodeTask.ConfigureAwait(false);
-                var table = await tableTask.ConfigureAwait(false);
+                var (current, table) = await _volume.Meta.GetNodeAndChunkTableAsync(nodeId, _chunkSize).ConfigureAwait(false);
                 if (current is null || !SameFile(current, st.Node))
                 {
                     _log.LogWarning("vfs: inode {Ino} ('{Name}') changed or vanished in the metadata since the kernel looked it up; open refused (ESTALE)", nodeId, reads.Name ?? "?");

@@ -14,6 +14,12 @@ public abstract class MetaStoreContract
 
     protected abstract Task<IMetaStore> OpenFreshAsync();
 
+    /// <summary>Damages <paramref name="m"/>'s metadata behind the port: removes an inode's record (its entry stays).</summary>
+    protected abstract Task DeleteNodeRecordAsync(IMetaStore m, ulong ino);
+
+    /// <summary>Damages <paramref name="m"/>'s metadata behind the port: stores <paramref name="value"/> as an entry's raw value.</summary>
+    protected abstract Task SetRawEntryAsync(IMetaStore m, ulong parent, string name, byte[] value);
+
     internal static VolumeSettings NewSettingsForTests() => NewSettings();
 
     protected static VolumeSettings NewSettings() => new()
@@ -246,5 +252,102 @@ public abstract class MetaStoreContract
         Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "g", g, orphan)));
         Assert.Equal(1, await m.GetChunkRefCountAsync(orphan[0].Id));
         Assert.False(await m.ClaimUnreferencedChunkAsync(orphan[0].Id, "gc-b"));
+    }
+
+    [Fact]
+    public async Task Lookup_with_its_node_reads_the_entry_and_the_record_it_names()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        ulong dir = await ns.MkdirAllAsync("/models");
+        var file = await NewFile(m, dir, 3);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(dir, "w.bin", file, Table("abc"))));
+        var link = new Node(await m.AllocateInodeAsync(), NodeType.Symlink, 0x1FF, 0, 0, 1, 0, 1, 1, dir, "w.bin");
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(dir, "link", link, null)));
+
+        Assert.Equal(new EntryAndNode(new DirEntry("w.bin", file.Ino, NodeType.File), file), await m.LookupNodeAsync(dir, "w.bin"));
+        Assert.Equal(new EntryAndNode(new DirEntry("link", link.Ino, NodeType.Symlink), link), await m.LookupNodeAsync(dir, "link"));
+        var d = await m.LookupNodeAsync(Node.RootIno, "models");
+        Assert.Equal(new DirEntry("models", dir, NodeType.Directory), d!.Value.Entry);
+        Assert.Equal(await m.GetNodeAsync(dir), d.Value.Node);
+        Assert.Null(await m.LookupNodeAsync(dir, "missing"));
+        Assert.Null(await m.LookupNodeAsync(dir, "W.bin"));
+        Assert.Null(await m.LookupNodeAsync(file.Ino, "w.bin")); // a file has no entries
+        Assert.Null(await m.LookupNodeAsync(424242, "w.bin"));
+
+        // Inode numbers past 2^53 (Lua's numbers are doubles) and at the top of the u64 range name their own records.
+        foreach (ulong big in new[] { (1UL << 53) + 1, ulong.MaxValue - 14 })
+        {
+            var n = new Node(big, NodeType.File, 0x1A4, 0, 0, 1, 1, 7, 8, dir);
+            Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(dir, $"big{big}", n, Table("z"))));
+            Assert.Equal(new EntryAndNode(new DirEntry($"big{big}", big, NodeType.File), n), await m.LookupNodeAsync(dir, $"big{big}"));
+        }
+    }
+
+    [Fact]
+    public async Task Node_and_chunk_table_are_read_together()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        var table = Table("a", "b");
+        var file = await NewFile(m, Node.RootIno, (ulong)ChunkSize + 1);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "f", file, table)));
+        ulong dir = await ns.MkdirAllAsync("/d");
+
+        var (node, chunks) = await m.GetNodeAndChunkTableAsync(file.Ino, ChunkSize);
+        Assert.Equal(file, node);
+        Assert.Equal(table.Entries, chunks!.Entries);
+        Assert.Equal(new NodeAndTable(await m.GetNodeAsync(dir), null), await m.GetNodeAndChunkTableAsync(dir, ChunkSize));
+        Assert.Equal(new NodeAndTable(null, null), await m.GetNodeAndChunkTableAsync(9999, ChunkSize));
+        var empty = await NewFile(m, Node.RootIno, 0);
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(Node.RootIno, "e", empty, ChunkTable.Empty(ChunkSize))));
+        Assert.Equal(0, (await m.GetNodeAndChunkTableAsync(empty.Ino, ChunkSize)).Table!.Count);
+    }
+
+    [Fact]
+    public async Task A_name_whose_record_is_missing_is_found_without_a_node_and_does_not_resolve()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        ulong dir = await ns.MkdirAllAsync("/d");
+        var file = await NewFile(m, dir, 1);
+        var table = Table("x");
+        Assert.Equal(MetaResult.Ok, await m.CreateAsync(new EntryCreate(dir, "f", file, table)));
+        await DeleteNodeRecordAsync(m, file.Ino);
+        await DeleteNodeRecordAsync(m, dir);
+
+        Assert.Equal(new EntryAndNode(new DirEntry("d", dir, NodeType.Directory), null), await m.LookupNodeAsync(Node.RootIno, "d"));
+        Assert.Equal(new EntryAndNode(new DirEntry("f", file.Ino, NodeType.File), null), await m.LookupNodeAsync(dir, "f"));
+        var (node, chunks) = await m.GetNodeAndChunkTableAsync(file.Ino, ChunkSize);
+        Assert.Null(node);
+        Assert.Equal(table.Entries, chunks!.Entries);
+        Assert.Null(await ns.ResolveAsync("/d")); // as before: a path through a missing record resolves to nothing
+        Assert.Null(await ns.ResolveAsync("/d/f"));
+    }
+
+    [Fact]
+    public async Task A_damaged_entry_or_one_of_another_type_than_its_record_is_answered_as_stored()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        ulong dir = await ns.MkdirAllAsync("/d");
+
+        // A value that is not an entry: the same error as LookupAsync gives, from both.
+        await SetRawEntryAsync(m, Node.RootIno, "short", [1, 2, 3, 4, 5]);
+        var a = await Assert.ThrowsAsync<Util.MetaCorruptException>(() => m.LookupAsync(Node.RootIno, "short"));
+        var b = await Assert.ThrowsAsync<Util.MetaCorruptException>(() => m.LookupNodeAsync(Node.RootIno, "short"));
+        Assert.Equal("directory entry 'short' is damaged (5 bytes)", b.Message);
+        Assert.Equal(a.Message, b.Message);
+        var badType = new DirEntry("t", dir, NodeType.File).EncodeValue();
+        badType[8] = 9;
+        await SetRawEntryAsync(m, Node.RootIno, "t", badType);
+        Assert.Equal("directory entry 't' is damaged (9 bytes)", (await Assert.ThrowsAsync<Util.MetaCorruptException>(() => m.LookupNodeAsync(Node.RootIno, "t"))).Message);
+
+        // An entry that says "file" for a directory's record: both come back as stored, the record beside the entry.
+        await SetRawEntryAsync(m, Node.RootIno, "alias", new DirEntry("alias", dir, NodeType.File).EncodeValue());
+        var found = await m.LookupNodeAsync(Node.RootIno, "alias");
+        Assert.Equal(NodeType.File, found!.Value.Entry.Type);
+        Assert.Equal(NodeType.Directory, found.Value.Node!.Type);
+        Assert.Equal(dir, found.Value.Node.Ino);
     }
 }

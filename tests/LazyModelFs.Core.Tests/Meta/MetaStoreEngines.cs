@@ -7,7 +7,43 @@ namespace LazyModelFs.Core.Tests.Meta;
 
 public sealed class MemoryMetaStoreTests : MetaStoreContract
 {
-    protected override Task<IMetaStore> OpenFreshAsync() => Task.FromResult<IMetaStore>(new KvMetaStore(new MemoryKv()));
+    private readonly Dictionary<IMetaStore, MemoryKv> _kvs = [];
+
+    protected override Task<IMetaStore> OpenFreshAsync()
+    {
+        var kv = new MemoryKv();
+        var m = new KvMetaStore(kv);
+        _kvs[m] = kv;
+        return Task.FromResult<IMetaStore>(m);
+    }
+
+    protected override Task DeleteNodeRecordAsync(IMetaStore m, ulong ino) => KvRaw.DeleteNode(_kvs[m], ino);
+
+    protected override Task SetRawEntryAsync(IMetaStore m, ulong parent, string name, byte[] value) => KvRaw.SetEntry(_kvs[m], parent, name, value);
+}
+
+/// <summary>Damage behind the port, in the KV engines' key layout (KvMetaStore).</summary>
+internal static class KvRaw
+{
+    public static Task DeleteNode(IKvStore kv, ulong ino)
+    {
+        kv.Write(tx =>
+        {
+            tx.Delete(KvMetaStore.NodeKey(ino));
+            return 0;
+        });
+        return Task.CompletedTask;
+    }
+
+    public static Task SetEntry(IKvStore kv, ulong parent, string name, byte[] value)
+    {
+        kv.Write(tx =>
+        {
+            tx.Set(KvMetaStore.EntryKey(parent, name), value);
+            return 0;
+        });
+        return Task.CompletedTask;
+    }
 }
 
 public sealed class SqliteMetaStoreTests : MetaStoreContract, IDisposable
@@ -15,6 +51,18 @@ public sealed class SqliteMetaStoreTests : MetaStoreContract, IDisposable
     private readonly TempDir _dir = new();
 
     protected override Task<IMetaStore> OpenFreshAsync() => MetaStores.OpenAsync($"sqlite://{_dir[Guid.NewGuid() + ".db"]}", create: true);
+
+    protected override Task DeleteNodeRecordAsync(IMetaStore m, ulong ino)
+    {
+        using var kv = SqliteKv.Open(m.Describe["sqlite://".Length..], create: false);
+        return KvRaw.DeleteNode(kv, ino);
+    }
+
+    protected override Task SetRawEntryAsync(IMetaStore m, ulong parent, string name, byte[] value)
+    {
+        using var kv = SqliteKv.Open(m.Describe["sqlite://".Length..], create: false);
+        return KvRaw.SetEntry(kv, parent, name, value);
+    }
 
     [Fact]
     public async Task Two_connections_to_one_file_see_each_others_changes()
@@ -79,6 +127,32 @@ public sealed class RedisMetaStoreTests(RedisMetaStoreTests.Server server) : Met
     }
 
     protected override async Task<IMetaStore> OpenFreshAsync() => await MetaStores.OpenAsync(server.Url("t" + Guid.NewGuid().ToString("N")));
+
+    protected override async Task DeleteNodeRecordAsync(IMetaStore m, ulong ino)
+    {
+        using var conn = await RawAsync();
+        await conn.GetDatabase(0).KeyDeleteAsync($"lmfs{{{((RedisMetaStore)m).Volume}}}:i{ino}");
+    }
+
+    protected override async Task SetRawEntryAsync(IMetaStore m, ulong parent, string name, byte[] value)
+    {
+        using var conn = await RawAsync();
+        await conn.GetDatabase(0).HashSetAsync($"lmfs{{{((RedisMetaStore)m).Volume}}}:d{parent}", System.Text.Encoding.UTF8.GetBytes(name), value);
+    }
+
+    private Task<StackExchange.Redis.ConnectionMultiplexer> RawAsync() =>
+        StackExchange.Redis.ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{server.Redis.Port},password={server.Redis.Password}");
+
+    [Fact]
+    public async Task A_lookup_after_the_servers_script_cache_was_flushed_loads_its_script_again()
+    {
+        var (m, ns) = await FormattedAsync();
+        using var _m = m;
+        ulong dir = await ns.MkdirAllAsync("/d");
+        Assert.Equal(dir, (await m.LookupNodeAsync(Node.RootIno, "d"))!.Value.Node!.Ino);
+        Assert.Equal("OK", RedisCli(server.Redis, "SCRIPT", "FLUSH").Trim()); // a restart or failover loses the cache too
+        Assert.Equal(dir, (await m.LookupNodeAsync(Node.RootIno, "d"))!.Value.Node!.Ino); // NOSCRIPT: the client loads it again
+    }
 
     [Fact]
     public async Task Keys_carry_the_volume_hash_tag()
