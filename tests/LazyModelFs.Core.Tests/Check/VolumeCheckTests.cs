@@ -217,6 +217,30 @@ public abstract class VolumeCheckContract : IDisposable
         Assert.Equal(File.ReadAllBytes(Dir["b.bin"]), await ReadAsync(v, "/m/b.bin"));
     }
 
+    [Fact]
+    public async Task Verify_finds_a_row_whose_block_hash_does_not_match_its_chunk()
+    {
+        using var v = await PopulatedAsync();
+        var e = await RowAsync(v, "/m/b.bin", 0);
+        Assert.True(e.HasBlocks, "a new volume is format version 2");
+        var hashes = e.Blocks.Span.ToArray();
+        hashes[^1] ^= 1; // the last block's hash: whole-chunk reads still verify (by the id), partial reads of that block fail
+        var forged = e with { Blocks = new BlockHashes(e.Blocks.BlockSize, hashes) };
+        long now = Namespace.NowNs();
+        ulong ino = await v.Meta.AllocateInodeAsync();
+        var node = new Node(ino, NodeType.File, 0x1A4, 0, 0, 1, (ulong)e.PlainLength, now, now, Node.RootIno);
+        Assert.Equal(MetaResult.Ok, await v.Namespace.LinkAsync(Node.RootIno, "bad-blocks.bin", node, new ChunkTable([forged], ChunkSize), overwrite: false));
+
+        Assert.True((await new VolumeCheck(v, new CheckOptions()).RunAsync("/")).Healthy); // HEADs cannot tell
+        var s = await new VolumeCheck(v, new CheckOptions { Verify = true, Repair = true }).RunAsync("/");
+        var d = Assert.Single(s.Damaged);
+        Assert.Equal("/bad-blocks.bin", d.Path);
+        var c = Assert.Single(d.Chunks);
+        Assert.Equal((ChunkProblem.FailsVerification, false), (c.Problem, c.Removed)); // the object is whole for its id: kept
+        Assert.Contains($"block {e.Blocks.Count - 1}", c.Detail, StringComparison.Ordinal);
+        Assert.Equal(File.ReadAllBytes(Dir["b.bin"]), await ReadAsync(v, "/m/b.bin"));
+    }
+
     public void Dispose()
     {
         Dispose(true);

@@ -36,6 +36,38 @@ public abstract class ChunkStoreContract
     }
 
     [Fact]
+    public async Task Blocks_of_a_plain_chunk_read_alone_verified_and_a_damaged_one_is_refused()
+    {
+        using var store = OpenFresh();
+        var chunks = new ChunkStore(store);
+        byte[] plain = Random((5 * 4096) + 100, 11); // five whole blocks and a short last one
+        var e = (await chunks.StoreAsync(plain, ChunkCodec.None)).Entry with { Blocks = BlockHashes.Compute(plain, 4096) };
+        Assert.Equal(6, e.Blocks.Count);
+
+        var dest = new byte[3 * 4096];
+        await chunks.ReadBlocksAsync(e, 3, 3, dest); // blocks 3 to 5: the last is 100 bytes
+        Assert.True(dest.AsSpan(0, (2 * 4096) + 100).SequenceEqual(plain.AsSpan(3 * 4096)));
+        Assert.True(dest.AsSpan((2 * 4096) + 100).IndexOfAnyExcept((byte)0) < 0, "bytes past the chunk were written");
+        await chunks.ReadBlocksAsync(e, 0, 1, dest);
+        Assert.True(dest.AsSpan(0, 4096).SequenceEqual(plain.AsSpan(0, 4096)));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => chunks.ReadBlocksAsync(e, 5, 2, dest));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => chunks.ReadBlocksAsync(e with { Blocks = default }, 0, 1, dest));
+
+        // Block 1's bytes damaged in the store: block 1 is refused, naming it; block 0 still reads.
+        var obj = new byte[e.StoredLength];
+        await store.GetAsync(e.Id.ObjectKey(), 0, obj);
+        obj[ChunkObject.HeaderSize + 4096 + 5] ^= 0x40;
+        await store.PutAsync(e.Id.ObjectKey(), obj);
+        var ex = await Assert.ThrowsAsync<Util.ChunkCorruptException>(() => chunks.ReadBlocksAsync(e, 0, 2, dest));
+        Assert.Contains("block 1", ex.Message, StringComparison.Ordinal);
+        await chunks.ReadBlocksAsync(e, 0, 1, dest);
+
+        // An object cut short: the blocks past its end are an error, not zeros.
+        await store.PutAsync(e.Id.ObjectKey(), obj.AsMemory(0, ChunkObject.HeaderSize + (4 * 4096)));
+        await Assert.ThrowsAsync<Util.ChunkCorruptException>(() => chunks.ReadBlocksAsync(e, 3, 2, dest));
+    }
+
+    [Fact]
     public async Task A_plain_chunk_is_stored_once_and_reads_back()
     {
         var faulty = new FaultyObjectStore(OpenFresh());

@@ -1,6 +1,7 @@
 using System.Text;
 using LazyModelFs.Chunks;
 using LazyModelFs.Meta;
+using LazyModelFs.Testing;
 using LazyModelFs.Util;
 using Xunit;
 
@@ -60,6 +61,58 @@ public class FormatTests
         Assert.Equal(new byte[] { 3, 0, 0, 0, 19, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x33, 0x22, 0x11 }, b[48..64]);
         var back = ChunkTable.Decode(b, 1 << 20);
         Assert.Equal(t.Entries, back.Entries);
+    }
+
+    [Fact]
+    public void ChunkTable_version_2_carries_each_rows_block_hashes_at_the_documented_place()
+    {
+        const int chunk = 1 << 20, block = 256 << 10;
+        byte[] a = TestData.Random(chunk, 1), b = TestData.Random(300_000, 2); // b: two blocks, the second short
+        var rows = new[] { a, b }.Select(p => new ChunkEntry(ChunkId.Of(p), p.Length, p.Length + ChunkObject.HeaderSize, ChunkCodec.None, Crc32C.Compute(p), BlockHashes.Compute(p, block))).ToArray();
+        var t = new ChunkTable(rows, chunk, block);
+        byte[] enc = t.Encode();
+        int row = ChunkTable.EntrySize + (4 * 32);
+        Assert.Equal(ChunkTable.HeaderSize + (2 * row), enc.Length);
+        Assert.Equal(new byte[] { 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 4, 0 }, enc[4..16]); // version 2, reserved, count 2, block size 262144
+        Assert.Equal(System.Security.Cryptography.SHA256.HashData(a.AsSpan(block, block)), enc.AsSpan(16 + 48 + 32, 32).ToArray()); // row 0, block 1
+        Assert.Equal(System.Security.Cryptography.SHA256.HashData(b.AsSpan(block)), enc.AsSpan(16 + row + 48 + 32, 32).ToArray()); // row 1, its short block 1
+        Assert.True(enc.AsSpan(16 + row + 48 + 64).IndexOfAnyExcept((byte)0) < 0); // past row 1's two blocks: zeros
+
+        var back = ChunkTable.Decode(enc, chunk);
+        Assert.Equal(block, back.BlockSize);
+        Assert.Equal(t.Entries, back.Entries);
+        Assert.True(back[1].Blocks.Matches(1, b.AsSpan(block)));
+        Assert.Equal(-1, back[0].Blocks.FirstMismatch(a));
+        Assert.Equal(BlockHashes.RunMask(1, 3), back[0].Blocks.MaskOf(block, (2 * block) + 1)); // blocks 1 to 3
+        Assert.Equal(0x3UL, back[1].Blocks.All);
+
+        // Damage: a block size that does not split the chunk, hashes past a row's blocks, a cut row.
+        var bad = (byte[])enc.Clone();
+        bad[14] = 3; // 0x30000: not a power of two
+        Assert.Contains("block size", Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(bad, chunk)).Message, StringComparison.Ordinal);
+        bad = (byte[])enc.Clone();
+        bad[^1] = 1;
+        Assert.Contains("past its 2 blocks", Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(bad, chunk)).Message, StringComparison.Ordinal);
+        Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(enc.AsSpan(0, enc.Length - 32), chunk));
+        Assert.Contains("at most 64", Assert.Throws<MetaCorruptException>(() => ChunkTable.Decode(enc, 64 << 20)).Message, StringComparison.Ordinal); // 256 blocks a chunk
+        Assert.Throws<ArgumentException>(() => new ChunkTable([rows[0], rows[1] with { Blocks = default }], chunk, block));
+    }
+
+    [Fact]
+    public void Settings_of_both_format_versions_decode_and_inconsistent_ones_are_refused()
+    {
+        var v2 = new VolumeSettings { Name = "v", Uuid = Guid.NewGuid(), ChunkSize = 1 << 22, Compression = "none", Storage = "file:///x", CreatedAt = DateTimeOffset.UnixEpoch };
+        Assert.Equal((2, 256 << 10), (v2.FormatVersion, v2.BlockSize));
+        Assert.Equal(v2, SettingsCodec.Decode(SettingsCodec.Encode(v2)));
+
+        // A version 1 document, as releases before block hashes wrote it (no blockSize).
+        var v1 = SettingsCodec.Decode("""{"formatVersion":1,"name":"old","uuid":"6f1c2a3e-0000-4000-8000-000000000001","chunkSize":4194304,"compression":"none","storage":"file:///x","createdAt":"2026-11-21T05:45:55+00:00"}"""u8);
+        Assert.Equal((1, 0), (v1.FormatVersion, v1.BlockSize));
+
+        var noBlocks = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(SettingsCodec.Encode(v2)).Replace("\"blockSize\":262144", "\"blockSize\":0", StringComparison.Ordinal));
+        Assert.Contains("needs a block size", Assert.Throws<MetaCorruptException>(() => SettingsCodec.Decode(noBlocks)).Message, StringComparison.Ordinal);
+        var tooMany = Encoding.UTF8.GetBytes(Encoding.UTF8.GetString(SettingsCodec.Encode(v2)).Replace("\"blockSize\":262144", "\"blockSize\":4096", StringComparison.Ordinal));
+        Assert.Contains("at most 64", Assert.Throws<MetaCorruptException>(() => SettingsCodec.Decode(tooMany)).Message, StringComparison.Ordinal);
     }
 
     [Theory]
