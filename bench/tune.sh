@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sweeps the read-path settings one at a time against redis-server + s3rver on loopback, with
 # `lmfs bench` (cold and warm phases, ceilings measured in every run), and prints one side-by-side
-# table per setting: chunk size, --demand-parts, --max-fetches, --readahead, --threads, --readahead-kb, --prefetch.
+# table per setting: chunk size, block size (format v2 block hashes; 0 = version 1), --demand-parts,
+# --max-fetches, --readahead, --threads, --readahead-kb, --prefetch.
 # docs/benchmarks.md ("Tuning") records the last run and the defaults chosen from it.
 # Stops every process it started and removes its files on any exit.
 #
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-size_mib=1024; model_mib=1024; random_reads=100; out=""; only="chunk parts fetches readahead threads kernel prefetch"
+size_mib=1024; model_mib=1024; random_reads=100; out=""; only="chunk block parts fetches readahead threads kernel prefetch"
 while [ $# -gt 0 ]; do
   case $1 in
     --size-mib) size_mib=$2; shift 2 ;;
@@ -51,10 +52,11 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/src/random.bin"
 python3 scripts/gen_safetensors.py "$work/src/m" --size-mb "$model_mib" >/dev/null
 mv "$work/src/m/model.safetensors" "$work/src/model.safetensors"; rm -rf "$work/src/m"
 
-volume() {  # $1: chunk size → prints the metadata URL of a volume holding both files
-  local url="redis://127.0.0.1:$rport/0?volume=c$1"
+volume() {  # $1: chunk size, $2: block size (default 256K) → prints the metadata URL of a volume holding both files
+  local block=${2:-256K}
+  local url="redis://127.0.0.1:$rport/0?volume=c$1b$block"
   if ! lmfs stat "$url" / >/dev/null 2>&1; then
-    lmfs format "$url" --storage "s3://tune/c$1" --endpoint "http://127.0.0.1:$sport" --chunk-size "$1" >/dev/null
+    lmfs format "$url" --storage "s3://tune/c$1b$block" --endpoint "http://127.0.0.1:$sport" --chunk-size "$1" --block-size "$block" >/dev/null
     lmfs import "$url" "$work/src/random.bin" "$work/src/model.safetensors" /t/ --no-progress >/dev/null
   fi
   echo "$url"
@@ -78,6 +80,9 @@ for s in $only; do
     chunk)
       for cs in 1M 2M 4M 8M 16M; do run "chunk-$cs" "$(volume "$cs")"; done
       table "chunk size (format --chunk-size)" chunk-1M chunk-2M chunk-4M chunk-8M chunk-16M ;;
+    block)
+      for b in 0 64K 256K 1M; do run "block-$b" "$(volume 4M "$b")"; done
+      table "block size (format --block-size; 0: version 1, whole chunks)" block-0 block-64K block-256K block-1M ;;
     parts)
       for n in 1 2 4 8; do run "demand-parts-$n" "$v4" --demand-parts "$n"; done
       table "--demand-parts" demand-parts-1 demand-parts-2 demand-parts-4 demand-parts-8 ;;

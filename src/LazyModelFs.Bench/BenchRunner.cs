@@ -264,6 +264,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         var samples = new List<double>();
         var firsts = new List<double>();
         long randomBytes = 0, bytes = 0;
+        long? randomMoved = null;
         for (int run = 1; run <= o.Runs; run++)
         {
             string tag = o.Runs > 1 ? $" (run {run}/{o.Runs})" : "";
@@ -274,7 +275,13 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
             var sn = await w.MeasureAsync(() => FileProbes.Sequential(o.File, size, o.Readers, ct), ct).ConfigureAwait(false);
             _progress($"{name}: {sn.Readers} readers {sn.MBps:0} MB/s{tag}");
             await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+            long? moved0 = w.StoreBytes;
             var (rb, rs) = await w.MeasureAsync(() => FileProbes.RandomSamples(o.File, size, o.RandomReads, o.ReadSize, o.Seed + run - 1, ct), ct).ConfigureAwait(false);
+            if (w.StoreBytes is { } moved1)
+            {
+                randomMoved = (randomMoved ?? 0) + moved1 - (moved0 ?? 0);
+            }
+
             var rl = LatencySummary.From(rs);
             _progress($"{name}: {o.RandomReads} random {Sizes.Format(o.ReadSize)} reads p50 {rl.P50Ms:0.0} ms, p99 {rl.P99Ms:0.0} ms{tag}");
             await target.ResetAsync(state, files, ct).ConfigureAwait(false);
@@ -300,6 +307,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
             PeakRssBytes = w.Peak,
             ServerCpuSecondsPerGB = w.ServerKnown ? Math.Round(w.ServerCpu / gb, 3) : null,
             StoreBytes = w.StoreBytes,
+            RandomStoreBytes = randomMoved,
         };
     }
 

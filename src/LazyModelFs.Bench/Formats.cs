@@ -268,6 +268,7 @@ public static class Formats
         }
 
         rows.Add(("cold random 1 MiB p50 / p99, ms", Each(r => r.Phase("cold") is { } p ? $"{Ms(p.Random.Latency.P50Ms)} / {Ms(p.Random.Latency.P99Ms)}" : "-")));
+        rows.Add(("cold random reads: bytes moved / read", Each(r => r.Phase("cold") is { RandomStoreBytes: { } moved, Random.Bytes: > 0 } p ? (moved / (double)p.Random.Bytes).ToString("0.00", Inv) : "-")));
         rows.Add(("cold first MiB, ms", Each(r => Ms(r.Phase("cold")?.FirstMiBMs))));
         rows.Add(("cold CPU s/GB (mount process)", Each(r => r.Phase("cold")?.CpuSecondsPerGB is { } v ? v.ToString("0.00", Inv) : "-")));
         rows.Add(("warm CPU s/GB (mount process)", Each(r => r.Phase("warm")?.CpuSecondsPerGB is { } v ? v.ToString("0.00", Inv) : "-")));

@@ -48,6 +48,13 @@ public static class Goals
             "p99 of random 1 MiB reads through a cold mount vs p99 of single ranged GETs",
             "needs the cold phase and the object-store ceiling"));
         list.Add(AtMost(
+            "random reads: bytes moved / bytes read, cold",
+            1.3,
+            cold?.RandomStoreBytes,
+            cold?.Random.Bytes,
+            "bytes the mount fetched from the object store while the cold random reads ran vs the bytes they read",
+            "needs the cold phase through an lmfs mount (its store counters)"));
+        list.Add(AtMost(
             "first MiB, cold",
             3.0,
             cold?.FirstMiBMs,

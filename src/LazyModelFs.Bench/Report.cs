@@ -65,6 +65,9 @@ public sealed record PhaseResult
 
     /// <summary>Bytes the mount fetched from the object store during the phase (lmfs only).</summary>
     public long? StoreBytes { get; init; }
+
+    /// <summary>Of <see cref="StoreBytes"/>, those fetched while the random reads ran (lmfs only): what they moved over the wire.</summary>
+    public long? RandomStoreBytes { get; init; }
 }
 
 /// <summary>Direct object-store reads of the file's chunk objects, bypassing every cache.</summary>

@@ -88,7 +88,8 @@ public sealed class BenchCommandTests(RedisAndS3 servers) : IClassFixture<RedisA
             Assert.All(runs, x => Assert.Equal(tensorBytes, x.GetProperty("bytes").GetInt64()));
 
             var targets = root.GetProperty("targets").EnumerateArray().Select(t => t.GetProperty("name").GetString()).ToList();
-            Assert.Equal(7, targets.Count);
+            Assert.Equal(8, targets.Count);
+            Assert.True(phases["cold"].GetProperty("randomStoreBytes").GetInt64() > 0, "the cold random reads fetched nothing");
             Assert.Contains("cold sequential", targets);
             Assert.Contains("<svg", File.ReadAllText(_dir["r.html"]), StringComparison.Ordinal);
 

@@ -71,8 +71,9 @@ public sealed class BenchReportTests
     public void Targets_are_judged_against_the_ceilings_of_the_same_run()
     {
         var r = Report(new SafetensorsResult("/m.safetensors", 1000, 3, [new SafetensorsRun("cold", "file", 20, 3.0, 1000, 3)], new BaselineResult("aws s3 cp", 4.0, 0.5), null));
+        r = r with { Phases = [r.Phases[0] with { RandomStoreBytes = 250L << 20 }, .. r.Phases.Skip(1)] };
         var t = Goals.Evaluate(r).ToDictionary(x => x.Name);
-        Assert.Equal(7, t.Count);
+        Assert.Equal(8, t.Count);
         Assert.Equal(0.92, t["cold sequential"].Ratio);      // 460 / 500
         Assert.True(t["cold sequential"].Met);
         Assert.Equal(0.8, t["warm sequential"].Ratio);       // 1600 / 2000 < 0.85
@@ -81,6 +82,8 @@ public sealed class BenchReportTests
         Assert.False(t["hot sequential"].Met);
         Assert.Equal(1.9, t["random 1 MiB p99, cold"].Ratio); // 19 / 10 ≤ 2
         Assert.True(t["random 1 MiB p99, cold"].Met);
+        Assert.Equal(1.25, t["random reads: bytes moved / bytes read, cold"].Ratio); // 250 MiB moved for 200 MiB read ≤ 1.3
+        Assert.True(t["random reads: bytes moved / bytes read, cold"].Met);
         Assert.Equal(2.8, t["first MiB, cold"].Ratio);
         Assert.True(t["first MiB, cold"].Met);
         Assert.Equal(0.75, t["safetensors cold load"].Ratio); // 3.0 s vs a 4.0 s download alone
