@@ -89,12 +89,27 @@ aws --endpoint-url "$PEER_ENDPOINT" s3 cp --quiet "$work/src/model.safetensors" 
 rm -f "$work/src/model.safetensors"  # the random file stays: every peer's bytes are checked against it
 
 common=(--random-reads "$random_reads" --runs "$runs" --server-pid "$s3_pid")
+# Open + the first MiB of the random file on a mount started just now, nothing cached (a new pod):
+# the process's own warm-up is in the figure, as a user meets it. Prints milliseconds.
+first_mib() {
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  python3 -c 'import sys, time
+t = time.perf_counter()
+with open(sys.argv[1], "rb", buffering=0) as f:
+    n = len(f.read(1 << 20))
+assert n == 1 << 20, n
+print(f"{(time.perf_counter() - t) * 1000:.1f}")' "$1"
+}
+fresh=()
 echo "== lmfs"
 lmfs mount "$meta" "$work/mnt/lmfs" --background --cache-dir "$work/cache-lmfs" --log-file "$work/lmfs.log" "${mount_opts[@]}" >/dev/null
 cmp "$work/mnt/lmfs/bench/random.bin" "$work/src/random.bin" && echo "lmfs: bytes verified with cmp"
 lmfs bench "$work/mnt/lmfs/bench/random.bin" --safetensors "$work/mnt/lmfs/bench/model.safetensors" "${common[@]}" \
   --aws-baseline s3://bench/plain/model.safetensors --aws-endpoint "$PEER_ENDPOINT" \
   --local-dir "$work/cache-lmfs" --json-file "$out/lmfs.json" --html "$out/lmfs.html"
+lmfs umount "$work/mnt/lmfs" >/dev/null
+lmfs mount "$meta" "$work/mnt/lmfs" --background --cache-dir "$work/cache-fresh" --log-file "$work/lmfs-fresh.log" "${mount_opts[@]}" >/dev/null
+fresh+=("lmfs $(first_mib "$work/mnt/lmfs/bench/random.bin") ms")
 lmfs umount "$work/mnt/lmfs" >/dev/null
 reports=("$out/lmfs.json")
 
@@ -105,6 +120,8 @@ for p in $peers; do
   lmfs bench "$work/mnt/$p/random.bin" --safetensors "$work/mnt/$p/model.safetensors" "${common[@]}" \
     --system "$p" --no-ceilings --cold-cmd "$repo/bench/peer-mount.sh $p cold" --warm-cmd "$repo/bench/peer-mount.sh $p warm" \
     --json-file "$out/$p.json" --html "$out/$p.html"
+  bench/peer-mount.sh "$p" cold
+  fresh+=("$p $(first_mib "$work/mnt/$p/random.bin") ms")
   bench/peer-mount.sh "$p" umount
   reports+=("$out/$p.json")
 done
@@ -112,5 +129,6 @@ done
 echo "== side by side (ceilings from the lmfs run; same machine, same s3rver)"
 lmfs bench compare "${reports[@]}"
 lmfs bench compare "${reports[@]}" --markdown > "$out/compare.md"
+{ echo; echo "open + first MiB on a freshly started mount, nothing cached: $(IFS=,; echo "${fresh[*]}" | sed 's/,/, /g')"; } | tee -a "$out/compare.md"
 { echo; echo "versions: $(lmfs --version 2>/dev/null | head -1) / $(rclone version 2>/dev/null | head -1) / $(s3fs --version 2>/dev/null | head -1) / s3rver $(node -p 'require("./scripts/s3rver/node_modules/s3rver/package.json").version') / $(aws --version 2>&1)"; } >> "$out/compare.md"
 echo "reports: $out (lmfs.html, compare.md, *.json)"

@@ -104,7 +104,7 @@ public sealed partial class ChunkCache
         long now = Stopwatch.GetTimestamp();
         bool onDisk = _disk?.Contains(entry.Id) == true;
         Partial? p;
-        List<Task> waits = [];
+        List<Task>? waits = null;
         List<(BlockFetch Fetch, int First, int Count)>? start = null;
         lock (_lock)
         {
@@ -135,6 +135,7 @@ public sealed partial class ChunkCache
                 p ??= NewPartial(entry);
                 Touch(p);
                 _memory.AddRefs(p.Chunk, 1); // the READ's lease
+                waits = [];
                 start = Claim(p, mask, waits, parts: 1);
             }
         }
@@ -146,7 +147,7 @@ public sealed partial class ChunkCache
 
         long deadline = now + (long)(_options.FetchTimeout.TotalSeconds * Stopwatch.Frequency);
         StartBlockFetches(p!, start, deadline);
-        return new ValueTask<CachedChunk>(WaitBlocksAsync(p!, mask, waits, now, deadline));
+        return new ValueTask<CachedChunk>(WaitBlocksAsync(p!, mask, waits!, now, deadline));
     }
 
     /// <summary>Caller holds _lock. Whether the partial was verified against the same block hashes as <paramref name="row"/> asks for, for the blocks in <paramref name="mask"/>.</summary>
@@ -304,7 +305,9 @@ public sealed partial class ChunkCache
                 p.Fetches.Remove(bf);
                 if (p.Valid == row.Blocks.All && !p.Gone && !p.Adopted)
                 {
-                    RemovePartial(p, keepReference: true); // the map's reference carries the chunk to the memory tier
+                    // It stays findable (and unadoptable) until it is published, so no READ starts it over meanwhile.
+                    p.Adopted = true;
+                    _memory.AddRefs(p.Chunk, 1); // for PublishWhole
                     promote = true;
                 }
             }
@@ -337,6 +340,11 @@ public sealed partial class ChunkCache
         if (promote)
         {
             PublishWhole(p.Chunk, p.Row);
+            lock (_lock)
+            {
+                p.Adopted = false;
+                RemovePartial(p); // published whole (or refused): the memory tier has it now, or nobody does
+            }
         }
     }
 
