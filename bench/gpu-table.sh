@@ -15,6 +15,7 @@
 #
 # usage: bench/gpu-table.sh LMFS_BINARY [SIZE_GB=4] [WORK_DIR=/var/tmp] [OUT_DIR] [-- MOUNT OPTIONS]
 #   LMFS_TABLE_MODEL=FILE uses that safetensors file instead of generating one (runs back to back).
+#   LMFS_TABLE_FORMAT="--block-size 0" adds options to `lmfs format` (here: a version 1 volume).
 #   OUT_DIR gets table.md (the rows below), rows.jsonl, bench.json/bench.html and the mount logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,8 @@ else
   python3 bench/gpu_load.py generate "$w/src/model.safetensors" --size-gb "$size_gb" >&2
 fi
 bytes=$(stat -c %s "$w/src/model.safetensors")
-"$lmfs" format "$meta" --storage "s3://bench/model?endpoint=http://127.0.0.1:$port" >/dev/null
+# shellcheck disable=SC2086 # LMFS_TABLE_FORMAT is a list of options
+"$lmfs" format "$meta" --storage "s3://bench/model?endpoint=http://127.0.0.1:$port" ${LMFS_TABLE_FORMAT:-} >/dev/null
 t0=$(date +%s.%N)
 "$lmfs" import "$meta" "$w/src/model.safetensors" /m/model.safetensors --no-progress >/dev/null
 echo "{\"row\":\"import into s3serve\",\"GBps\":$(python3 -c "print(round($bytes/1e9/($(date +%s.%N)-$t0),2))")}" >> "$rows"

@@ -333,18 +333,18 @@ public sealed partial class ChunkCache
         }
         finally
         {
-            p.Chunk.Dispose(); // the fetch's reference
-            Interlocked.Decrement(ref _blockFetchesRunning);
-        }
-
-        if (promote)
-        {
-            PublishWhole(p.Chunk, p.Row);
-            lock (_lock)
+            if (promote)
             {
-                p.Adopted = false;
-                RemovePartial(p); // published whole (or refused): the memory tier has it now, or nobody does
+                PublishWhole(p.Chunk, p.Row);
+                lock (_lock)
+                {
+                    p.Adopted = false;
+                    RemovePartial(p); // published whole (or refused): the memory tier has it now, or nobody does
+                }
             }
+
+            p.Chunk.Dispose(); // the fetch's reference
+            Interlocked.Decrement(ref _blockFetchesRunning); // after the publish: Busy is 0 only when the chunk is where it goes
         }
     }
 
