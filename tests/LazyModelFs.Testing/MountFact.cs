@@ -7,14 +7,22 @@ public sealed class MountFactAttribute : FactAttribute
 {
     public MountFactAttribute()
     {
-        if (!File.Exists("/dev/fuse"))
-        {
-            Skip = "needs /dev/fuse (the fuse kernel module); not present here";
-        }
-        else if (!Environment.IsPrivilegedProcess)
-        {
-            Skip = "needs root (mount(2) and /sys tuning); run the tests as root, as CI does";
-        }
+        Skip = WhyNot;
+    }
+
+    /// <summary>Why a mount test cannot run here; null when it can.</summary>
+    internal static string? WhyNot =>
+        !File.Exists("/dev/fuse") ? "needs /dev/fuse (the fuse kernel module); not present here"
+        : !Environment.IsPrivilegedProcess ? "needs root (mount(2) and /sys tuning); run the tests as root, as CI does"
+        : null;
+}
+
+/// <summary>A <see cref="MountFactAttribute"/> test with data rows: skipped, with the reason, where mounting is impossible.</summary>
+public sealed class MountTheoryAttribute : TheoryAttribute
+{
+    public MountTheoryAttribute()
+    {
+        Skip = MountFactAttribute.WhyNot;
     }
 }
 
