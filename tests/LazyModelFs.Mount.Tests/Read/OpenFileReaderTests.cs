@@ -137,23 +137,23 @@ public sealed class OpenFileReaderTests : IDisposable
         var cache = Cache(v, disk: false); // no disk cache: no whole-file prefetch, readahead only
         var fs = new LmfsFileSystem(v, cache, new VfsOptions { Prefetch = PrefetchMode.Sequential });
         var (ino, a) = await OpenAsync(fs, "f.bin");
-        for (long off = 0; off < 3 * Chunk; off += 256 << 10) // one reader, sequential: its stream's window grows to 8 MiB
+        for (long off = 0; off < 3 * Chunk; off += 256 << 10) // one reader, sequential: its stream's window grows to 4 MiB, requested up to 7 MiB
         {
             await ReadAsync(fs, ino, a, off, 256 << 10);
         }
 
         WaitIdle(cache);
-        Assert.True(cache.IsCached(table[10].Id));
-        Assert.False(cache.IsCached(table[15].Id));
+        Assert.True(cache.IsCached(table[6].Id));
+        Assert.False(cache.IsCached(table[7].Id));
 
         // A second open (another process, the same loader again) reading on from there continues that
-        // stream, whose window doubles again: the read side is the file's, not the handle's. A stream of
+        // stream, whose window moves on: the read side is the file's, not the handle's. A stream of
         // its own would have no window yet and fetch nothing ahead.
         var open = await fs.OpenAsync(Ctx, ino, 0);
         Assert.True(open.IsOk);
         await ReadAsync(fs, ino, open.Value.Fh, 3 * Chunk, 256 << 10);
         WaitIdle(cache);
-        Assert.True(cache.IsCached(table[15].Id));
+        Assert.True(cache.IsCached(table[7].Id));
     }
 
     [Fact]

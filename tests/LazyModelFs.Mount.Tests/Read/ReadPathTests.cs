@@ -202,13 +202,14 @@ public sealed class ReadPathTests : IDisposable
         Assert.Equal(((2L << 20) + (128 << 10), (2L << 20) + (128 << 10) + Chunk), ra);
         var ra2 = p.OnRead((2L << 20) + (128 << 10), 128 << 10, size)!.Value;
         Assert.Equal((2L << 20) + (128 << 10) + Chunk, ra2.From); // only what was not asked for yet
-        Assert.Equal((2L << 20) + (256 << 10) + (2 * Chunk), ra2.To); // window doubled
+        Assert.Equal((2L << 20) + (256 << 10) + Chunk, ra2.To); // the window moves on; it doubles once the reader has used a quarter of it
+        Assert.Equal((2L << 20) + (384 << 10) + (2 * Chunk), p.OnRead((2L << 20) + (256 << 10), 128 << 10, size)!.Value.To); // doubled
 
         // A second reader elsewhere in the file is its own stream, and does not reset the first.
         Assert.Null(p.OnRead(500L << 20, 1 << 20, size));
         Assert.Null(p.OnRead(501L << 20, 1 << 20, size));
         Assert.NotNull(p.OnRead(502L << 20, 1 << 20, size));
-        Assert.NotNull(p.OnRead((2L << 20) + (256 << 10), 128 << 10, size));
+        Assert.NotNull(p.OnRead((2L << 20) + (384 << 10), 128 << 10, size));
 
         // A random 1 MiB read arrives as about 2 MiB of READs (kernel readahead): no window, no fetch ahead.
         var burst = new AccessPattern(4 * Chunk, 32L * Chunk);
