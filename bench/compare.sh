@@ -12,7 +12,7 @@
 #     HTML reports in OUT.
 # Every mount and process it started is removed on exit, also on Ctrl-C or failure.
 #
-# usage: sudo bench/compare.sh [--size-mib 1024] [--model-mib 2048] [--out DIR] [--peers "rclone s3fs"]
+# usage: [LMFS_BIN=.publish/r2r/lmfs] sudo bench/compare.sh [--size-mib 1024] [--model-mib 2048] [--out DIR] [--peers "rclone s3fs"]
 #                              [--random-reads 200] [--runs 1] [-- EXTRA lmfs mount OPTIONS]
 # needs: root (drop_caches, mount) and scripts/setup.sh done; rclone and s3fs are installed with apt-get if missing
 set -euo pipefail
@@ -39,7 +39,8 @@ for p in $peers; do
 done
 [ -f scripts/s3rver/node_modules/s3rver/bin/s3rver.js ] || { echo "compare.sh: run scripts/setup.sh first" >&2; exit 1; }
 
-lmfs() { dotnet "$repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll" "$@"; }
+# LMFS_BIN: another lmfs to run (e.g. the ReadyToRun single-file build, as shipped); default the Release build.
+lmfs() { if [ -n "${LMFS_BIN:-}" ]; then "$LMFS_BIN" "$@"; else dotnet "$repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll" "$@"; fi; }
 work=$(mktemp -d /var/tmp/lmfs-compare.XXXXXX)
 out=${out:-$repo/artifacts/bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out" "$work/mnt/lmfs"
