@@ -86,13 +86,14 @@ public sealed partial class ChunkCache
     /// or a chunk on the local disk goes the whole-chunk way (<see cref="GetAsync"/>); any other READ
     /// gets the blocks it touches first (see the class comment). Completes synchronously when the bytes
     /// are in memory; the lease's <see cref="CachedChunk.Data"/> is the whole chunk's extent, of which
-    /// only the asked range is guaranteed verified.
+    /// only the asked range is guaranteed verified. <paramref name="priority"/> is the whole-chunk way's
+    /// (a READ's is Demand; the safetensors header prefetch asks with Readahead).
     /// </summary>
-    public ValueTask<CachedChunk> GetRangeAsync(in ChunkEntry entry, int within, int length, bool sequential)
+    public ValueTask<CachedChunk> GetRangeAsync(in ChunkEntry entry, int within, int length, bool sequential, FetchPriority priority = FetchPriority.Demand)
     {
         if (sequential || !entry.HasBlocks || length <= 0)
         {
-            return GetAsync(entry, FetchPriority.Demand);
+            return GetAsync(entry, priority);
         }
 
         if (_memory.TryGet(entry.Id, out var hit))
@@ -142,7 +143,7 @@ public sealed partial class ChunkCache
 
         if (start is null)
         {
-            return GetAsync(entry, FetchPriority.Demand);
+            return GetAsync(entry, priority);
         }
 
         long deadline = now + (long)(_options.FetchTimeout.TotalSeconds * Stopwatch.Frequency);

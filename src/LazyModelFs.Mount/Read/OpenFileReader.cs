@@ -250,7 +250,7 @@ internal sealed class OpenFileReader
             long? n;
             // The header's blocks only (format v2): the loader's own first READs want the same ones, and
             // a whole-chunk fetch started here would make them wait for all of chunk 0.
-            using (var c0 = await _cache.GetRangeAsync(table[0], 0, Math.Min(8, table[0].PlainLength), sequential: false).ConfigureAwait(false))
+            using (var c0 = await _cache.GetRangeAsync(table[0], 0, Math.Min(8, table[0].PlainLength), sequential: false, FetchPriority.Readahead).ConfigureAwait(false))
             {
                 n = SafetensorsHeader.HeaderLength(c0.Data.Span, size);
             }
@@ -263,7 +263,7 @@ internal sealed class OpenFileReader
                 {
                     var (idx, within) = table.Locate(pos);
                     int want = (int)Math.Min(table[idx].PlainLength - within, 8 + headerLen - pos);
-                    using var c = await _cache.GetRangeAsync(table[idx], within, want, sequential: false).ConfigureAwait(false);
+                    using var c = await _cache.GetRangeAsync(table[idx], within, want, sequential: false, FetchPriority.Readahead).ConfigureAwait(false);
                     int take = (int)Math.Min(c.Data.Length - within, want);
                     if (take <= 0)
                     {
