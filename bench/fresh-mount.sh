@@ -17,7 +17,16 @@ redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no --dir $W >
 R=$!
 jit() { dotnet $repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll "$@"; }
 r2r() { "${R2R_BIN:-$repo/.publish/r2r/lmfs}" "$@"; }
-trap 'jit umount $W/lm >/dev/null 2>&1; PEER_WORK=$W PEER_ENDPOINT=x PEER_BUCKET=x PEER_PREFIX=x $repo/bench/peer-mount.sh rclone umount >/dev/null 2>&1; kill $S3 $R; rm -rf $W' EXIT
+cleanup() {
+  set +e
+  jit umount $W/lm >/dev/null 2>&1
+  PEER_WORK=$W PEER_ENDPOINT=x PEER_BUCKET=x PEER_PREFIX=x bench/peer-mount.sh rclone umount >/dev/null 2>&1
+  kill $S3 $R 2>/dev/null
+  wait $S3 $R 2>/dev/null
+  rm -rf $W
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 sleep 2
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
 META=redis://127.0.0.1:$rport/0?volume=x
