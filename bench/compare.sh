@@ -90,17 +90,6 @@ aws --endpoint-url "$PEER_ENDPOINT" s3 cp --quiet "$work/src/model.safetensors" 
 rm -f "$work/src/model.safetensors"  # the random file stays: every peer's bytes are checked against it
 
 common=(--random-reads "$random_reads" --runs "$runs" --server-pid "$s3_pid")
-# Open + the first MiB of the random file on a mount started just now, nothing cached (a new pod):
-# the process's own warm-up is in the figure, as a user meets it. Prints milliseconds.
-first_mib() {
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  python3 -c 'import sys, time
-t = time.perf_counter()
-with open(sys.argv[1], "rb", buffering=0) as f:
-    n = len(f.read(1 << 20))
-assert n == 1 << 20, n
-print(f"{(time.perf_counter() - t) * 1000:.1f}")' "$1"
-}
 fresh=()
 echo "== lmfs"
 lmfs mount "$meta" "$work/mnt/lmfs" --background --cache-dir "$work/cache-lmfs" --log-file "$work/lmfs.log" "${mount_opts[@]}" >/dev/null
@@ -110,7 +99,7 @@ lmfs bench "$work/mnt/lmfs/bench/random.bin" --safetensors "$work/mnt/lmfs/bench
   --local-dir "$work/cache-lmfs" --json-file "$out/lmfs.json" --html "$out/lmfs.html"
 lmfs umount "$work/mnt/lmfs" >/dev/null
 lmfs mount "$meta" "$work/mnt/lmfs" --background --cache-dir "$work/cache-fresh" --log-file "$work/lmfs-fresh.log" "${mount_opts[@]}" >/dev/null
-fresh+=("lmfs $(first_mib "$work/mnt/lmfs/bench/random.bin") ms")
+fresh+=("lmfs $(python3 bench/first_mib.py "$work/mnt/lmfs/bench/random.bin") ms")
 lmfs umount "$work/mnt/lmfs" >/dev/null
 reports=("$out/lmfs.json")
 
@@ -122,7 +111,7 @@ for p in $peers; do
     --system "$p" --no-ceilings --cold-cmd "$repo/bench/peer-mount.sh $p cold" --warm-cmd "$repo/bench/peer-mount.sh $p warm" \
     --json-file "$out/$p.json" --html "$out/$p.html"
   bench/peer-mount.sh "$p" cold
-  fresh+=("$p $(first_mib "$work/mnt/$p/random.bin") ms")
+  fresh+=("$p $(python3 bench/first_mib.py "$work/mnt/$p/random.bin") ms")
   bench/peer-mount.sh "$p" umount
   reports+=("$out/$p.json")
 done

@@ -33,24 +33,16 @@ META=redis://127.0.0.1:$rport/0?volume=x
 head -c $((64<<20)) /dev/urandom > $W/f.bin
 jit format $META --storage s3://bkt/p --endpoint http://127.0.0.1:$port >/dev/null
 jit import $META $W/f.bin /d/f.bin --no-progress >/dev/null
-first_mib() {
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  python3 -c 'import sys, time
-t = time.perf_counter()
-with open(sys.argv[1], "rb", buffering=0) as f:
-    n = len(f.read(1 << 20))
-print(f"{(time.perf_counter() - t) * 1000:.1f}")' "$1"
-}
 export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
 aws --endpoint-url http://127.0.0.1:$port s3 cp --quiet $W/f.bin s3://bkt/plain/f.bin
 export PEER_WORK=$W PEER_ENDPOINT=http://127.0.0.1:$port PEER_BUCKET=bkt PEER_PREFIX=plain
 for run in 1 2 3; do
   for b in jit r2r; do
     $b mount $META $W/lm --background --cache-dir $W/cache-$b-$run --log-file $W/$b.log >/dev/null
-    echo "$b run $run: $(first_mib $W/lm/d/f.bin) ms"
+    echo "$b run $run: $(python3 bench/first_mib.py $W/lm/d/f.bin) ms"
     $b umount $W/lm >/dev/null
   done
   $repo/bench/peer-mount.sh rclone cold
-  echo "rclone run $run: $(first_mib $W/mnt/rclone/f.bin) ms"
+  echo "rclone run $run: $(python3 bench/first_mib.py $W/mnt/rclone/f.bin) ms"
   $repo/bench/peer-mount.sh rclone umount
 done

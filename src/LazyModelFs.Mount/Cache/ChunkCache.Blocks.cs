@@ -288,7 +288,7 @@ public sealed partial class ChunkCache
             int from = first * blockSize;
             int len = Math.Min(count * blockSize, row.PlainLength - from);
             var dest = p.Chunk.Buffer.Slice(CachedChunk.DataStart + from, len);
-            var budget = TimeSpan.FromSeconds((double)(deadline - Stopwatch.GetTimestamp()) / Stopwatch.Frequency);
+            var budget = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
             await FetchFromSourceAsync(
                 row,
                 async token =>
@@ -397,15 +397,7 @@ public sealed partial class ChunkCache
             if (written is not null)
             {
                 Interlocked.Decrement(ref _pendingWrites);
-                lock (_lock)
-                {
-                    if (_writes.TryGetValue(row.Id, out var w) && w == written)
-                    {
-                        _writes.Remove(row.Id);
-                    }
-                }
-
-                written.TrySetResult();
+                EndDiskWrite(row.Id, written);
             }
         }
     }
@@ -415,7 +407,7 @@ public sealed partial class ChunkCache
     {
         try
         {
-            var left = TimeSpan.FromSeconds((double)(deadline - Stopwatch.GetTimestamp()) / Stopwatch.Frequency);
+            var left = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
             await Task.WhenAll(waits).WaitAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero).ConfigureAwait(false);
             lock (_lock)
             {
@@ -432,10 +424,7 @@ public sealed partial class ChunkCache
             p.Chunk.Dispose();
             CountError(FetchError.Timeout);
             _log.LogError("read: chunk {Chunk}: a READ waited {Seconds:0.0} s for its blocks; answering EIO", p.Row.Id, Stopwatch.GetElapsedTime(arrival).TotalSeconds);
-            throw new LmfsException(
-                $"chunk {p.Row.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout) of the READ asking for it",
-                "check that the object store is reachable; reads of cached chunks go on",
-                5);
+            throw ReadWaitTimeout(p.Row.Id);
         }
         catch
         {

@@ -379,10 +379,7 @@ public sealed partial class ChunkCache : IDisposable
         catch (TimeoutException)
         {
             bool completed, abandoned = false;
-            var error = new LmfsException(
-                $"chunk {row.Id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout) of the READ asking for it",
-                "check that the object store is reachable; reads of cached chunks go on",
-                5);
+            var error = ReadWaitTimeout(row.Id);
             lock (_lock)
             {
                 completed = f.Completed;
@@ -415,6 +412,26 @@ public sealed partial class ChunkCache : IDisposable
         }
 
         return await Checked(c, row).ConfigureAwait(false);
+    }
+
+    /// <summary>What a READ that waited its whole --fetch-timeout for a chunk (whole or some of its blocks) is answered with.</summary>
+    private LmfsException ReadWaitTimeout(ChunkId id) => new(
+        $"chunk {id} could not be fetched within {_options.FetchTimeout.TotalSeconds:0.#} s (--fetch-timeout) of the READ asking for it",
+        "check that the object store is reachable; reads of cached chunks go on",
+        5);
+
+    /// <summary>A disk write registered in <c>_writes</c> is done (or skipped): it leaves the map unless a newer one took its place, and its waiters (fills) go on.</summary>
+    private void EndDiskWrite(ChunkId id, TaskCompletionSource written)
+    {
+        lock (_lock)
+        {
+            if (_writes.TryGetValue(id, out var w) && w == written)
+            {
+                _writes.Remove(id);
+            }
+        }
+
+        written.TrySetResult();
     }
 
     /// <summary>Caller holds _lock. Removes <paramref name="f"/> from the in-flight map if it is still the fetch there (an abandoned one was replaced by a new fetch of the chunk).</summary>
@@ -748,15 +765,7 @@ public sealed partial class ChunkCache : IDisposable
             Interlocked.Decrement(ref _pendingWrites);
             if (written is not null)
             {
-                lock (_lock)
-                {
-                    if (_writes.TryGetValue(f.Entry.Id, out var w) && w == written)
-                    {
-                        _writes.Remove(f.Entry.Id);
-                    }
-                }
-
-                written.TrySetResult();
+                EndDiskWrite(f.Entry.Id, written);
             }
         }
     }
