@@ -102,22 +102,24 @@ public sealed partial class ChunkCache
         }
 
         ulong mask = entry.Blocks.MaskOf(within, length);
+        if (TryPartialHit(entry, mask) is { } partialHit)
+        {
+            return ValueTask.FromResult(partialHit);
+        }
+
         long now = Stopwatch.GetTimestamp();
-        bool onDisk = _disk?.Contains(entry.Id) == true;
+        bool onDisk = _disk?.Contains(entry.Id) == true; // a stat on a miss: not on the hit paths above
         Partial? p;
         List<Task>? waits = null;
         List<(BlockFetch Fetch, int First, int Count)>? start = null;
         lock (_lock)
         {
-            _partials.TryGetValue(entry.Id, out p);
-            if (p is not null && (p.Valid & mask) == mask && SameRow(p, entry, mask))
+            if (TryPartialHit(entry, mask) is { } arrived)
             {
-                _memory.AddRefs(p.Chunk, 1);
-                Touch(p);
-                Interlocked.Increment(ref _partialHits);
-                return ValueTask.FromResult(p.Chunk);
+                return ValueTask.FromResult(arrived); // its blocks arrived since the look above
             }
 
+            _partials.TryGetValue(entry.Id, out p);
             if (_failed.TryGetValue(entry.Id, out var failed) && now < failed.Until)
             {
                 return ValueTask.FromException<CachedChunk>(failed.Error);
@@ -149,6 +151,23 @@ public sealed partial class ChunkCache
         long deadline = now + (long)(_options.FetchTimeout.TotalSeconds * Stopwatch.Frequency);
         StartBlockFetches(p!, start, deadline);
         return new ValueTask<CachedChunk>(WaitBlocksAsync(p!, mask, waits!, now, deadline));
+    }
+
+    /// <summary>A lease on the partial chunk when every block of <paramref name="mask"/> is verified there (for this row); null otherwise.</summary>
+    private CachedChunk? TryPartialHit(in ChunkEntry entry, ulong mask)
+    {
+        lock (_lock)
+        {
+            if (!_partials.TryGetValue(entry.Id, out var p) || (p.Valid & mask) != mask || !SameRow(p, entry, mask))
+            {
+                return null;
+            }
+
+            _memory.AddRefs(p.Chunk, 1);
+            Touch(p);
+            Interlocked.Increment(ref _partialHits);
+            return p.Chunk;
+        }
     }
 
     /// <summary>Caller holds _lock. Whether the partial was verified against the same block hashes as <paramref name="row"/> asks for, for the blocks in <paramref name="mask"/>.</summary>
