@@ -174,14 +174,14 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
         }
     }
 
-    /// <summary>Waits (up to 60 s) until no fetch or cache write of the previous measurement is still running.</summary>
+    /// <summary>Waits (up to 60 s) until no fetch, cache write or view build of the previous measurement is still running.</summary>
     private async Task WaitIdleAsync(CancellationToken ct)
     {
         var deadline = Stopwatch.StartNew();
         while (deadline.Elapsed < TimeSpan.FromSeconds(60))
         {
             var s = await StatsAsync(ct).ConfigureAwait(false);
-            if ((long?)s["busy"] is null or 0)
+            if ((long?)s["busy"] is null or 0 && (long?)s["viewBuildsRunning"] is null or 0)
             {
                 return;
             }

@@ -5,6 +5,7 @@ using LazyModelFs.Import;
 using LazyModelFs.Read;
 using LazyModelFs.Storage;
 using LazyModelFs.Testing;
+using LazyModelFs.Util;
 using LazyModelFs.Vfs;
 using Xunit;
 
@@ -143,6 +144,82 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
             Assert.Equal(0, warm.Cache.StoreFetches);
             return Task.CompletedTask;
         });
+    }
+
+    [MountFact]
+    public async Task A_file_all_in_the_disk_cache_is_then_served_by_passthrough_without_the_daemon()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"]);
+        string big = Path.Combine(m.MountPoint, "m/big.bin");
+        byte[] want = Source("big.bin");
+        Assert.Equal(want, File.ReadAllBytes(big)); // cold, in cached mode; its close queues the view
+        Assert.True(SpinWait.SpinUntil(() => m.Cache.Disk!.ViewCount >= 1, 30_000), "no view was built after the file was read whole");
+        Assert.Equal(want, File.ReadAllBytes(big)); // the inode stays in cached mode: its pages are in the kernel's page cache
+        Assert.Equal(0, m.FileSystem.PassthroughOpens);
+        Unmount(m);
+
+        await WithS3StoppedAsync(() =>
+        {
+            var warm = Mount(v, _dir["cache"]);
+            string path = Path.Combine(warm.MountPoint, "m/big.bin");
+            long reads = warm.Session.Dispatcher.Reads;
+            string copy = _dir["pt.out"];
+            Proc.Run("sh", "-c", $"cat '{path}' > '{copy}'");
+            Assert.Equal(SHA256.HashData(want), SHA256.HashData(File.ReadAllBytes(copy)));
+
+            // Two handles at once share the inode's backing file; mmap goes to it too (another process).
+            using (var h1 = File.OpenHandle(path))
+            using (var h2 = File.OpenHandle(path))
+            {
+                var rnd = new Random(5);
+                var buf = new byte[Chunk + 7];
+                for (int i = 0; i < 50; i++)
+                {
+                    long off = rnd.NextInt64(0, want.Length);
+                    int n = RandomAccess.Read(i % 2 == 0 ? h1 : h2, buf, off);
+                    Assert.True(buf.AsSpan(0, n).SequenceEqual(want.AsSpan((int)off, n)), $"pread mismatch at {off}");
+                }
+            }
+
+            var ranges = MmapProbe.RandomRanges(want.Length, 100, 200_000, 6);
+            Assert.Equal(MmapProbe.Expected(want, ranges), MmapProbe.Sha256(path, ranges));
+            Assert.True(warm.FileSystem.PassthroughOpens >= 4, $"{warm.FileSystem.PassthroughOpens} passthrough opens");
+            Assert.Equal(reads, warm.Session.Dispatcher.Reads); // the kernel read the view itself: no READ reached the daemon
+            Assert.Equal(0, warm.Cache.StoreFetches);
+            Assert.InRange((long)warm.Stats()["viewOpens"]!, 1, 3); // once per run of opens (cat; the two handles; the mmap), not per open
+            return Task.CompletedTask;
+        });
+    }
+
+    [MountFact]
+    public async Task An_inode_open_in_cached_mode_never_gets_a_passthrough_open_beside_it()
+    {
+        using var v = await VolumeAsync();
+        var m = Mount(v, _dir["cache"]);
+        string big = Path.Combine(m.MountPoint, "m/big.bin");
+        byte[] want = Source("big.bin");
+        ulong ino = Posix.LStat(big).Ino;
+        var table = await v.Meta.GetChunkTableAsync(ino, Chunk);
+        using (var held = File.OpenHandle(big))
+        {
+            var all = new byte[want.Length];
+            Assert.Equal(want.Length, RandomAccess.Read(held, all, 0));
+            Assert.Equal(want, all);
+            Assert.True(SpinWait.SpinUntil(() => m.Cache.Busy == 0, 10_000));
+            Assert.True(await m.Cache.QueueViewBuild(table!)); // the view exists while a cached-mode handle is open
+
+            // A passthrough open now would fail in the kernel (fs/fuse/iomode.c): this one must be cached too.
+            Assert.Equal(want, File.ReadAllBytes(big));
+        }
+
+        Assert.Equal(want, File.ReadAllBytes(big));
+        Assert.Equal(0, m.FileSystem.PassthroughOpens);
+
+        // The bench's cold reset (forget with the disk) takes the view too.
+        await m.FileSystem.ForgetCachedAsync(ino, disk: true);
+        Assert.Equal(0, m.Cache.Disk!.ViewCount);
+        Assert.Empty(Directory.EnumerateFiles(m.Cache.Disk.ViewRoot));
     }
 
     [MountFact]

@@ -42,6 +42,7 @@ internal static class MountHelper
         ["readahead"] = "--readahead",
         ["readahead_kb"] = "--readahead-kb",
         ["prefetch"] = "--prefetch",
+        ["passthrough"] = "--passthrough",
         ["fetch_timeout"] = "--fetch-timeout",
         ["entry_timeout"] = "--entry-timeout",
         ["threads"] = "--threads",

@@ -24,6 +24,8 @@ internal sealed class MountOptionsBinder
 
     public Option<string> Prefetch { get; } = new("--prefetch") { Description = "none | sequential | whole-file | safetensors (header, then tensors in file order, for *.safetensors; sequential for the rest)", DefaultValueFactory = _ => "safetensors" };
 
+    public Option<string> Passthrough { get; } = new("--passthrough") { Description = "on | off: serve files whose chunks are all in the disk cache through FUSE passthrough, from a whole-file view in the cache (root, kernel 6.9+)", DefaultValueFactory = _ => "on" };
+
     public Option<bool> AllowOther { get; } = new("--allow-other") { Description = "Let users other than the mounting one use the mount" };
 
     public Option<int> ReadaheadKb { get; } = Numeric.Int("--readahead-kb", "Kernel readahead for the mount (read_ahead_kb; root only)", 16384, 0, 1 << 20);
@@ -36,18 +38,19 @@ internal sealed class MountOptionsBinder
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             c.Add(o);
         }
 
         Prefetch.AcceptOnlyFromAmong("none", "sequential", "whole-file", "safetensors");
+        Passthrough.AcceptOnlyFromAmong("on", "off");
     }
 
     /// <summary>The mount options given explicitly on this command line, as arguments for another `lmfs mount`.</summary>
     public IEnumerable<string> PassThrough(ParseResult p)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             if (p.GetResult(o) is { Implicit: false } r)
             {
@@ -74,6 +77,7 @@ internal sealed class MountOptionsBinder
             DemandParts = p.GetValue(DemandParts),
             FetchTimeout = TimeSpan.FromSeconds(p.GetValue(FetchTimeout)),
             AllowOther = p.GetValue(AllowOther),
+            Passthrough = p.GetValue(Passthrough) != "off",
             ReadaheadKb = p.GetValue(ReadaheadKb),
             Threads = p.GetValue(Threads),
             Vfs = new VfsOptions

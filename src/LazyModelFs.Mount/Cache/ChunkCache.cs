@@ -629,6 +629,8 @@ public sealed partial class ChunkCache : IDisposable
             o["diskEvictions"] = d.Evictions;
             o["diskEvictedBytes"] = d.EvictedBytes;
         }
+
+        AddViewStats(o);
     }
 
     /// <summary>Stops starting fetches, fails the queued ones, and cancels the running ones' object-store calls.</summary>

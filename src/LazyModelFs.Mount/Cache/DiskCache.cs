@@ -38,7 +38,7 @@ internal sealed record DiskCacheOptions
 /// 0700 and its files 0600, and a file not owned by root or us (or writable by others, or hard
 /// linked) is discarded unread.
 /// </summary>
-internal sealed class DiskCache
+internal sealed partial class DiskCache
 {
     private const string TempMarker = ".tmp-";
     private readonly ConcurrentDictionary<ChunkId, Entry> _index = new();
@@ -81,6 +81,7 @@ internal sealed class DiskCache
         }
 
         TrustedPath.CheckChain(Root, "--cache-dir");
+        ViewRoot = CreateViewRoot(options.Directory);
         Rescan();
     }
 
@@ -344,14 +345,17 @@ internal sealed class DiskCache
             long target = limit / 10 * 9;
             long freed = 0;
             int files = 0;
-            foreach (var (id, e) in _index.OrderBy(kv => kv.Value.LastUse).ToList())
+            var oldestFirst = _index.Select(kv => (Id: kv.Key, kv.Value, View: false))
+                .Concat(_views.Select(kv => (Id: kv.Key, kv.Value, View: true)))
+                .OrderBy(x => x.Value.LastUse).ToList();
+            foreach (var (id, e, view) in oldestFirst)
             {
                 if (Bytes <= target)
                 {
                     break;
                 }
 
-                if (Delete(id, PathOf(id)))
+                if (view ? DeleteView(id) : Delete(id, PathOf(id)))
                 {
                     freed += e.Size;
                     files++;
@@ -360,7 +364,7 @@ internal sealed class DiskCache
 
             Interlocked.Add(ref _evictions, files);
             Interlocked.Add(ref _evictedBytes, freed);
-            _log.LogInformation("cache: evicted {Files} chunk files ({Bytes}) to stay under {Limit}", files, Sizes.Format(freed), Sizes.Format(limit));
+            _log.LogInformation("cache: evicted {Files} chunk files and views ({Bytes}) to stay under {Limit}", files, Sizes.Format(freed), Sizes.Format(limit));
         }
     }
 
@@ -373,7 +377,7 @@ internal sealed class DiskCache
         return removed;
     }
 
-    /// <summary>Removes every cached chunk file.</summary>
+    /// <summary>Removes every cached chunk file and view.</summary>
     public (int Files, long Bytes) Clear()
     {
         lock (_evictLock)
@@ -389,20 +393,32 @@ internal sealed class DiskCache
                 }
             }
 
+            foreach (var key in _views.Keys.ToList())
+            {
+                files += DeleteView(key) ? 1 : 0;
+            }
+
             return (files, bytes);
         }
     }
 
-    /// <summary>Rebuilds the index from the directory (start, eviction): sizes from the files, age from their mtime.</summary>
+    /// <summary>Rebuilds the indexes from the directory (start, eviction): sizes from the files, age from their mtime. Chunk files and views both count in <see cref="Bytes"/>.</summary>
     private void Rescan()
+    {
+        long total = Scan(Root, SearchOption.AllDirectories, _index);
+        total += Scan(ViewRoot, SearchOption.TopDirectoryOnly, _views);
+        Interlocked.Exchange(ref _bytes, total);
+    }
+
+    private static long Scan(string dir, SearchOption depth, ConcurrentDictionary<ChunkId, Entry> index)
     {
         var seen = new HashSet<ChunkId>();
         long total = 0;
-        foreach (var f in new DirectoryInfo(Root).EnumerateFiles("*", SearchOption.AllDirectories))
+        foreach (var f in new DirectoryInfo(dir).EnumerateFiles("*", depth))
         {
             if (f.Name.Contains(TempMarker, StringComparison.Ordinal))
             {
-                // A temporary file older than a minute was left by a crash.
+                // A temporary file older than a minute was left by a crash (a view being built is written to continuously).
                 if (DateTime.UtcNow - f.LastWriteTimeUtc > TimeSpan.FromMinutes(1))
                 {
                     TryDelete(f.FullName);
@@ -430,18 +446,18 @@ internal sealed class DiskCache
 
             total += size;
             // Files this process never used order by age, before anything it used.
-            _index.GetOrAdd(id, _ => new Entry(size, -(long)(DateTime.UtcNow - f.LastWriteTimeUtc).TotalSeconds));
+            index.GetOrAdd(id, _ => new Entry(size, -(long)(DateTime.UtcNow - f.LastWriteTimeUtc).TotalSeconds));
         }
 
-        foreach (var id in _index.Keys)
+        foreach (var id in index.Keys)
         {
             if (!seen.Contains(id))
             {
-                _index.TryRemove(id, out _);
+                index.TryRemove(id, out _);
             }
         }
 
-        Interlocked.Exchange(ref _bytes, total);
+        return total;
     }
 
     private bool Delete(ChunkId id, string path)

@@ -68,7 +68,11 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new(); // changed under _nodesLock; read without it
     private readonly Lock _nodesLock = new();
-    private readonly ConcurrentDictionary<ulong, OpenFileReader> _files = new(); // handle → its file's read side
+    private readonly ConcurrentDictionary<ulong, OpenFileReader> _files = new(); // handle → its file's read side (cached-mode handles)
+    private readonly ConcurrentDictionary<ulong, (NodeState Node, bool Passthrough)> _handles = new(); // every file handle → its node and mode
+    private FuseConnection? _fuse; // set at INIT when the kernel granted passthrough
+    private volatile bool _passthrough; // and still on (off after the kernel refused a backing file)
+    private long _passthroughOpens;
     private readonly int _chunkSize;
     private long _nextFh;
 
@@ -97,7 +101,20 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     /// <summary>Node ids the daemon holds state for: those the kernel holds references to (a node forgotten to zero is dropped).</summary>
     public int Nodes => _nodes.Count;
 
-    public int OpenFiles => _files.Count;
+    public int OpenFiles => _handles.Count;
+
+    /// <summary>File opens answered with FUSE passthrough (the kernel reads the file's view itself).</summary>
+    public long PassthroughOpens => Interlocked.Read(ref _passthroughOpens);
+
+    public void Init(FuseConnectionInfo info, FuseConnection? connection)
+    {
+        if (info.Passthrough && connection is not null && _reader.HasViews)
+        {
+            _fuse = connection;
+            _passthrough = true;
+            _log.LogInformation("vfs: passthrough on: a file whose chunks are all in the disk cache gets a view there, and its later opens are served by the kernel");
+        }
+    }
 
     /// <summary>
     /// The kernel's references to a node id. FORGET names only the id, so the count is per id and is
@@ -118,6 +135,15 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
         /// <summary>A file's read side (chunk table, readahead, prefetch, its name for log lines); null for directories and symlinks.</summary>
         public OpenFileReader? Reads { get; } = reads;
+
+        // The kernel's I/O mode of the inode (fs/fuse/iomode.c), changed under lock (this): a passthrough
+        // open while cached opens exist fails, and so does a cached open while passthrough ones exist.
+        public int CachedOpens;
+        public int PassthroughOpens;
+        public int BackingId;
+
+        /// <summary>Opened in cached mode since the kernel looked it up: its pages are in the kernel's page cache of this inode, so later opens stay cached.</summary>
+        public bool ServedCached;
     }
 
     private NodeState NewState(Node n, LookupCounter lookups) =>
@@ -467,8 +493,24 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
+            if (OpenPassthrough(st, reads.Table!, fh) is { } passthrough)
+            {
+                return passthrough;
+            }
+
+            lock (st)
+            {
+                st.CachedOpens++;
+                st.ServedCached = true;
+            }
+
+            _handles[fh] = (st, false);
             _files[fh] = reads;
             reads.Opened(); // the file's first open starts prefetch
+            if (_passthrough)
+            {
+                _ = _reader.QueueViewBuild(reads.Table!); // a cache filled earlier (another mount, before a restart) may hold it all
+            }
 
             return new FuseOpen(fh, FopenFlags.KEEP_CACHE | FopenFlags.NOFLUSH);
         }
@@ -478,9 +520,87 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         }
     }
 
+    /// <summary>
+    /// A passthrough answer to OPEN when the file has a view and the inode may change to (or is in)
+    /// passthrough mode; null to open it in cached mode. One backing id per inode, registered at its
+    /// first passthrough open and closed at its last release (fuse-protocol.md, section 10).
+    /// </summary>
+    private FuseOpen? OpenPassthrough(NodeState st, ChunkTable table, ulong fh)
+    {
+        if (!_passthrough || _fuse is not { } conn)
+        {
+            return null;
+        }
+
+        lock (st)
+        {
+            if (st.PassthroughOpens == 0)
+            {
+                if (st.CachedOpens > 0 || st.ServedCached)
+                {
+                    return null;
+                }
+
+                using var view = _reader.OpenView(table);
+                if (view is null)
+                {
+                    return null;
+                }
+
+                try
+                {
+                    st.BackingId = conn.OpenBacking((int)view.DangerousGetHandle()); // the kernel holds its own reference to the file from here
+                }
+                catch (IOException ex)
+                {
+                    _passthrough = false;
+                    _log.LogWarning("vfs: passthrough turned off for this mount: {Message}", ex.Message);
+                    return null;
+                }
+            }
+
+            st.PassthroughOpens++;
+        }
+
+        _handles[fh] = (st, true);
+        Interlocked.Increment(ref _passthroughOpens);
+        return new FuseOpen(fh, FopenFlags.PASSTHROUGH | FopenFlags.NOFLUSH, st.BackingId);
+    }
+
     public ValueTask<Errno> ReleaseAsync(FuseContext ctx, ulong nodeId, ulong fh)
     {
         _files.TryRemove(fh, out _);
+        if (_handles.TryRemove(fh, out var h))
+        {
+            var st = h.Node;
+            bool lastCached = false;
+            lock (st)
+            {
+                if (!h.Passthrough)
+                {
+                    lastCached = --st.CachedOpens == 0;
+                }
+                else if (--st.PassthroughOpens == 0)
+                {
+                    try
+                    {
+                        _fuse?.CloseBacking(st.BackingId);
+                    }
+                    catch (IOException ex)
+                    {
+                        _log.LogWarning("vfs: closing the passthrough backing file of inode {Ino} failed: {Message}", nodeId, ex.Message);
+                    }
+
+                    st.BackingId = 0;
+                }
+            }
+
+            if (lastCached && _passthrough && st.Reads?.Table is { } table)
+            {
+                _ = _reader.QueueViewBuild(table); // the file may be all on disk now: the next opener gets passthrough
+            }
+        }
+
         return ValueTask.FromResult(Errno.OK);
     }
 
@@ -503,6 +623,10 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
             ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
         var (memory, removed) = _reader.Evict(table.Entries.Select(e => e.Id).ToList(), disk);
+        if (disk)
+        {
+            removed += _reader.RemoveView(table) ? 1 : 0; // an open in passthrough mode keeps reading the deleted view; later ones read the chunks
+        }
 
         st?.Reads?.Reset(); // its readahead streams forgotten, its next open prefetches again
 

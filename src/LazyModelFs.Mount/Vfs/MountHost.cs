@@ -38,6 +38,12 @@ public sealed record MountOptions
     /// <summary>Mount with MS_NOEXEC (`-o noexec` through the mount helper).</summary>
     public bool NoExec { get; init; }
 
+    /// <summary>
+    /// Serve files whose chunks are all in the disk cache through FUSE passthrough, from a whole-file
+    /// view built in the cache (needs root and a kernel with CONFIG_FUSE_PASSTHROUGH; off without a disk cache).
+    /// </summary>
+    public bool Passthrough { get; init; } = true;
+
     /// <summary>Kernel readahead (read_ahead_kb) for the mount.</summary>
     public int ReadaheadKb { get; init; } = 16384;
 
@@ -100,6 +106,7 @@ public sealed class MountHost : IDisposable
         o["readBytes"] = d.ReadBytes;
         o["readErrors"] = d.ReadErrors;
         Cache.AddStats(o);
+        o["passthroughOpens"] = FileSystem.PassthroughOpens;
         o["dirHandles"] = FileSystem.Directories.Open;
         o["dirSnapshots"] = FileSystem.Directories.Snapshots;
         o["dirSnapshotBytes"] = FileSystem.Directories.Bytes;
@@ -154,7 +161,7 @@ public sealed class MountHost : IDisposable
                 Threads = o.Threads ?? new FuseMountOptions().Threads,
                 AllowNonEmpty = o.NonEmpty,
                 NoExec = o.NoExec,
-                Protocol = new FuseProtocolOptions { MaxPages = MaxPagesFor(volume.Settings.ChunkSize) },
+                Protocol = new FuseProtocolOptions { MaxPages = MaxPagesFor(volume.Settings.ChunkSize), Passthrough = o.Passthrough && cache.HasViews },
             };
             FuseSession session;
             try
