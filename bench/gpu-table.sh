@@ -82,6 +82,17 @@ mount_it() { # CACHE_DIR LOG [OPTIONS]
   "$lmfs" mount "$meta" "$mnt" --background --cache-dir "$c" --log-file "$w/$log.log" "${extra[@]}" "$@" >/dev/null
 }
 umount_it() { "$lmfs" umount "$mnt" >/dev/null; }
+# Waits (up to 180 s) for the view a full read queues (passthrough), and records how long it took.
+wait_view() { # LABEL
+  local t0 st="{}"; t0=$(date +%s.%N)
+  for _ in $(seq 1800); do
+    st=$("$lmfs" stats "$mnt" --json 2>/dev/null) || { st="{}"; break; }
+    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s.get("views",0)>=1 and s.get("viewBuildsRunning",0)==0 else 1)' "$st" && break
+    sleep 0.1
+  done
+  python3 -c 'import json,sys,time; s=json.loads(sys.argv[3]); print(json.dumps({"row": sys.argv[1], "seconds": round(time.time()-float(sys.argv[2]),2), "views": s.get("views",0), "viewBytes": s.get("viewBytes",0)}))' \
+    "$1" "$t0" "$st" | tee -a "$rows" >&2
+}
 
 drop; load "$w/src/model.safetensors" "local disk cold"
 load "$w/src/model.safetensors" "local disk hot"
@@ -89,9 +100,15 @@ load "$w/src/model.safetensors" "local disk hot"
 mount_it "$w/cache" disk
 drop; load "$mnt/m/model.safetensors" "lmfs cold from S3, cache on disk"
 load "$mnt/m/model.safetensors" "lmfs hot"
+wait_view "view built after the cold load (disk)"
+umount_it
+mount_it "$w/cache" disk-warm-nopt --passthrough off
+drop; load "$mnt/m/model.safetensors" "lmfs warm, cache on disk, passthrough off"
+load "$mnt/m/model.safetensors" "lmfs hot, passthrough off"
 umount_it
 mount_it "$w/cache" disk-warm
 drop; load "$mnt/m/model.safetensors" "lmfs warm, cache on disk"
+load "$mnt/m/model.safetensors" "lmfs hot (passthrough)"
 umount_it; rm -rf "$w/cache"
 
 mount_it "$w/nocache" nocache --cache-size 0
@@ -100,6 +117,10 @@ umount_it
 
 mount_it "$shm/cache" ram
 drop; load "$mnt/m/model.safetensors" "lmfs cold from S3, cache on tmpfs"
+wait_view "view built after the cold load (tmpfs)"
+umount_it
+mount_it "$shm/cache" ram-warm-nopt --passthrough off
+drop; load "$mnt/m/model.safetensors" "lmfs warm, cache on tmpfs, passthrough off"
 umount_it
 mount_it "$shm/cache" ram-warm
 drop; load "$mnt/m/model.safetensors" "lmfs warm, cache on tmpfs"
@@ -142,6 +163,8 @@ ref = {"local disk cold": None, "local disk hot": None,
        "lmfs warm, cache on disk": ("local cold", g("local disk cold")),
        "lmfs cold from S3, disk cache off": ("local hot", local_hot),
        "lmfs cold from S3, cache on tmpfs": ("local hot", local_hot), "lmfs warm, cache on tmpfs": ("local hot", local_hot),
+       "lmfs warm, cache on disk, passthrough off": ("local cold", g("local disk cold")), "lmfs hot, passthrough off": ("local hot", local_hot),
+       "lmfs hot (passthrough)": ("local hot", local_hot), "lmfs warm, cache on tmpfs, passthrough off": ("local hot", local_hot),
        "lmfs cold cat, 8 readers, disk cache off": ("store 16 GETs", store16)}
 for r in rows:
     label = r.get("label", r.get("row"))
