@@ -188,6 +188,14 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
             Assert.Equal(reads, warm.Session.Dispatcher.Reads); // the kernel read the view itself: no READ reached the daemon
             Assert.Equal(0, warm.Cache.StoreFetches);
             Assert.InRange((long)warm.Stats()["viewOpens"]!, 1, 3); // once per run of opens (cat; the two handles; the mmap), not per open
+
+            // The view replaced the file's chunk files: a mount without passthrough reads its chunks from the view.
+            Assert.Equal(0, warm.Cache.Disk!.Count);
+            var plain = Mount(v, _dir["cache"], o => o with { Passthrough = false });
+            Assert.Equal(want, File.ReadAllBytes(Path.Combine(plain.MountPoint, "m/big.bin")));
+            Assert.Equal(0, plain.Cache.StoreFetches);
+            Assert.Equal(0, plain.FileSystem.PassthroughOpens);
+            Assert.True((long)plain.Stats()["diskHits"]! >= 25); // every chunk of the file, read from the view
             return Task.CompletedTask;
         });
     }

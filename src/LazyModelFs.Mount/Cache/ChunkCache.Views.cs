@@ -90,6 +90,9 @@ public sealed partial class ChunkCache
         return tcs.Task;
     }
 
+    /// <summary>Learns where the file's view, if it has one, holds its chunks (their chunk files are gone once it is built).</summary>
+    public bool LocateInView(ChunkTable table) => _disk?.Locate(table) == true;
+
     /// <summary>Deletes the file's view (the bench's cold phase, the control socket's forget).</summary>
     public bool RemoveView(ChunkTable table) => _disk?.RemoveView(table) == true;
 

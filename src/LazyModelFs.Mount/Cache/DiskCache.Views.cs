@@ -17,7 +17,12 @@ namespace LazyModelFs.Cache;
 ///
 /// A view is only ever built from chunks this cache holds, each checked against its row (length and
 /// CRC32C, as every disk-tier read) on the way, written under a temporary name, flushed, and renamed
-/// into place: a view is whole or absent. Views share the byte limit and the least-recently-used
+/// into place: a view is whole or absent. Once it is, the file's chunk files are deleted: the view
+/// holds the bytes once, and a read of one of those chunks (a cached-mode open, another file sharing
+/// the chunk) is served from the view at the chunk's offset, checked like a chunk file (length and
+/// CRC32C). Where a view holds a chunk is known from the file's chunk table, so this process learns
+/// it when it builds or opens the view, or opens the file (<see cref="Locate"/>); a process that has
+/// not finds the chunk missing and fetches it again. Views share the byte limit and the least-recently-used
 /// eviction of chunk files. Trust is the chunk files' (<see cref="TrustedPath"/>): a view that is not
 /// a private regular file of ours with one link, or not of the file's length, is discarded unread.
 /// Unlike a chunk file, a view is not checked again when read through passthrough: the kernel reads
@@ -26,6 +31,9 @@ namespace LazyModelFs.Cache;
 internal sealed partial class DiskCache
 {
     private readonly ConcurrentDictionary<ChunkId, Entry> _views = new(); // view key → size, last use
+    private readonly ConcurrentDictionary<ChunkId, Located> _located = new(); // chunk id → where a view holds it (its chunk file is gone)
+
+    private readonly record struct Located(ChunkId View, long Offset, int Length);
     private long _viewOpens;
     private long _viewsBuilt;
 
@@ -105,6 +113,7 @@ internal sealed partial class DiskCache
             var e = _views.GetOrAdd(key, _ => NewViewEntry(length)); // built by another process sharing the directory
             e.LastUse = Interlocked.Increment(ref _clock);
             Interlocked.Increment(ref _viewOpens);
+            Register(key, table);
             var opened = h;
             h = null;
             return opened;
@@ -213,6 +222,15 @@ internal sealed partial class DiskCache
         }
 
         Interlocked.Increment(ref _viewsBuilt);
+        Register(key, table);
+        foreach (var e in table.Entries)
+        {
+            if (_index.ContainsKey(e.Id))
+            {
+                Delete(e.Id, PathOf(e.Id)); // the view holds it now; a reader that has it open keeps reading (Linux)
+            }
+        }
+
         if (Bytes > Limit())
         {
             Evict();
@@ -226,6 +244,7 @@ internal sealed partial class DiskCache
 
     private bool DeleteView(ChunkId key)
     {
+        Unregister(key);
         if (TryDelete(ViewPath(key)) && _views.TryRemove(key, out var e))
         {
             Interlocked.Add(ref _bytes, -e.Size);
@@ -237,9 +256,117 @@ internal sealed partial class DiskCache
 
     private void ForgetView(ChunkId key)
     {
+        Unregister(key);
         if (_views.TryRemove(key, out var e))
         {
             Interlocked.Add(ref _bytes, -e.Size);
+        }
+    }
+
+    /// <summary>
+    /// Learns where the file's view (if it has one) holds each of its chunks, so reads of chunks
+    /// whose files were deleted when the view was built are served from it. True when it has a view.
+    /// </summary>
+    public bool Locate(ChunkTable table)
+    {
+        var key = ViewKey(table);
+        if (!_views.ContainsKey(key) && !File.Exists(ViewPath(key)))
+        {
+            return false;
+        }
+
+        Register(key, table);
+        return true;
+    }
+
+    private void Register(ChunkId key, ChunkTable table)
+    {
+        long at = 0;
+        foreach (var e in table.Entries)
+        {
+            _located.TryAdd(e.Id, new Located(key, at, e.PlainLength));
+            at += e.PlainLength;
+        }
+    }
+
+    private void Unregister(ChunkId key)
+    {
+        foreach (var kv in _located)
+        {
+            if (kv.Value.View == key)
+            {
+                _located.TryRemove(kv);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A chunk read from the view that holds it, with the checks of a chunk file: a view that is not
+    /// ours or reads back short or with another CRC32C is deleted, and the chunk is a miss.
+    /// </summary>
+    private bool TryReadLocated(in ChunkEntry entry, Span<byte> dest)
+    {
+        if (!_located.TryGetValue(entry.Id, out var at))
+        {
+            return false;
+        }
+
+        string path = ViewPath(at.View);
+        int aligned = RoundUp(at.Length);
+        bool direct = _direct && dest.Length >= aligned && IsAligned(dest) && (at.Offset & 4095) == 0;
+        if (dest.Length < at.Length)
+        {
+            throw new ChunkRowMismatchException($"chunk {entry.Id}: the cached chunk is {at.Length} bytes, but the chunk table row says {entry.PlainLength} (the row is damaged)");
+        }
+
+        SafeFileHandle? h = null;
+        try
+        {
+            h = (direct ? Posix.OpenDirect(path, write: false) : null) ?? File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            if (TrustedPath.UntrustedFile(h) is { } why)
+            {
+                Interlocked.Increment(ref _corrupt);
+                _log.LogWarning("cache: the view {Path} is {Why}; discarded unread", path, why);
+                DeleteView(at.View);
+                return false;
+            }
+
+            int n = ReadAll(h, direct ? dest[..aligned] : dest[..at.Length], at.Length, at.Offset);
+            var got = dest[..Math.Min(n, at.Length)];
+            if (n >= at.Length && at.Length == entry.PlainLength && Crc32C.Compute(got) == entry.Crc32C)
+            {
+                Interlocked.Increment(ref _hits);
+                if (_views.TryGetValue(at.View, out var v))
+                {
+                    v.LastUse = Interlocked.Increment(ref _clock);
+                }
+
+                return true;
+            }
+
+            if (n >= at.Length && ChunkId.Of(got) == entry.Id)
+            {
+                throw new ChunkRowMismatchException($"chunk {entry.Id}: the cached chunk matches its id ({at.Length} bytes), but the chunk table row says {entry.PlainLength} bytes with CRC32C {entry.Crc32C:x8} (the row is damaged)");
+            }
+
+            Interlocked.Increment(ref _corrupt);
+            _log.LogWarning("cache: the view {Path} is damaged at {Offset} (short, or a CRC32C mismatch); discarded, the chunk is fetched again", path, at.Offset);
+            DeleteView(at.View);
+            return false;
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            ForgetView(at.View);
+            return false;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            _log.LogWarning("cache: reading the view {Path} failed: {Message}; the chunk is fetched again", path, ex.Message);
+            return false;
+        }
+        finally
+        {
+            h?.Dispose();
         }
     }
 }

@@ -103,7 +103,7 @@ internal sealed partial class DiskCache
 
     public long EvictedBytes => Interlocked.Read(ref _evictedBytes);
 
-    public bool Contains(ChunkId id) => _index.ContainsKey(id) || File.Exists(PathOf(id));
+    public bool Contains(ChunkId id) => _index.ContainsKey(id) || _located.ContainsKey(id) || File.Exists(PathOf(id));
 
     /// <summary>
     /// Reads a cached chunk into <paramref name="dest"/> and checks its length and CRC32C against the
@@ -114,6 +114,11 @@ internal sealed partial class DiskCache
     /// </summary>
     public bool TryRead(in ChunkEntry entry, Span<byte> dest)
     {
+        if (!_index.ContainsKey(entry.Id) && _located.ContainsKey(entry.Id))
+        {
+            return TryReadLocated(entry, dest); // its chunk file went when its file's view was built
+        }
+
         string path = PathOf(entry.Id);
         SafeFileHandle? h = null;
         int aligned = RoundUp(entry.PlainLength);
@@ -137,7 +142,7 @@ internal sealed partial class DiskCache
         catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
         {
             Forget(entry.Id);
-            return false;
+            return TryReadLocated(entry, dest);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
@@ -209,7 +214,7 @@ internal sealed partial class DiskCache
     /// </summary>
     public bool Write(in ChunkEntry entry, ReadOnlySpan<byte> data)
     {
-        if (_index.ContainsKey(entry.Id))
+        if (_index.ContainsKey(entry.Id) || _located.ContainsKey(entry.Id))
         {
             return true;
         }
@@ -374,6 +379,7 @@ internal sealed partial class DiskCache
         string path = PathOf(id);
         bool removed = File.Exists(path) && TryDelete(path);
         Forget(id);
+        removed |= _located.TryRemove(id, out _);
         return removed;
     }
 
@@ -501,12 +507,12 @@ internal sealed partial class DiskCache
     }
 
     /// <summary>Reads into <paramref name="dest"/> until <paramref name="want"/> bytes are in (or end of file); an O_DIRECT read asks for whole pages.</summary>
-    private static int ReadAll(SafeFileHandle h, Span<byte> dest, int want)
+    private static int ReadAll(SafeFileHandle h, Span<byte> dest, int want, long offset = 0)
     {
         int total = 0;
         while (total < want)
         {
-            int n = RandomAccess.Read(h, dest[total..], total);
+            int n = RandomAccess.Read(h, dest[total..], offset + total);
             if (n == 0)
             {
                 break;

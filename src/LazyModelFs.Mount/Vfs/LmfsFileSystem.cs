@@ -142,6 +142,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         public int PassthroughOpens;
         public int BackingId;
 
+        /// <summary>Whether the disk cache was told where this file's view holds its chunks (once per node).</summary>
+        public bool Located;
+
         /// <summary>Opened in cached mode since the kernel looked it up: its pages are in the kernel's page cache of this inode, so later opens stay cached.</summary>
         public bool ServedCached;
     }
@@ -490,6 +493,12 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                 }
 
                 reads.Attach(table);
+            }
+
+            if (!st.Located)
+            {
+                st.Located = true;
+                _reader.LocateInView(reads.Table!); // a view built earlier holds the chunks whose files it replaced
             }
 
             ulong fh = (ulong)Interlocked.Increment(ref _nextFh);

@@ -31,7 +31,7 @@ public sealed class FileViewTests : IDisposable
         return (new ChunkTable(entries, Chunk), bytes);
     }
 
-    private DiskCache NewCache(long max = 1L << 30) => new(new DiskCacheOptions { Directory = _dir["cache"], MaxBytes = max, FreeSpaceRatio = 0 });
+    private DiskCache NewCache(long max = 1L << 30, string name = "cache") => new(new DiskCacheOptions { Directory = _dir[name], MaxBytes = max, FreeSpaceRatio = 0 });
 
     private static byte[] ReadAll(Microsoft.Win32.SafeHandles.SafeFileHandle h)
     {
@@ -59,11 +59,17 @@ public sealed class FileViewTests : IDisposable
 
         string view = Directory.EnumerateFiles(cache.ViewRoot).Single();
         Assert.Equal(TrustedPath.PrivateFile, File.GetUnixFileMode(view));
-        Assert.Equal(2L * bytes.Length, cache.Bytes); // chunk files and the view both count against the limit
+        Assert.Equal(bytes.Length, cache.Bytes); // the view holds the bytes once: its chunk files are gone
+        Assert.Equal(0, cache.Count);
+        Assert.True(cache.HoldsAll(table)); // ... and its chunks are read from it
+        AssertChunksRead(cache, table, bytes);
 
         var again = NewCache(); // a restart, or another mount sharing the directory
         Assert.Equal(1, again.ViewCount);
-        Assert.Equal(2L * bytes.Length, again.Bytes);
+        Assert.Equal(bytes.Length, again.Bytes);
+        Assert.False(again.Contains(table[0].Id)); // where the view holds them is learnt from the table
+        Assert.True(again.Locate(table));
+        AssertChunksRead(again, table, bytes);
         using var h2 = again.OpenView(table);
         Assert.Equal(bytes, ReadAll(h2!));
 
@@ -71,6 +77,44 @@ public sealed class FileViewTests : IDisposable
         var (other, _) = File5(null, seed: 2);
         Assert.NotEqual(DiskCache.ViewKey(table), DiskCache.ViewKey(other));
         Assert.Null(again.OpenView(other));
+    }
+
+    private static void AssertChunksRead(DiskCache cache, ChunkTable table, byte[] bytes)
+    {
+        var buf = new byte[Chunk + 4096];
+        long at = 0;
+        foreach (var e in table.Entries)
+        {
+            Assert.True(cache.TryRead(e, buf), $"chunk at {at} not read from the view");
+            Assert.True(buf.AsSpan(0, e.PlainLength).SequenceEqual(bytes.AsSpan((int)at, e.PlainLength)));
+            at += e.PlainLength;
+        }
+    }
+
+    [Fact]
+    public void A_damaged_view_is_discarded_when_a_chunk_read_from_it_does_not_check()
+    {
+        var cache = NewCache();
+        var (table, bytes) = File5(cache);
+        Assert.True(cache.BuildView(table, CancellationToken.None));
+        string view = Directory.EnumerateFiles(cache.ViewRoot).Single();
+        using (var f = new FileStream(view, FileMode.Open, FileAccess.ReadWrite))
+        {
+            f.Position = (2L * Chunk) + 77;
+            int b = f.ReadByte();
+            f.Position--;
+            f.WriteByte((byte)(b ^ 0x40));
+        }
+
+        var buf = new byte[Chunk + 4096];
+        Assert.True(cache.TryRead(table[1], buf)); // the chunks before are fine
+        Assert.False(cache.TryRead(table[2], buf)); // this one's CRC32C differs: the view goes
+        Assert.True(cache.Corrupt >= 1);
+        Assert.False(File.Exists(view));
+        Assert.False(cache.Contains(table[0].Id));
+        Assert.Null(cache.OpenView(table));
+        Assert.Equal(0, cache.Bytes);
+        Assert.NotNull(bytes);
     }
 
     [Fact]
@@ -111,7 +155,9 @@ public sealed class FileViewTests : IDisposable
         File.SetUnixFileMode(view, (UnixFileMode)0x1B6); // 0666
         Assert.Null(cache.OpenView(table));
         Assert.False(File.Exists(view));
+        Assert.False(cache.HoldsAll(table)); // the view held its chunks: they are fetched again
 
+        File5(cache); // fetched again
         Assert.True(cache.BuildView(table, CancellationToken.None));
         using (var f = new FileStream(view, FileMode.Open, FileAccess.Write))
         {
@@ -138,28 +184,31 @@ public sealed class FileViewTests : IDisposable
     [Fact]
     public void Views_are_evicted_with_the_chunk_files_oldest_first_and_removed_on_request()
     {
-        var cache = NewCache(max: 14L * Chunk);
+        var cache = NewCache(max: 10L * Chunk);
         var (a, _) = File5(cache, seed: 5);
-        Assert.True(cache.BuildView(a, CancellationToken.None)); // about 8 MiB in all
+        Assert.True(cache.BuildView(a, CancellationToken.None)); // about 4 MiB: the view, its chunk files gone
         using (cache.OpenView(a))
         {
         }
 
         var (b, _) = File5(cache, seed: 6);
-        Assert.True(cache.BuildView(b, CancellationToken.None)); // about 16 MiB: over the limit, so down to 90 % of it
-        Assert.True(cache.Bytes <= 14L * Chunk / 10 * 9, $"{cache.Bytes} bytes cached");
-        Assert.True(cache.HasView(a)); // opened after a's chunks were written: a's chunk files went first
-        Assert.True(cache.HasView(b));
+        Assert.True(cache.BuildView(b, CancellationToken.None)); // about 8 MiB
+        Assert.True(cache.HasView(a));
+        var (c, _) = File5(cache, seed: 8); // its chunk files pass the limit: down to 90 % of it, oldest first
+        Assert.True(cache.Bytes <= 10L * Chunk / 10 * 9, $"{cache.Bytes} bytes cached");
+        Assert.False(cache.HasView(a));
         Assert.False(cache.HoldsAll(a));
+        Assert.True(cache.HasView(b));
+        Assert.True(cache.HoldsAll(c));
 
         Assert.True(cache.RemoveView(b));
         Assert.False(cache.HasView(b));
         Assert.Null(cache.OpenView(b));
 
         // A view larger than half the cache is not built: it would push out the chunks of everything else.
-        var small = NewCache(max: 8L * Chunk);
-        var (c, _) = File5(small, seed: 7);
-        Assert.False(small.BuildView(c, CancellationToken.None));
+        var small = NewCache(max: 8L * Chunk, name: "small");
+        var (tooBig, _) = File5(small, seed: 7);
+        Assert.False(small.BuildView(tooBig, CancellationToken.None));
     }
 
     public void Dispose() => _dir.Dispose();
