@@ -154,9 +154,12 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         string big = Path.Combine(m.MountPoint, "m/big.bin");
         byte[] want = Source("big.bin");
         Assert.Equal(want, File.ReadAllBytes(big)); // cold, in cached mode; its close queues the view
-        Assert.True(SpinWait.SpinUntil(() => m.Cache.Disk!.ViewCount >= 1, 30_000), "no view was built after the file was read whole");
-        Assert.Equal(want, File.ReadAllBytes(big)); // the inode stays in cached mode: its pages are in the kernel's page cache
-        Assert.Equal(0, m.FileSystem.PassthroughOpens);
+        Assert.True(SpinWait.SpinUntil(() => m.FileSystem.Switched >= 1, 30_000), "no view was built after the file was read whole");
+        Assert.Equal(1, m.Cache.Disk!.ViewCount);
+        long readsBefore = m.Session.Dispatcher.Reads;
+        Assert.Equal(want, File.ReadAllBytes(big)); // the same inode, now in passthrough mode (its cached pages were dropped)
+        Assert.Equal(1, m.FileSystem.PassthroughOpens);
+        Assert.Equal(readsBefore, m.Session.Dispatcher.Reads);
         Unmount(m);
 
         await WithS3StoppedAsync(() =>
@@ -201,7 +204,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
     }
 
     [MountFact]
-    public async Task An_inode_open_in_cached_mode_never_gets_a_passthrough_open_beside_it()
+    public async Task An_inode_open_in_cached_mode_never_gets_a_passthrough_open_beside_it_and_turns_after_its_last_release()
     {
         using var v = await VolumeAsync();
         var m = Mount(v, _dir["cache"]);
@@ -219,10 +222,13 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
 
             // A passthrough open now would fail in the kernel (fs/fuse/iomode.c): this one must be cached too.
             Assert.Equal(want, File.ReadAllBytes(big));
+            Assert.Equal(0, m.FileSystem.PassthroughOpens);
         }
 
+        // Its last release lets the inode turn to passthrough: pages dropped, the next open passthrough.
+        Assert.True(SpinWait.SpinUntil(() => m.FileSystem.Switched >= 1, 30_000));
         Assert.Equal(want, File.ReadAllBytes(big));
-        Assert.Equal(0, m.FileSystem.PassthroughOpens);
+        Assert.Equal(1, m.FileSystem.PassthroughOpens);
 
         // The bench's cold reset (forget with the disk) takes the view too.
         await m.FileSystem.ForgetCachedAsync(ino, disk: true);

@@ -16,7 +16,8 @@ namespace LazyModelFs.Cache;
 /// in the same chunks, and a file replaced by an import gets another key.
 ///
 /// A view is only ever built from chunks this cache holds, each checked against its row (length and
-/// CRC32C, as every disk-tier read) on the way, written under a temporary name, flushed, and renamed
+/// CRC32C, as every disk-tier read) on the way, written under a temporary name (through the page
+/// cache, so it is hot for the passthrough reads that follow), flushed, and renamed
 /// into place: a view is whole or absent. Once it is, the file's chunk files are deleted: the view
 /// holds the bytes once, and a read of one of those chunks (a cached-mode open, another file sharing
 /// the chunk) is served from the view at the chunk's offset, checked like a chunk file (length and
@@ -167,11 +168,9 @@ internal sealed partial class DiskCache
         try
         {
             var buffer = new Span<byte>(mem, (int)bufferBytes);
-#pragma warning disable CA2000 // disposed by the using below
-            SafeFileHandle h = (_direct ? Posix.OpenDirect(tmp, write: true) : null)
-                ?? File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, table.PlainSize);
-#pragma warning restore CA2000
-            using (h)
+            // Written through the page cache, unlike chunk files: the view's pages are what passthrough
+            // reads and maps next, so a file just read whole stays hot when its inode turns to passthrough.
+            using (var h = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.None, table.PlainSize))
             {
                 File.SetUnixFileMode(h, TrustedPath.PrivateFile);
                 long at = 0;
@@ -184,14 +183,10 @@ internal sealed partial class DiskCache
                         return false;
                     }
 
-                    // O_DIRECT writes whole pages: the tail of a short last chunk is cut off below.
-                    int n = RoundUp(e.PlainLength);
-                    buffer[e.PlainLength..n].Clear();
-                    RandomAccess.Write(h, buffer[..n], at);
+                    RandomAccess.Write(h, buffer[..e.PlainLength], at);
                     at += e.PlainLength;
                 }
 
-                RandomAccess.SetLength(h, table.PlainSize);
                 RandomAccess.FlushToDisk(h);
             }
 

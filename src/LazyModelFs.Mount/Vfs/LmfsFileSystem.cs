@@ -73,6 +73,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     private FuseConnection? _fuse; // set at INIT when the kernel granted passthrough
     private volatile bool _passthrough; // and still on (off after the kernel refused a backing file)
     private long _passthroughOpens;
+    private long _switched;
     private readonly int _chunkSize;
     private long _nextFh;
 
@@ -105,6 +106,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
     /// <summary>File opens answered with FUSE passthrough (the kernel reads the file's view itself).</summary>
     public long PassthroughOpens => Interlocked.Read(ref _passthroughOpens);
+
+    /// <summary>Inodes read in cached mode whose pages were dropped once their view was built, so their next open may be passthrough.</summary>
+    public long Switched => Interlocked.Read(ref _switched);
 
     public void Init(FuseConnectionInfo info, FuseConnection? connection)
     {
@@ -145,7 +149,10 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         /// <summary>Whether the disk cache was told where this file's view holds its chunks (once per node).</summary>
         public bool Located;
 
-        /// <summary>Opened in cached mode since the kernel looked it up: its pages are in the kernel's page cache of this inode, so later opens stay cached.</summary>
+        /// <summary>
+        /// Opened in cached mode since the kernel looked it up (or since its view was built and its
+        /// pages dropped): its pages are in the kernel's page cache of this inode, so later opens stay cached.
+        /// </summary>
         public bool ServedCached;
     }
 
@@ -518,7 +525,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             reads.Opened(); // the file's first open starts prefetch
             if (_passthrough)
             {
-                _ = _reader.QueueViewBuild(reads.Table!); // a cache filled earlier (another mount, before a restart) may hold it all
+                BuildViewThenSwitch(st, nodeId, reads.Table!); // a cache filled earlier (another mount, before a restart) may hold it all
             }
 
             return new FuseOpen(fh, FopenFlags.KEEP_CACHE | FopenFlags.NOFLUSH);
@@ -606,11 +613,44 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
             if (lastCached && _passthrough && st.Reads?.Table is { } table)
             {
-                _ = _reader.QueueViewBuild(table); // the file may be all on disk now: the next opener gets passthrough
+                BuildViewThenSwitch(st, nodeId, table); // the file may be all on disk now: the next opener gets passthrough
             }
         }
 
         return ValueTask.FromResult(Errno.OK);
+    }
+
+    /// <summary>
+    /// Queues the file's view; once it exists and the inode has no opens, the inode may turn to
+    /// passthrough at its next open: its cached pages are dropped (the view's, written through the
+    /// page cache, hold the same bytes) and it no longer counts as served in cached mode.
+    /// </summary>
+    private void BuildViewThenSwitch(NodeState st, ulong nodeId, ChunkTable table)
+    {
+        _ = _reader.QueueViewBuild(table).ContinueWith(
+            t =>
+            {
+                if (!t.Result || _fuse is not { } fuse)
+                {
+                    return;
+                }
+
+                lock (st)
+                {
+                    if (!st.ServedCached || st.CachedOpens > 0 || st.PassthroughOpens > 0)
+                    {
+                        return;
+                    }
+
+                    st.ServedCached = false;
+                }
+
+                Interlocked.Increment(ref _switched);
+                _ = fuse.InvalidateInodeAsync(nodeId, 0, 0); // frees the pages; the bytes are the same, so a race with a read is harmless
+            },
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously | TaskContinuationOptions.OnlyOnRanToCompletion,
+            TaskScheduler.Default);
     }
 
     /// <summary>The handle's file answers (<see cref="OpenFileReader.ReadAsync"/>): a memory hit stays synchronous and allocation-free.</summary>
