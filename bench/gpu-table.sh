@@ -90,7 +90,7 @@ wait_view() { # LABEL
     python3 -c 'import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s.get("views",0)>=1 and s.get("viewBuildsRunning",0)==0 else 1)' "$st" && break
     sleep 0.1
   done
-  python3 -c 'import json,sys,time; s=json.loads(sys.argv[3]); print(json.dumps({"row": sys.argv[1], "seconds": round(time.time()-float(sys.argv[2]),2), "views": s.get("views",0), "viewBytes": s.get("viewBytes",0)}))' \
+  python3 -c 'import json,sys,time; s=json.loads(sys.argv[3]); print(json.dumps({"row": sys.argv[1], "seconds": round(time.time()-float(sys.argv[2]),2), "views": s.get("views",0), "viewBytes": s.get("viewBytes",0), "diskWritesSkipped": s.get("diskWritesSkipped"), "diskWritesRefilled": s.get("diskWritesRefilled"), "passthroughOpens": s.get("passthroughOpens")}))' \
     "$1" "$t0" "$st" | tee -a "$rows" >&2
 }
 
@@ -101,6 +101,7 @@ mount_it "$w/cache" disk
 drop; load "$mnt/m/model.safetensors" "lmfs cold from S3, cache on disk"
 load "$mnt/m/model.safetensors" "lmfs hot"
 wait_view "view built after the cold load (disk)"
+load "$mnt/m/model.safetensors" "lmfs hot, same mount, after the view"
 umount_it
 mount_it "$w/cache" disk-warm-nopt --passthrough off
 drop; load "$mnt/m/model.safetensors" "lmfs warm, cache on disk, passthrough off"
@@ -170,7 +171,7 @@ ref = {"local disk cold": None, "local disk hot": None,
        "lmfs cold from S3, cache on tmpfs": ("local hot", local_hot), "lmfs warm, cache on tmpfs": ("local hot", local_hot),
        "lmfs warm, cache on disk, passthrough off": ("local cold", g("local disk cold")), "lmfs hot, passthrough off": ("local hot", local_hot),
        "lmfs hot (passthrough)": ("local hot", local_hot), "lmfs warm, cache on tmpfs, passthrough off": ("local hot", local_hot),
-       "tmpfs view file read directly, no FUSE": ("local hot", local_hot),
+       "tmpfs view file read directly, no FUSE": ("local hot", local_hot), "lmfs hot, same mount, after the view": ("local hot", local_hot),
        "lmfs cold cat, 8 readers, disk cache off": ("store 16 GETs", store16)}
 for r in rows:
     label = r.get("label", r.get("row"))

@@ -396,28 +396,19 @@ public sealed partial class ChunkCache
             {
                 lock (_lock)
                 {
-                    if (!_writes.ContainsKey(row.Id))
-                    {
-                        written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                        _writes[row.Id] = written;
-                        Interlocked.Increment(ref _pendingWrites);
-                    }
+                    written = ReserveWrite(row);
                 }
 
                 if (written is not null)
                 {
-                    _disk!.Write(row, c.Data.Span);
+                    _memory.AddRefs(c, 1); // the writers' reference
+                    EnqueueWrite(row, c, CachedChunk.DataStart, written);
                 }
             }
         }
         finally
         {
             c.Dispose();
-            if (written is not null)
-            {
-                Interlocked.Decrement(ref _pendingWrites);
-                EndDiskWrite(row.Id, written);
-            }
         }
     }
 

@@ -66,7 +66,7 @@ public sealed partial class ChunkCache
                 {
                     built = true;
                 }
-                else if (disk.HoldsAll(table))
+                else if (disk.HoldsAll(table) || await FillSkippedAsync(table, disk).ConfigureAwait(false))
                 {
                     await previous.WaitAsync(_shutdown.Token).ConfigureAwait(false); // never faults
                     built = disk.BuildView(table, _shutdown.Token);

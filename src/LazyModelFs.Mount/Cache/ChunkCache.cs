@@ -39,6 +39,9 @@ public sealed record ChunkCacheOptions
 
     /// <summary>Write chunks fetched from the store to the disk cache (off when the store is a directory on the cache's own filesystem).</summary>
     public bool CacheStoreReads { get; init; } = true;
+
+    /// <summary>Disk-cache writes queued at most; past it a write is skipped and filled later (ChunkCache.Writes.cs). Default: a quarter of the memory tier's buffers, at least 4.</summary>
+    public int? MaxQueuedWrites { get; init; }
 }
 
 /// <summary>
@@ -157,6 +160,7 @@ public sealed partial class ChunkCache : IDisposable
                 }
             }
         }, null, 200, 200);
+        StartWriters();
     }
 
     private readonly Timer _pumpTimer;
@@ -253,7 +257,8 @@ public sealed partial class ChunkCache : IDisposable
         {
             lock (_lock)
             {
-                return _inflight.Count + Volatile.Read(ref _pendingWrites) + Volatile.Read(ref _blockFetchesRunning);
+                // Skipped cache writes count until they are filled in (ChunkCache.Writes.cs).
+                return _inflight.Count + Volatile.Read(ref _pendingWrites) + Volatile.Read(ref _blockFetchesRunning) + _skipped.Count + Volatile.Read(ref _refilling);
             }
         }
     }
@@ -631,12 +636,14 @@ public sealed partial class ChunkCache : IDisposable
         }
 
         AddViewStats(o);
+        AddWriteStats(o);
     }
 
     /// <summary>Stops starting fetches, fails the queued ones, and cancels the running ones' object-store calls.</summary>
     public void Dispose()
     {
         _pumpTimer.Dispose();
+        StopWriters();
         _shutdown.Cancel();
         var abandoned = new List<Fetch>();
         lock (_lock)
@@ -741,11 +748,9 @@ public sealed partial class ChunkCache : IDisposable
                 _failed.Clear(); // the store answers again: what failed while it did not is worth asking again
             }
 
-            Interlocked.Increment(ref _pendingWrites);
             if (fromStore && CachesStoreReads)
             {
-                written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                _writes[f.Entry.Id] = written; // before the waiters run: a fill that got the lease finds it
+                written = ReserveWrite(f.Entry); // before the waiters run: a fill that got the lease finds it
             }
 
             Finish(background);
@@ -753,22 +758,14 @@ public sealed partial class ChunkCache : IDisposable
 
         f.Done.TrySetResult(chunk);
 
-        // The fetch's own reference keeps the bytes while they go to the disk cache, then is released.
-        try
+        // The fetch's own reference keeps the bytes while they go to the disk cache (the writers release it).
+        if (written is not null)
         {
-            if (written is not null)
-            {
-                _disk!.Write(f.Entry, chunk.Buffer.Span[chunk.Offset..]);
-            }
+            EnqueueWrite(f.Entry, chunk, chunk.Offset, written);
         }
-        finally
+        else
         {
             chunk.Dispose();
-            Interlocked.Decrement(ref _pendingWrites);
-            if (written is not null)
-            {
-                EndDiskWrite(f.Entry.Id, written);
-            }
         }
     }
 

@@ -65,10 +65,15 @@ internal sealed partial class DiskCache
         return root;
     }
 
-    /// <summary>The name of a file's view: SHA-256 over its size and each chunk's id and length.</summary>
+    /// <summary>
+    /// The name of a file's view: SHA-256 over its size and each chunk's id, length and CRC32C. The
+    /// CRC is in it so that a table whose rows disagree with their ids (damaged metadata) never
+    /// names the view of an honest file: its reads go through the checks that report the damage.
+    /// </summary>
     public static ChunkId ViewKey(ChunkTable table)
     {
-        var buf = new byte[16 + (table.Count * (ChunkId.Size + 4))];
+        const int Row = ChunkId.Size + 8;
+        var buf = new byte[16 + (table.Count * Row)];
         "lmfsview"u8.CopyTo(buf);
         BinaryPrimitives.WriteInt64LittleEndian(buf.AsSpan(8), table.PlainSize);
         int at = 16;
@@ -76,7 +81,8 @@ internal sealed partial class DiskCache
         {
             e.Id.WriteTo(buf.AsSpan(at));
             BinaryPrimitives.WriteInt32LittleEndian(buf.AsSpan(at + ChunkId.Size), e.PlainLength);
-            at += ChunkId.Size + 4;
+            BinaryPrimitives.WriteUInt32LittleEndian(buf.AsSpan(at + ChunkId.Size + 4), e.Crc32C);
+            at += Row;
         }
 
         return ChunkId.Of(buf);
