@@ -10,10 +10,11 @@ namespace LazyModelFs.Cache;
 /// queue served by a few writer threads of its own, and is answered to its readers at once. When
 /// the queue is full (the disk is slower than the store), the write is skipped and counted instead
 /// of holding a memory buffer and a pool thread, so a slow cache disk never throttles a reader. A
-/// skipped chunk is remembered and filled later: whenever the queue drains, the chunks skipped so
-/// far are written in the background (from the memory tier when they are still there, else fetched
-/// again at prefetch priority); and when a file is closed with only such chunks missing, they are
-/// filled before its view is built (ChunkCache.Views.cs).
+/// skipped chunk is remembered and filled later: whenever the queue drains, the skipped chunks the
+/// memory tier still holds are written from it in the background; and when a file is closed with
+/// only skipped chunks missing (it was read whole), the rest are fetched again at prefetch priority
+/// and written before its view is built (ChunkCache.Views.cs). A file read in part keeps its gaps:
+/// they are fetched, and cached, when next read.
 /// </summary>
 public sealed partial class ChunkCache
 {
@@ -136,8 +137,19 @@ public sealed partial class ChunkCache
             return;
         }
 
-        var batch = _skipped.Values.ToList();
-        _skipped.Clear();
+        // Only what the memory tier still holds: writing it costs no fetch. The rest waits for its
+        // file's close (FillSkippedAsync), where a file read whole is worth completing from the store.
+        var batch = _skipped.Values.Where(e => _memory.Contains(e.Id)).ToList();
+        if (batch.Count == 0)
+        {
+            return;
+        }
+
+        foreach (var e in batch)
+        {
+            _skipped.Remove(e.Id);
+        }
+
         Interlocked.Increment(ref _refilling);
         _refill = Task.Run(async () =>
         {

@@ -257,8 +257,8 @@ public sealed partial class ChunkCache : IDisposable
         {
             lock (_lock)
             {
-                // Skipped cache writes count until they are filled in (ChunkCache.Writes.cs).
-                return _inflight.Count + Volatile.Read(ref _pendingWrites) + Volatile.Read(ref _blockFetchesRunning) + _skipped.Count + Volatile.Read(ref _refilling);
+                // A fill of skipped cache writes counts while it runs (ChunkCache.Writes.cs).
+                return _inflight.Count + Volatile.Read(ref _pendingWrites) + Volatile.Read(ref _blockFetchesRunning) + Volatile.Read(ref _refilling);
             }
         }
     }
