@@ -310,6 +310,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         var r = LmfsRunner.Run(["warmup", _meta, "/m", "--cache-dir", _dir["warm"]], env);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("warmed up", r.Stdout, StringComparison.Ordinal);
+        Assert.Contains("3 of 3 files ready for passthrough", r.Stdout, StringComparison.Ordinal);
         var check = LmfsRunner.Run(["warmup", _meta, "/m", "--cache-dir", _dir["warm"], "--check"], env);
         Assert.Contains("(100.0%)", check.Stdout, StringComparison.Ordinal);
 
@@ -323,6 +324,7 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
             }
 
             Assert.Equal(0, m.Cache.StoreFetches);
+            Assert.Equal(3, m.FileSystem.PassthroughOpens); // the views warmup built: the first opens are passthrough
         });
     }
 

@@ -61,13 +61,18 @@ internal static class WarmupCommand
                 MemoryBytes = Math.Max(64L << 20, 8L * CachedChunk.BufferSizeFor(volume.Settings.ChunkSize) * j),
                 Fetch = new ChunkCacheOptions { MaxFetches = j + Math.Max(1, j / 3) },
             });
-            var files = new List<(string Path, List<ChunkEntry> Entries)>();
+            var files = new List<(string Path, ChunkTable Table)>();
             foreach (var vp in volumePaths)
             {
                 await CollectAsync(volume, vp, files, ct).ConfigureAwait(false);
             }
 
-            var have = cache.Check(files.SelectMany(f => f.Entries));
+            foreach (var (_, table) in files)
+            {
+                cache.LocateInView(table); // chunks a view holds have no chunk files of their own
+            }
+
+            var have = cache.Check(files.SelectMany(f => f.Table.Entries));
             if (p.GetValue(check) && p.GetValue(json))
             {
                 static JsonObject Counts(JsonObject o, CacheCheck c)
@@ -80,9 +85,9 @@ internal static class WarmupCommand
                 }
 
                 var list = new JsonArray();
-                foreach (var (fp, es) in files)
+                foreach (var (fp, table) in files)
                 {
-                    list.Add(Counts(new JsonObject { ["path"] = fp }, cache.Check(es)));
+                    list.Add(Counts(new JsonObject { ["path"] = fp }, cache.Check(table.Entries)));
                 }
 
                 var doc = Counts(new JsonObject { ["cacheDir"] = cache.DiskDirectory }, have);
@@ -120,14 +125,21 @@ internal static class WarmupCommand
                 throw new LmfsException($"{r.NotStored} of {have.Missing.Count} chunks could not be written to the cache {cache.DiskDirectory} (full or not writable; the log says why)", "free space or give another --cache-dir, then run warmup again", 1);
             }
 
-            Console.WriteLine($"warmed up {Sizes.Format(have.MissingBytes)} in {have.Missing.Count} chunks ({Sizes.Format(have.CachedBytes)} was already cached) into {cache.DiskDirectory}");
+            // Each file's whole-file view, so a mount's first open of it can be passthrough (docs/operations.md).
+            int views = 0;
+            foreach (var (_, table) in files)
+            {
+                views += table.Count > 0 && await cache.QueueViewBuild(table).ConfigureAwait(false) ? 1 : 0;
+            }
+
+            Console.WriteLine($"warmed up {Sizes.Format(have.MissingBytes)} in {have.Missing.Count} chunks ({Sizes.Format(have.CachedBytes)} was already cached) into {cache.DiskDirectory}; {views} of {files.Count(f => f.Table.Count > 0)} files ready for passthrough");
             return 0;
         }));
         return cmd;
     }
 
     /// <summary>Every file at or under <paramref name="path"/>, with its volume path and chunk rows.</summary>
-    private static async Task CollectAsync(Volume v, string path, List<(string Path, List<ChunkEntry> Entries)> into, CancellationToken ct)
+    private static async Task CollectAsync(Volume v, string path, List<(string Path, ChunkTable Table)> into, CancellationToken ct)
     {
         var node = await v.Namespace.ResolveAsync(path, ct).ConfigureAwait(false) ?? throw new LmfsException($"'{path}' does not exist in the volume", "list it with lmfs ls", 2);
         await Walk(node, Namespace.Join(Namespace.SplitPath(path))).ConfigureAwait(false);
@@ -137,7 +149,7 @@ internal static class WarmupCommand
             if (n.Type == NodeType.File)
             {
                 var t = await v.Meta.GetChunkTableAsync(n.Ino, v.Settings.ChunkSize, ct).ConfigureAwait(false);
-                into.Add((at, [.. t?.Entries ?? []]));
+                into.Add((at, t ?? ChunkTable.Empty(v.Settings.ChunkSize)));
             }
             else if (n.Type == NodeType.Directory)
             {
@@ -158,7 +170,7 @@ internal static class CacheCommand
     public static Command Build()
     {
         var dir = new Option<string>("--cache-dir") { Description = "Cache directory", DefaultValueFactory = _ => "/var/cache/lmfs" };
-        var json = new Option<bool>("--json") { Description = "Print one JSON object (directory, chunks, bytes, disk free and total; schema in docs/operations.md)" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (directory, chunks, views, bytes, disk free and total; schema in docs/operations.md)" };
         var stats = new Command("stats", "Show what the local chunk cache holds.\n\nExamples:\n  lmfs cache stats --cache-dir /nvme/lmfs\n  lmfs cache stats --json") { dir, json };
         stats.SetAction((p, ct) => Cli.Guard(p, () =>
         {
@@ -170,6 +182,8 @@ internal static class CacheCommand
                 {
                     ["cacheDir"] = u.Directory,
                     ["chunks"] = u.Chunks,
+                    ["views"] = u.Views,
+                    ["viewBytes"] = u.ViewBytes,
                     ["bytes"] = u.Bytes,
                     ["diskFreeBytes"] = d.AvailableFreeSpace,
                     ["diskTotalBytes"] = d.TotalSize,
@@ -178,15 +192,16 @@ internal static class CacheCommand
             }
 
             Console.WriteLine($"cache:  {u.Directory}");
-            Console.WriteLine($"chunks: {u.Chunks} files, {Sizes.Format(u.Bytes)}");
+            Console.WriteLine($"chunks: {u.Chunks} files, {Sizes.Format(u.Bytes - u.ViewBytes)}");
+            Console.WriteLine($"views:  {u.Views} files, {Sizes.Format(u.ViewBytes)} (whole files for passthrough; their chunks have no files of their own)");
             Console.WriteLine($"disk:   {Sizes.Format(d.AvailableFreeSpace)} free of {Sizes.Format(d.TotalSize)}");
             return Task.FromResult(0);
         }));
-        var clear = new Command("clear", "Delete every cached chunk (mounts using the cache fetch them again).\n\nExample:\n  lmfs cache clear --cache-dir /nvme/lmfs") { dir };
+        var clear = new Command("clear", "Delete every cached chunk and view (mounts using the cache fetch them again).\n\nExample:\n  lmfs cache clear --cache-dir /nvme/lmfs") { dir };
         clear.SetAction((p, ct) => Cli.Guard(p, () =>
         {
             var (files, bytes) = ChunkCache.ClearDisk(p.GetValue(dir)!);
-            Console.WriteLine($"removed {files} chunk files ({Sizes.Format(bytes)})");
+            Console.WriteLine($"removed {files} chunk files and views ({Sizes.Format(bytes)})");
             return Task.FromResult(0);
         }));
         return new Command("cache", "Inspect or clear the local chunk cache.\n\nExample:\n  lmfs cache stats") { stats, clear };

@@ -215,10 +215,11 @@ public sealed partial class ChunkCache : IDisposable
     }
 
     /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>), without a mount.</summary>
-    public static (int Chunks, long Bytes, string Directory, string Root) DiskUsage(string directory)
+    /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>): chunk files, views, and the bytes of both.</summary>
+    public static (int Chunks, int Views, long ViewBytes, long Bytes, string Directory, string Root) DiskUsage(string directory)
     {
         var d = OpenDisk(directory);
-        return (d.Count, d.Bytes, d.Options.Directory, d.Root);
+        return (d.Count, d.ViewCount, d.ViewBytes, d.Bytes, d.Options.Directory, d.Root);
     }
 
     /// <summary>Deletes every chunk of a disk cache directory (<c>lmfs cache clear</c>); mounts using it fetch them again.</summary>

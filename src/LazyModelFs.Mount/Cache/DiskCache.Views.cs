@@ -102,25 +102,40 @@ internal sealed partial class DiskCache
     public SafeFileHandle? OpenView(ChunkTable table)
     {
         var key = ViewKey(table);
+        var h = OpenTrusted(key, direct: false, table.PlainSize);
+        if (h is not null)
+        {
+            var e = _views.GetOrAdd(key, _ => NewViewEntry(table.PlainSize)); // built by another process sharing the directory
+            e.LastUse = Interlocked.Increment(ref _clock);
+            Interlocked.Increment(ref _viewOpens);
+            Register(key, table);
+        }
+
+        return h;
+    }
+
+    /// <summary>
+    /// The view <paramref name="key"/> opened for reading if it may be trusted (ours, private, one
+    /// link; with <paramref name="length"/>, exactly that long), else null: absent (forgotten),
+    /// unreadable (logged), or untrusted (deleted unread, counted as corrupt).
+    /// </summary>
+    private SafeFileHandle? OpenTrusted(ChunkId key, bool direct, long length = -1)
+    {
         string path = ViewPath(key);
         SafeFileHandle? h = null;
         try
         {
-            h = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            h = (direct ? Posix.OpenDirect(path, write: false) : null) ?? File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             string? why = TrustedPath.UntrustedFile(h);
-            long length = why is null ? RandomAccess.GetLength(h) : -1;
-            if (why is not null || length != table.PlainSize)
+            long actual = why is null && length >= 0 ? RandomAccess.GetLength(h) : length;
+            if (why is not null || actual != length)
             {
                 Interlocked.Increment(ref _corrupt);
-                _log.LogWarning("cache: the view {Path} is {Why}; discarded unread, the file is read from its chunks", path, why ?? $"{length} bytes long, not {table.PlainSize}");
+                _log.LogWarning("cache: the view {Path} is {Why}; discarded unread, the file is read from its chunks", path, why ?? $"{actual} bytes long, not {length}");
                 DeleteView(key);
                 return null;
             }
 
-            var e = _views.GetOrAdd(key, _ => NewViewEntry(length)); // built by another process sharing the directory
-            e.LastUse = Interlocked.Increment(ref _clock);
-            Interlocked.Increment(ref _viewOpens);
-            Register(key, table);
             var opened = h;
             h = null;
             return opened;
@@ -320,18 +335,14 @@ internal sealed partial class DiskCache
             throw new ChunkRowMismatchException($"chunk {entry.Id}: the cached chunk is {at.Length} bytes, but the chunk table row says {entry.PlainLength} (the row is damaged)");
         }
 
-        SafeFileHandle? h = null;
+        using var h = OpenTrusted(at.View, direct);
+        if (h is null)
+        {
+            return false;
+        }
+
         try
         {
-            h = (direct ? Posix.OpenDirect(path, write: false) : null) ?? File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            if (TrustedPath.UntrustedFile(h) is { } why)
-            {
-                Interlocked.Increment(ref _corrupt);
-                _log.LogWarning("cache: the view {Path} is {Why}; discarded unread", path, why);
-                DeleteView(at.View);
-                return false;
-            }
-
             int n = ReadAll(h, direct ? dest[..aligned] : dest[..at.Length], at.Length, at.Offset);
             var got = dest[..Math.Min(n, at.Length)];
             if (n >= at.Length && at.Length == entry.PlainLength && Crc32C.Compute(got) == entry.Crc32C)
@@ -355,19 +366,10 @@ internal sealed partial class DiskCache
             DeleteView(at.View);
             return false;
         }
-        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
-        {
-            ForgetView(at.View);
-            return false;
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        catch (IOException ex)
         {
             _log.LogWarning("cache: reading the view {Path} failed: {Message}; the chunk is fetched again", path, ex.Message);
             return false;
-        }
-        finally
-        {
-            h?.Dispose();
         }
     }
 }

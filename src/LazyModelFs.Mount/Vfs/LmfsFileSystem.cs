@@ -146,7 +146,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         public int PassthroughOpens;
         public int BackingId;
 
-        /// <summary>Whether the disk cache was told where this file's view holds its chunks (once per node).</summary>
+        /// <summary>Whether the disk cache was told where this file's view holds its chunks (once per node, once there is a view).</summary>
         public bool Located;
 
         /// <summary>
@@ -504,8 +504,9 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
             if (!st.Located)
             {
-                st.Located = true;
-                _reader.LocateInView(reads.Table!); // a view built earlier holds the chunks whose files it replaced
+                // A view built earlier (here, by warmup, by another mount) holds the chunks whose files it
+                // replaced; asked again at each open until there is one (one stat).
+                st.Located = _reader.LocateInView(reads.Table!);
             }
 
             ulong fh = (ulong)Interlocked.Increment(ref _nextFh);
