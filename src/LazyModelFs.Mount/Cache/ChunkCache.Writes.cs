@@ -186,6 +186,11 @@ public sealed partial class ChunkCache
         Task refill;
         lock (_lock)
         {
+            if (_skipped.Count == 0 && _refill.IsCompleted)
+            {
+                return false; // nothing skipped: the file was not read whole (HoldsAll said so already)
+            }
+
             refill = _refill;
         }
 
@@ -222,9 +227,10 @@ public sealed partial class ChunkCache
         // Writes already queued finish (a bounded few chunks), so a clean unmount leaves them cached.
         _writeQueue?.CompleteAdding();
         bool stopped = true;
+        long deadline = Environment.TickCount64 + 10_000; // for all of them: a frozen disk does not hold an unmount longer
         foreach (var t in _writers)
         {
-            stopped &= t.Join(TimeSpan.FromSeconds(10));
+            stopped &= t.Join(TimeSpan.FromMilliseconds(Math.Max(0, deadline - Environment.TickCount64)));
         }
 
         if (stopped)
