@@ -174,6 +174,7 @@ internal sealed partial class DiskCache
         string path = ViewPath(key);
         if (File.Exists(path))
         {
+            Register(key, table); // built by another process: its chunk files may be gone already
             return true;
         }
 
