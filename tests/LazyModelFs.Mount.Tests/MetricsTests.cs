@@ -78,6 +78,15 @@ public sealed class MetricsTests : IDisposable
     }
 
     [Fact]
+    public void Views_skipped_cache_writes_and_passthrough_opens_have_their_families()
+    {
+        var stats = new JsonObject { ["views"] = 2, ["viewBytes"] = 1000L, ["diskWritesSkipped"] = 7, ["diskWritesRefilled"] = 5, ["passthroughOpens"] = 3 };
+        var scrape = PrometheusScrape.Parse(MountMetrics.Render(stats));
+        Assert.Equal((2, 1000, 7, 5, 3), (scrape.Value("lmfs_disk_cache_views"), scrape.Value("lmfs_disk_cache_view_bytes"), scrape.Value("lmfs_disk_cache_writes_skipped_total"),
+            scrape.Value("lmfs_disk_cache_writes_refilled_total"), scrape.Value("lmfs_passthrough_opens_total")));
+    }
+
+    [Fact]
     public async Task Fetch_failures_are_counted_by_kind_and_the_kinds_sum_to_fetch_errors()
     {
         var store = new FaultyObjectStore(new MemoryObjectStore());
