@@ -22,7 +22,6 @@ public sealed partial class ChunkCache
     private BlockingCollection<PendingWrite>? _writeQueue;
     private Thread[] _writers = [];
     private int _maxQueuedWrites;
-    private int _queuedWrites; // under _lock
     private readonly Dictionary<ChunkId, ChunkEntry> _skipped = []; // under _lock
     private Task _refill = Task.CompletedTask; // under _lock: the fill of skipped chunks under way
     private long _writesSkipped;
@@ -63,7 +62,7 @@ public sealed partial class ChunkCache
             return null;
         }
 
-        if (_queuedWrites >= _maxQueuedWrites)
+        if (_pendingWrites >= _maxQueuedWrites)
         {
             Interlocked.Increment(ref _writesSkipped);
             Interlocked.Add(ref _writesSkippedBytes, row.PlainLength);
@@ -75,7 +74,6 @@ public sealed partial class ChunkCache
             return null;
         }
 
-        _queuedWrites++;
         Interlocked.Increment(ref _pendingWrites);
         var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _writes[row.Id] = written;
@@ -120,19 +118,18 @@ public sealed partial class ChunkCache
         w.Chunk.Dispose();
         lock (_lock)
         {
-            _queuedWrites--;
+            Interlocked.Decrement(ref _pendingWrites);
             _skipped.Remove(w.Row.Id);
             MaybeRefill();
         }
 
-        Interlocked.Decrement(ref _pendingWrites);
         EndDiskWrite(w.Row.Id, w.Written);
     }
 
     /// <summary>Caller holds _lock. Once the queue has drained, writes what was skipped (one fill at a time).</summary>
     private void MaybeRefill()
     {
-        if (_queuedWrites > 0 || _skipped.Count == 0 || !_refill.IsCompleted || _shutdown.IsCancellationRequested)
+        if (_pendingWrites > 0 || _skipped.Count == 0 || !_refill.IsCompleted || _shutdown.IsCancellationRequested)
         {
             return;
         }

@@ -214,8 +214,7 @@ public sealed partial class ChunkCache : IDisposable
         }
     }
 
-    /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>), without a mount.</summary>
-    /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>): chunk files, views, and the bytes of both.</summary>
+    /// <summary>What a disk cache directory holds (<c>lmfs cache stats</c>), without a mount: chunk files, views, and the bytes of both.</summary>
     public static (int Chunks, int Views, long ViewBytes, long Bytes, string Directory, string Root) DiskUsage(string directory)
     {
         var d = OpenDisk(directory);
@@ -264,7 +263,7 @@ public sealed partial class ChunkCache : IDisposable
         }
     }
 
-    private int _pendingWrites;
+    private int _pendingWrites; // disk writes queued or running (ChunkCache.Writes.cs): changed under _lock
 
     private sealed class Fetch(ChunkEntry entry, FetchPriority priority)
     {

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using LazyModelFs.Chunks;
 using LazyModelFs.Util;
@@ -70,7 +71,12 @@ internal sealed partial class DiskCache
     /// CRC is in it so that a table whose rows disagree with their ids (damaged metadata) never
     /// names the view of an honest file: its reads go through the checks that report the damage.
     /// </summary>
-    public static ChunkId ViewKey(ChunkTable table)
+    public static ChunkId ViewKey(ChunkTable table) => (ChunkId)Keys.GetValue(table, t => ComputeViewKey(t));
+
+    // A table is immutable and asked for its key at every open, build and lookup: hashed once (about 180 KB for a 17 GB file).
+    private static readonly ConditionalWeakTable<ChunkTable, object> Keys = new();
+
+    private static ChunkId ComputeViewKey(ChunkTable table)
     {
         const int Row = ChunkId.Size + 8;
         var buf = new byte[16 + (table.Count * Row)];
@@ -93,7 +99,9 @@ internal sealed partial class DiskCache
     /// <summary>Whether every chunk of the file is in this cache (its view can be built without a fetch).</summary>
     public bool HoldsAll(ChunkTable table) => table.Entries.All(e => Contains(e.Id));
 
-    public bool HasView(ChunkTable table) => _views.ContainsKey(ViewKey(table)) || File.Exists(ViewPath(ViewKey(table)));
+    public bool HasView(ChunkTable table) => HasView(ViewKey(table));
+
+    private bool HasView(ChunkId key) => _views.ContainsKey(key) || File.Exists(ViewPath(key));
 
     /// <summary>
     /// Opens the file's view for reading (buffered: passthrough reads go through the view's page
@@ -257,7 +265,11 @@ internal sealed partial class DiskCache
     }
 
     /// <summary>Deletes the file's view, if there is one (a file that has it open keeps reading it: Linux).</summary>
-    public bool RemoveView(ChunkTable table) => DeleteView(ViewKey(table)) || TryDelete(ViewPath(ViewKey(table)));
+    public bool RemoveView(ChunkTable table)
+    {
+        var key = ViewKey(table);
+        return DeleteView(key) || TryDelete(ViewPath(key));
+    }
 
     private bool DeleteView(ChunkId key)
     {
@@ -287,7 +299,7 @@ internal sealed partial class DiskCache
     public bool Locate(ChunkTable table)
     {
         var key = ViewKey(table);
-        if (!_views.ContainsKey(key) && !File.Exists(ViewPath(key)))
+        if (!HasView(key))
         {
             return false;
         }

@@ -68,8 +68,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<ulong, NodeState> _nodes = new(); // changed under _nodesLock; read without it
     private readonly Lock _nodesLock = new();
-    private readonly ConcurrentDictionary<ulong, OpenFileReader> _files = new(); // handle → its file's read side (cached-mode handles)
-    private readonly ConcurrentDictionary<ulong, (NodeState Node, bool Passthrough)> _handles = new(); // every file handle → its node and mode
+    private readonly ConcurrentDictionary<ulong, (NodeState Node, bool Passthrough)> _handles = new(); // file handle → its node (whose read side answers READ) and mode
     private FuseConnection? _fuse; // set at INIT when the kernel granted passthrough
     private volatile bool _passthrough; // and still on (off after the kernel refused a backing file)
     private long _passthroughOpens;
@@ -522,7 +521,6 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             _handles[fh] = (st, false);
-            _files[fh] = reads;
             reads.Opened(); // the file's first open starts prefetch
             if (_passthrough)
             {
@@ -586,7 +584,6 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
     public ValueTask<Errno> ReleaseAsync(FuseContext ctx, ulong nodeId, ulong fh)
     {
-        _files.TryRemove(fh, out _);
         if (_handles.TryRemove(fh, out var h))
         {
             var st = h.Node;
@@ -656,7 +653,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
     /// <summary>The handle's file answers (<see cref="OpenFileReader.ReadAsync"/>): a memory hit stays synchronous and allocation-free.</summary>
     public ValueTask<FuseReadResult> ReadAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, Memory<byte> buffer) =>
-        _files.TryGetValue(fh, out var reads) ? reads.ReadAsync(offset, buffer) : ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
+        _handles.TryGetValue(fh, out var h) && !h.Passthrough && h.Node.Reads is { } reads ? reads.ReadAsync(offset, buffer) : ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
 
     // ------------------------------------------------------------------ control (lmfs bench)
 
