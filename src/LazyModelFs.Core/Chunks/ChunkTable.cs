@@ -118,6 +118,35 @@ public sealed class ChunkTable
     /// <summary>Bytes of the file the rows cover (the sum of their plain lengths).</summary>
     public long PlainSize { get; }
 
+    private ChunkId? _contentKey;
+
+    /// <summary>
+    /// The file's content key: SHA-256 over its size and each row's id, length and CRC32C (the same
+    /// bytes imported twice have one key). It names a file's whole-file view in a disk cache and its
+    /// access profiles in the metadata (docs/data-format.md). The CRC is in it so that a table whose
+    /// rows disagree with their ids (damaged metadata) never names what an honest file's key names.
+    /// Computed once per table (about 180 KB hashed for a 17 GB file).
+    /// </summary>
+    public ChunkId ContentKey => _contentKey ??= ComputeContentKey();
+
+    private ChunkId ComputeContentKey()
+    {
+        const int Row = ChunkId.Size + 8;
+        var buf = new byte[16 + (Count * Row)];
+        "lmfsview"u8.CopyTo(buf); // the view's name came first; profiles share it
+        BinaryPrimitives.WriteInt64LittleEndian(buf.AsSpan(8), PlainSize);
+        int at = 16;
+        foreach (var e in Entries)
+        {
+            e.Id.WriteTo(buf.AsSpan(at));
+            BinaryPrimitives.WriteInt32LittleEndian(buf.AsSpan(at + ChunkId.Size), e.PlainLength);
+            BinaryPrimitives.WriteUInt32LittleEndian(buf.AsSpan(at + ChunkId.Size + 4), e.Crc32C);
+            at += Row;
+        }
+
+        return ChunkId.Of(buf);
+    }
+
     /// <summary>
     /// The chunk holding byte <paramref name="offset"/> of the file, and the offset within it. Only
     /// bytes of the file have a place: an offset below 0 or at or past <see cref="PlainSize"/>

@@ -59,6 +59,26 @@ public interface IMetaStore : IDisposable
 
     Task<VolumeUsage> GetUsageAsync(CancellationToken ct = default);
 
+    // ---- access profiles (issue 17; Read/AccessProfile.cs): hints for prefetch, never file data
+
+    /// <summary>
+    /// The encoded access profiles recorded for the content <paramref name="content"/> (a chunk table's
+    /// <see cref="ChunkTable.ContentKey"/>), by loader process name; empty when there are none. One round trip.
+    /// </summary>
+    Task<IReadOnlyDictionary<string, byte[]>> GetProfilesAsync(ChunkId content, CancellationToken ct = default);
+
+    /// <summary>
+    /// Stores (or replaces) the profile of <paramref name="process"/> for the content, atomically. A
+    /// content keeps at most <see cref="Read.AccessProfile.MaxPerFile"/>: a new process name beyond that replaces another's.
+    /// </summary>
+    Task PutProfileAsync(ChunkId content, string process, byte[] profile, CancellationToken ct = default);
+
+    /// <summary>Removes every profile of the content; how many there were.</summary>
+    Task<int> DeleteProfilesAsync(ChunkId content, CancellationToken ct = default);
+
+    /// <summary>The content keys that have profiles (lmfs gc removes those no file has any more).</summary>
+    Task<IReadOnlyList<ChunkId>> ListProfiledAsync(CancellationToken ct = default);
+
     // ---- lmfs gc (src/LazyModelFs.Core/Gc/GarbageCollector.cs explains how these fit together)
 
     /// <summary>

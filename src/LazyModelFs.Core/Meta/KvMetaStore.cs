@@ -17,6 +17,7 @@ namespace LazyModelFs.Meta;
 ///   "R" id[32]                chunk reference count (i64 LE)
 ///   "E"                       reference epoch: advanced by every create and remove (i64 LE)
 ///   "G" id[32]                lmfs gc's claim on an unreferenced chunk: unix ms when claimed (i64 LE), then the owner (the gc run, UTF-8)
+///   "P" content[32] process   an access profile (Read/AccessProfile.cs) of the file whose content key is content, by loader process name (UTF-8)
 /// </code>
 /// Big-endian inode numbers keep a directory's entries together and ordered by name bytes.
 /// </summary>
@@ -248,6 +249,41 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
 
             return true;
         }));
+
+    public Task<IReadOnlyDictionary<string, byte[]>> GetProfilesAsync(ChunkId content, CancellationToken ct = default) =>
+        Task.FromResult<IReadOnlyDictionary<string, byte[]>>(kv.Read(tx =>
+            tx.Scan(IdKey((byte)'P', content)).ToDictionary(r => Encoding.UTF8.GetString(r.Key.AsSpan(1 + ChunkId.Size)), r => r.Value)));
+
+    public Task PutProfileAsync(ChunkId content, string process, byte[] profile, CancellationToken ct = default) =>
+        Task.FromResult(kv.Write(tx =>
+        {
+            var prefix = IdKey((byte)'P', content);
+            byte[] key = [.. prefix, .. Encoding.UTF8.GetBytes(process)];
+            var rows = tx.Scan(prefix);
+            if (rows.Count >= Read.AccessProfile.MaxPerFile && !rows.Any(r => r.Key.AsSpan().SequenceEqual(key)))
+            {
+                tx.Delete(rows[0].Key);
+            }
+
+            tx.Set(key, profile);
+            return true;
+        }));
+
+    public Task<int> DeleteProfilesAsync(ChunkId content, CancellationToken ct = default) =>
+        Task.FromResult(kv.Write(tx =>
+        {
+            var rows = tx.Scan(IdKey((byte)'P', content));
+            foreach (var r in rows)
+            {
+                tx.Delete(r.Key);
+            }
+
+            return rows.Count;
+        }));
+
+    public Task<IReadOnlyList<ChunkId>> ListProfiledAsync(CancellationToken ct = default) =>
+        Task.FromResult<IReadOnlyList<ChunkId>>(kv.Read(tx =>
+            tx.Scan("P"u8.ToArray()).Where(r => r.Key.Length > ChunkId.Size).Select(r => ChunkId.FromBytes(r.Key.AsSpan(1, ChunkId.Size))).Distinct().ToList()));
 
     public void Dispose() => kv.Dispose();
 

@@ -22,6 +22,8 @@ namespace LazyModelFs.Meta;
 ///   lmfs{VOL}:refsepoch      string  reference epoch: INCR by every create and remove
 ///   lmfs{VOL}:gcclaims       hash    chunk id → unix ms (the server's TIME) when lmfs gc claimed it for deletion
 ///   lmfs{VOL}:gcowners       hash    chunk id → the gc run holding that claim
+///   lmfs{VOL}:p&lt;content&gt;     hash    loader process name → access profile (Read/AccessProfile.cs) of the file with that content key (hex)
+///   lmfs{VOL}:profiled       set     content keys (32 raw bytes) that have profiles (for lmfs gc)
 /// </code>
 /// Changes run as Lua scripts (atomic on the server) that first re-check what the client read —
 /// the entry, the node record — and answer 'conflict' when anything moved, so callers retry.
@@ -145,6 +147,25 @@ public sealed class RedisMetaStore : IMetaStore
         return 1
         """;
 
+    // KEYS: p<content> profiled; ARGV: process profile content max
+    private const string PutProfileLua = """
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+          local f = redis.call('HKEYS', KEYS[1])
+          redis.call('HDEL', KEYS[1], f[1])
+        end
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('SADD', KEYS[2], ARGV[3])
+        return 1
+        """;
+
+    // KEYS: p<content> profiled; ARGV: content
+    private const string DeleteProfilesLua = """
+        local n = redis.call('HLEN', KEYS[1])
+        redis.call('DEL', KEYS[1])
+        redis.call('SREM', KEYS[2], ARGV[1])
+        return n
+        """;
+
     // KEYS: setting i<root> nextinode usage; ARGV: settings root-record root-ino
     private const string FormatLua = """
         if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -165,6 +186,7 @@ public sealed class RedisMetaStore : IMetaStore
     private readonly RedisKey _epochKey;
     private readonly RedisKey _claimsKey;
     private readonly RedisKey _ownersKey;
+    private readonly RedisKey _profiledKey;
     private readonly RedisValue _nodePrefix;
 
     private RedisMetaStore(ConnectionMultiplexer conn, int db, string volume, string describe)
@@ -181,6 +203,7 @@ public sealed class RedisMetaStore : IMetaStore
         _epochKey = _prefix + "refsepoch";
         _claimsKey = _prefix + "gcclaims";
         _ownersKey = _prefix + "gcowners";
+        _profiledKey = _prefix + "profiled";
         _nodePrefix = _prefix + "i";
     }
 
@@ -584,6 +607,26 @@ public sealed class RedisMetaStore : IMetaStore
 
     public Task ReleaseChunkClaimAsync(ChunkId id, string owner, CancellationToken ct = default) =>
         Run(() => _db.ScriptEvaluateAsync(ReleaseLua, [_claimsKey, _ownersKey], [id.ToBytes(), owner]));
+
+    public async Task<IReadOnlyDictionary<string, byte[]>> GetProfilesAsync(ChunkId content, CancellationToken ct = default)
+    {
+        var all = await Run(() => _db.HashGetAllAsync(ProfileKey(content))).ConfigureAwait(false);
+        return all.ToDictionary(e => (string)e.Name!, e => (byte[])e.Value!);
+    }
+
+    public Task PutProfileAsync(ChunkId content, string process, byte[] profile, CancellationToken ct = default) =>
+        Run(() => _db.ScriptEvaluateAsync(PutProfileLua, [ProfileKey(content), _profiledKey], [process, profile, content.ToBytes(), Read.AccessProfile.MaxPerFile]));
+
+    public async Task<int> DeleteProfilesAsync(ChunkId content, CancellationToken ct = default) =>
+        (int)(long)await Run(() => _db.ScriptEvaluateAsync(DeleteProfilesLua, [ProfileKey(content), _profiledKey], [content.ToBytes()])).ConfigureAwait(false);
+
+    public async Task<IReadOnlyList<ChunkId>> ListProfiledAsync(CancellationToken ct = default)
+    {
+        var all = await Run(() => _db.SetMembersAsync(_profiledKey), whole: true).ConfigureAwait(false);
+        return [.. all.Select(v => (byte[])v!).Where(b => b.Length == ChunkId.Size).Select(b => ChunkId.FromBytes(b))];
+    }
+
+    private RedisKey ProfileKey(ChunkId content) => _prefix + "p" + content.ToHex();
 
     private async Task<long> ReadEpochAsync()
     {

@@ -66,33 +66,8 @@ internal sealed partial class DiskCache
         return root;
     }
 
-    /// <summary>
-    /// The name of a file's view: SHA-256 over its size and each chunk's id, length and CRC32C. The
-    /// CRC is in it so that a table whose rows disagree with their ids (damaged metadata) never
-    /// names the view of an honest file: its reads go through the checks that report the damage.
-    /// </summary>
-    public static ChunkId ViewKey(ChunkTable table) => (ChunkId)Keys.GetValue(table, t => ComputeViewKey(t));
-
-    // A table is immutable and asked for its key at every open, build and lookup: hashed once (about 180 KB for a 17 GB file).
-    private static readonly ConditionalWeakTable<ChunkTable, object> Keys = new();
-
-    private static ChunkId ComputeViewKey(ChunkTable table)
-    {
-        const int Row = ChunkId.Size + 8;
-        var buf = new byte[16 + (table.Count * Row)];
-        "lmfsview"u8.CopyTo(buf);
-        BinaryPrimitives.WriteInt64LittleEndian(buf.AsSpan(8), table.PlainSize);
-        int at = 16;
-        foreach (var e in table.Entries)
-        {
-            e.Id.WriteTo(buf.AsSpan(at));
-            BinaryPrimitives.WriteInt32LittleEndian(buf.AsSpan(at + ChunkId.Size), e.PlainLength);
-            BinaryPrimitives.WriteUInt32LittleEndian(buf.AsSpan(at + ChunkId.Size + 4), e.Crc32C);
-            at += Row;
-        }
-
-        return ChunkId.Of(buf);
-    }
+    /// <summary>The name of a file's view: its content key (<see cref="ChunkTable.ContentKey"/>).</summary>
+    public static ChunkId ViewKey(ChunkTable table) => table.ContentKey;
 
     private string ViewPath(ChunkId key) => Path.Combine(ViewRoot, key.ToHex());
 

@@ -350,4 +350,40 @@ public abstract class MetaStoreContract
         Assert.Equal(NodeType.Directory, found.Value.Node!.Type);
         Assert.Equal(dir, found.Value.Node.Ino);
     }
+
+    [Fact]
+    public async Task Access_profiles_are_kept_per_content_and_process_bounded_listed_and_deleted()
+    {
+        var (m, _) = await FormattedAsync();
+        using var _m = m;
+        var a = Table("x", "y").ContentKey;
+        var b = Table("x", "z").ContentKey;
+        Assert.Empty(await m.GetProfilesAsync(a));
+        Assert.Empty(await m.ListProfiledAsync());
+
+        await m.PutProfileAsync(a, "python3", [1, 2, 3]);
+        await m.PutProfileAsync(a, "vllm", [4]);
+        await m.PutProfileAsync(a, "python3", [5, 6]); // replaces its own
+        await m.PutProfileAsync(b, "python3", [7]);
+        var pa = await m.GetProfilesAsync(a);
+        Assert.Equal(2, pa.Count);
+        Assert.Equal(new byte[] { 5, 6 }, pa["python3"]);
+        Assert.Equal(new byte[] { 4 }, pa["vllm"]);
+        Assert.Equal(new[] { a, b }.OrderBy(k => k.ToHex()), (await m.ListProfiledAsync()).OrderBy(k => k.ToHex()));
+
+        for (int i = 0; i < LazyModelFs.Read.AccessProfile.MaxPerFile + 3; i++)
+        {
+            await m.PutProfileAsync(a, "p" + i, [(byte)i]);
+        }
+
+        pa = await m.GetProfilesAsync(a);
+        Assert.Equal(LazyModelFs.Read.AccessProfile.MaxPerFile, pa.Count);
+        Assert.Equal(new byte[] { (byte)(LazyModelFs.Read.AccessProfile.MaxPerFile + 2) }, pa["p" + (LazyModelFs.Read.AccessProfile.MaxPerFile + 2)]);
+
+        Assert.Equal(LazyModelFs.Read.AccessProfile.MaxPerFile, await m.DeleteProfilesAsync(a));
+        Assert.Empty(await m.GetProfilesAsync(a));
+        Assert.Equal([b], await m.ListProfiledAsync());
+        Assert.Equal(0, await m.DeleteProfilesAsync(a));
+        Assert.Single(await m.GetProfilesAsync(b));
+    }
 }
