@@ -43,6 +43,7 @@ internal static class MountHelper
         ["readahead_kb"] = "--readahead-kb",
         ["prefetch"] = "--prefetch",
         ["passthrough"] = "--passthrough",
+        ["record"] = "--record",
         ["fetch_timeout"] = "--fetch-timeout",
         ["entry_timeout"] = "--entry-timeout",
         ["threads"] = "--threads",

@@ -22,7 +22,9 @@ internal sealed class MountOptionsBinder
 
     public Option<ByteSize> Readahead { get; } = Numeric.Size("--readahead", "Largest readahead window of a sequential reader", "128M", 1L << 20, 64L << 30);
 
-    public Option<string> Prefetch { get; } = new("--prefetch") { Description = "none | sequential | whole-file | safetensors (header, then tensors in file order, for *.safetensors; sequential for the rest)", DefaultValueFactory = _ => "safetensors" };
+    public Option<string> Prefetch { get; } = new("--prefetch") { Description = "auto (replay the file's recorded access profile when the volume has one, else as safetensors) | none | sequential | whole-file | safetensors (header, then tensors in file order, for *.safetensors; sequential for the rest)", DefaultValueFactory = _ => "auto" };
+
+    public Option<string> Record { get; } = new("--record") { Description = "on | off: record the order each file's chunks are first read in, as its access profile in the volume's metadata (replayed by --prefetch auto on later cold opens)", DefaultValueFactory = _ => "on" };
 
     public Option<string> Passthrough { get; } = new("--passthrough") { Description = "on | off: serve files whose chunks are all in the disk cache through FUSE passthrough, from a whole-file view in the cache (root, kernel 6.9+)", DefaultValueFactory = _ => "on" };
 
@@ -38,19 +40,20 @@ internal sealed class MountOptionsBinder
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Record, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             c.Add(o);
         }
 
-        Prefetch.AcceptOnlyFromAmong("none", "sequential", "whole-file", "safetensors");
+        Prefetch.AcceptOnlyFromAmong("auto", "none", "sequential", "whole-file", "safetensors");
+        Record.AcceptOnlyFromAmong("on", "off");
         Passthrough.AcceptOnlyFromAmong("on", "off");
     }
 
     /// <summary>The mount options given explicitly on this command line, as arguments for another `lmfs mount`.</summary>
     public IEnumerable<string> PassThrough(ParseResult p)
     {
-        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
+        foreach (var o in new Option[] { CacheDir, CacheSize, FreeSpaceRatio, BufferSize, MaxFetches, DemandParts, Readahead, Prefetch, Record, Passthrough, AllowOther, ReadaheadKb, FetchTimeout, EntryTimeout, Threads })
         {
             if (p.GetResult(o) is { Implicit: false } r)
             {
@@ -82,7 +85,8 @@ internal sealed class MountOptionsBinder
             Threads = p.GetValue(Threads),
             Vfs = new VfsOptions
             {
-                Prefetch = p.GetValue(Prefetch) switch { "none" => PrefetchMode.None, "sequential" => PrefetchMode.Sequential, "whole-file" => PrefetchMode.WholeFile, _ => PrefetchMode.Safetensors },
+                Prefetch = p.GetValue(Prefetch) switch { "none" => PrefetchMode.None, "sequential" => PrefetchMode.Sequential, "whole-file" => PrefetchMode.WholeFile, "safetensors" => PrefetchMode.Safetensors, _ => PrefetchMode.Auto },
+                Record = p.GetValue(Record) != "off",
                 ReadaheadMax = p.GetValue(Readahead).Bytes,
                 EntryTimeout = entry,
                 NegativeTimeout = entry,

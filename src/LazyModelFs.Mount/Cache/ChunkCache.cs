@@ -458,23 +458,27 @@ public sealed partial class ChunkCache : IDisposable
         _failed[id] = (now + (long)(FailureMemory.TotalSeconds * Stopwatch.Frequency), error);
     }
 
-    /// <summary>Fetches the chunk into the caches in the background (no lease is kept).</summary>
-    public void Prefetch(in ChunkEntry entry, FetchPriority priority)
+    /// <summary>
+    /// Fetches the chunk into the caches in the background (no lease is kept). True when a fetch was
+    /// started or joined; false when the chunk was already where this priority wants it.
+    /// </summary>
+    public bool Prefetch(in ChunkEntry entry, FetchPriority priority)
     {
         // Prefetch only needs the chunk on disk; readahead wants it in memory. Ask the disk (a stat) only for prefetch.
         if (_memory.Contains(entry.Id) || (priority == FetchPriority.Prefetch && _disk?.Contains(entry.Id) == true))
         {
-            return;
+            return false;
         }
 
         var vt = GetAsync(entry, priority);
         if (vt.IsCompletedSuccessfully)
         {
             vt.Result.Dispose();
-            return;
+            return false;
         }
 
         _ = Drop(vt);
+        return true;
 
         static async Task Drop(ValueTask<CachedChunk> vt)
         {

@@ -33,15 +33,19 @@ internal sealed class OpenFileReader
     private readonly PrefetchMode _prefetch;
     private readonly ILogger _log;
     private readonly AccessPattern _pattern;
+    private readonly ProfileBook? _profiles;
     private ChunkTable? _table;
+    private volatile AccessRecording? _rec;
     private int _prefetchStarted;
 
-    public OpenFileReader(Node node, int chunkSize, ChunkCache cache, PrefetchMode prefetch, long readaheadMax, ILogger log)
+    /// <param name="profiles">The mount's access profiles (null: no recording and no replay).</param>
+    public OpenFileReader(Node node, int chunkSize, ChunkCache cache, PrefetchMode prefetch, long readaheadMax, ILogger log, ProfileBook? profiles = null)
     {
         _node = node;
         _cache = cache;
         _prefetch = prefetch;
         _log = log;
+        _profiles = profiles;
         _pattern = new AccessPattern(chunkSize, readaheadMax);
     }
 
@@ -65,14 +69,33 @@ internal sealed class OpenFileReader
     }
 
     /// <summary>Gives the file its chunk table (at OPEN, before any handle can READ).</summary>
-    public void Attach(ChunkTable table) => _table = table;
+    public void Attach(ChunkTable table)
+    {
+        _rec = new AccessRecording(table.Count);
+        _table = table;
+    }
 
-    /// <summary>A handle was opened: the first open (or the first after <see cref="Reset"/>) starts prefetch.</summary>
-    public void Opened()
+    /// <summary>
+    /// A handle was opened by process <paramref name="pid"/>: the first open (or the first after
+    /// <see cref="Reset"/>) looks up the file's access profile and starts prefetch.
+    /// </summary>
+    public void Opened(uint pid = 0)
     {
         if (Interlocked.Exchange(ref _prefetchStarted, 1) == 0)
         {
-            StartPrefetch();
+            StartPrefetch(pid);
+        }
+    }
+
+    /// <summary>
+    /// The last handle was released, or the daemon is letting the file go: what this load recorded so
+    /// far is stored (when it grew, and differs from the profile replayed). A file opened again goes on recording.
+    /// </summary>
+    public void Released()
+    {
+        if (_rec is { } rec && _table is { } table)
+        {
+            _profiles?.Flush(rec, table, _node.Ino);
         }
     }
 
@@ -80,15 +103,26 @@ internal sealed class OpenFileReader
     /// Back to how a fresh mount would find the file: readahead streams forgotten, prefetch started
     /// again by the next open (the control socket's <c>forget</c>; the caches are its caller's).
     /// </summary>
-    public void Reset()
+    /// <param name="record">Store what the load so far recorded (false: drop it, for a caller removing the file's profiles).</param>
+    public void Reset(bool record = true)
     {
         _pattern.Reset();
+        if (_table is { } table)
+        {
+            var old = _rec;
+            _rec = new AccessRecording(table.Count);
+            if (old is not null && record)
+            {
+                _profiles?.Flush(old, table, _node.Ino);
+            }
+        }
+
         Interlocked.Exchange(ref _prefetchStarted, 0);
     }
 
     // ------------------------------------------------------------------ READ
 
-    public ValueTask<FuseReadResult> ReadAsync(long offset, Memory<byte> buffer)
+    public ValueTask<FuseReadResult> ReadAsync(long offset, Memory<byte> buffer, uint pid = 0)
     {
         if (_table is not { } table)
         {
@@ -108,7 +142,20 @@ internal sealed class OpenFileReader
         }
 
         var at = table.Locate(offset);
-        if (at.Index == table.Locate(offset + len - 1).Index)
+        int last = table.Locate(offset + len - 1).Index;
+        if (_rec is { } rec)
+        {
+            // Recording (issue 17): one bit test per chunk touched; the first touch of a chunk does the rest.
+            for (int i = at.Index; i <= last; i++)
+            {
+                if (!rec.Touched(i))
+                {
+                    FirstTouch(rec, table, i, pid);
+                }
+            }
+        }
+
+        if (at.Index == last)
         {
             var vt = _cache.GetRangeAsync(table[at.Index], at.Within, len, sequential);
             if (!vt.IsCompletedSuccessfully)
@@ -206,6 +253,141 @@ internal sealed class OpenFileReader
         return Errno.EIO;
     }
 
+    // ------------------------------------------------------------------ recording and replay (issue 17)
+
+    private void FirstTouch(AccessRecording rec, ChunkTable table, int index, uint pid)
+    {
+        if (!rec.Touch(index))
+        {
+            return; // another READ got there first
+        }
+
+        rec.Process ??= ProcessName(pid);
+        if (rec.WasPrefetched(index))
+        {
+            _profiles?.CountPrefetchHit(table[index].PlainLength);
+        }
+
+        rec.Replay?.Reached(index);
+        if (rec.Count == rec.Chunks)
+        {
+            _profiles?.Flush(rec, table, _node.Ino); // every chunk touched: the profile is complete
+        }
+    }
+
+    /// <summary>The kernel's comm of a process (what a profile is filed under), "" when it cannot be read (gone, another pid namespace).</summary>
+    internal static string ProcessName(uint pid)
+    {
+        if (pid == 0)
+        {
+            return "";
+        }
+
+        try
+        {
+            return AccessProfile.TrimProcess(File.ReadAllText($"/proc/{pid}/comm"));
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return "";
+        }
+    }
+
+    /// <summary>Starts a background fetch of chunk <paramref name="index"/> on behalf of prefetch, counting it for the hit and waste figures.</summary>
+    private void PrefetchChunk(AccessRecording? rec, ChunkTable table, int index)
+    {
+        if (rec?.Touched(index) == true)
+        {
+            return; // a READ came first: it has it, or is waiting for it
+        }
+
+        if (_cache.Prefetch(table[index], FetchPriority.Prefetch) && rec?.MarkPrefetched(index) == true)
+        {
+            _profiles?.CountPrefetch(table[index].PlainLength);
+        }
+    }
+
+    /// <summary>
+    /// Replays <paramref name="order"/> (chunk indices) ahead of the reader (<see cref="PrefetchReplay"/>):
+    /// with a disk cache to fill, all of it at once; without, a quarter of the memory tier ahead.
+    /// </summary>
+    private void StartReplay(AccessRecording rec, ChunkTable table, IReadOnlyList<int> order)
+    {
+        int window = _cache.CachesStoreReads ? int.MaxValue : Math.Max(2, _cache.Memory.Capacity / 4);
+        var replay = new PrefetchReplay(order, table.Count, window, i => PrefetchChunk(rec, table, i));
+        rec.Replay = replay;
+        foreach (int i in order)
+        {
+            if (rec.Touched(i))
+            {
+                replay.Reached(i); // READs that came before the replay started move its window too
+            }
+        }
+
+        replay.Start();
+    }
+
+    private async Task ReplayOrFallbackAsync(AccessRecording rec, ChunkTable table)
+    {
+        var profile = rec.Lookup is { } lookup ? await lookup.ConfigureAwait(false) : null;
+        if (rec != _rec || rec.Replay is not null)
+        {
+            return; // reset since, or a plan came first
+        }
+
+        if (profile is { Order.Count: > 0 })
+        {
+            _profiles?.CountReplay();
+            _log.LogDebug("vfs: inode {Ino}: replaying the access profile of '{Process}' ({Chunks} of {Count} chunks, recorded {When:u})", _node.Ino, Util.TerminalText.Safe(profile.Process), profile.Order.Count, table.Count, profile.Recorded);
+            StartReplay(rec, table, profile.Order);
+        }
+        else if (_cache.CachesStoreReads && IsSafetensors)
+        {
+            await PrefetchSafetensorsAsync(table).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// A loader's own read plan (the control socket's <c>plan</c>, <c>lmfs plan</c>): the byte ranges it
+    /// will read, in order. Queued background fetches of the file are dropped and the plan's chunks are
+    /// prefetched in its order, ahead of the reader, as a profile would be. Returns the chunks planned.
+    /// </summary>
+    public int Plan(IReadOnlyList<(long Offset, long Length)> ranges)
+    {
+        if (_table is not { } table || _rec is not { } rec)
+        {
+            throw new Util.LmfsException($"inode {_node.Ino} has not been opened on this mount", "open the file first (lmfs plan holds it open while it sends the plan)", 2);
+        }
+
+        long size = table.PlainSize;
+        var order = new List<int>();
+        var seen = new bool[table.Count];
+        foreach (var (off, len) in ranges)
+        {
+            if (off < 0 || len <= 0 || off >= size)
+            {
+                continue;
+            }
+
+            var (first, lastChunk) = table.ChunkRange(off, Math.Min(size, off + len));
+            for (int i = first; i <= lastChunk; i++)
+            {
+                if (!seen[i])
+                {
+                    seen[i] = true;
+                    order.Add(i);
+                }
+            }
+        }
+
+        _cache.CancelQueued(table.Entries.Select(e => e.Id));
+        Interlocked.Exchange(ref _prefetchStarted, 1); // a first open after this keeps the plan
+        _profiles?.CountPlan();
+        _log.LogInformation("vfs: inode {Ino}: a read plan of {Ranges} ranges, {Chunks} of {Count} chunks, replaces its prefetch", _node.Ino, ranges.Count, order.Count, table.Count);
+        StartReplay(rec, table, order);
+        return order.Count;
+    }
+
     // ------------------------------------------------------------------ readahead and prefetch
 
     private void Readahead(ChunkTable table, long from, long to)
@@ -217,9 +399,28 @@ internal sealed class OpenFileReader
         }
     }
 
-    private void StartPrefetch()
+    private void StartPrefetch(uint pid)
     {
-        if (!_cache.CachesStoreReads || _table is not { Count: > 0 } table)
+        if (_table is not { Count: > 0 } table)
+        {
+            return;
+        }
+
+        var rec = _rec;
+        if (rec is not null && _profiles is not null && (_prefetch == PrefetchMode.Auto || _profiles.Records))
+        {
+            // Looked up whether or not it is replayed: a load's recording is stored only when it differs from it.
+            rec.Opener = ProcessName(pid);
+            rec.Lookup = _profiles.FindAsync(table, rec.Opener, _node.Ino);
+        }
+
+        if (_prefetch == PrefetchMode.Auto && rec is not null)
+        {
+            _ = ReplayOrFallbackAsync(rec, table);
+            return;
+        }
+
+        if (!_cache.CachesStoreReads)
         {
             return; // without a disk cache to fill, whole-file prefetch would only churn the memory tier
         }
@@ -228,7 +429,7 @@ internal sealed class OpenFileReader
         {
             for (int i = 0; i < table.Count; i++)
             {
-                _cache.Prefetch(table[i], FetchPriority.Prefetch);
+                PrefetchChunk(rec, table, i);
             }
         }
         else if (_prefetch == PrefetchMode.Safetensors && IsSafetensors)
@@ -299,9 +500,10 @@ internal sealed class OpenFileReader
                 }
             }
 
+            var rec = _rec;
             foreach (int i in order)
             {
-                _cache.Prefetch(table[i], FetchPriority.Prefetch);
+                PrefetchChunk(rec, table, i);
             }
         }
         catch (Exception ex)

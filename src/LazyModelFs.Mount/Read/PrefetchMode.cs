@@ -14,4 +14,10 @@ public enum PrefetchMode
 
     /// <summary>Sequential, plus for *.safetensors: the header first, then tensor data in file order.</summary>
     Safetensors,
+
+    /// <summary>
+    /// The default: the file's recorded access profile replayed when the volume has one (issue 17),
+    /// else what <see cref="Safetensors"/> does.
+    /// </summary>
+    Auto,
 }

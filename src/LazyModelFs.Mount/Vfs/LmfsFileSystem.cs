@@ -13,7 +13,10 @@ namespace LazyModelFs.Vfs;
 
 public sealed record VfsOptions
 {
-    public PrefetchMode Prefetch { get; init; } = PrefetchMode.Safetensors;
+    public PrefetchMode Prefetch { get; init; } = PrefetchMode.Auto;
+
+    /// <summary>Record the order each file's chunks are first read in, as its access profile in the metadata (<c>--record</c>; issue 17).</summary>
+    public bool Record { get; init; } = true;
 
     /// <summary>Largest readahead window per stream.</summary>
     public long ReadaheadMax { get; init; } = 128L << 20;
@@ -84,7 +87,11 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         _log = logger ?? NullLogger.Instance;
         _chunkSize = volume.Settings.ChunkSize;
         Directories = new DirectoryHandles(volume.Meta, _options, _log);
+        Profiles = new ProfileBook(volume.Meta, _options.Record, _log);
     }
+
+    /// <summary>The mount's access profiles: lookups at first opens, recordings stored, replays (issue 17).</summary>
+    public ProfileBook Profiles { get; }
 
     /// <summary>Open directory handles and the listings they share (counters for the control socket's stats).</summary>
     public DirectoryHandles Directories { get; }
@@ -156,7 +163,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     }
 
     private NodeState NewState(Node n, LookupCounter lookups) =>
-        new(n, lookups, n.Type == NodeType.File ? new OpenFileReader(n, _chunkSize, _reader, _options.Prefetch, _options.ReadaheadMax, _log) : null);
+        new(n, lookups, n.Type == NodeType.File ? new OpenFileReader(n, _chunkSize, _reader, _options.Prefetch, _options.ReadaheadMax, _log, Profiles) : null);
 
     // ------------------------------------------------------------------ attributes
 
@@ -325,12 +332,31 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             return;
         }
 
+        NodeState? dropped = null;
         lock (_nodesLock)
         {
             if (_nodes.TryGetValue(nodeId, out var s) && (s.Lookups.Count -= (long)nlookup) <= 0)
             {
                 _nodes.TryRemove(nodeId, out _);
+                dropped = s;
             }
+        }
+
+        dropped?.Reads?.Released(); // what its loads recorded is stored before the state goes
+    }
+
+    /// <summary>Stores what every file's current load recorded (at unmount), and waits up to <paramref name="wait"/> for the writes.</summary>
+    public void FlushProfiles(TimeSpan wait)
+    {
+        foreach (var st in _nodes.Values)
+        {
+            st.Reads?.Released();
+        }
+
+        var until = DateTime.UtcNow + wait;
+        while (Profiles.PendingWrites > 0 && DateTime.UtcNow < until)
+        {
+            Thread.Sleep(10);
         }
     }
 
@@ -521,7 +547,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
             }
 
             _handles[fh] = (st, false);
-            reads.Opened(); // the file's first open starts prefetch
+            reads.Opened(ctx.Pid); // the file's first open looks up its profile and starts prefetch
             if (_passthrough)
             {
                 BuildViewThenSwitch(st, nodeId, reads.Table!); // a cache filled earlier (another mount, before a restart) may hold it all
@@ -609,6 +635,11 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
                 }
             }
 
+            if (lastCached)
+            {
+                st.Reads?.Released(); // what the load recorded is stored (when it grew and differs from the profile)
+            }
+
             if (lastCached && _passthrough && st.Reads?.Table is { } table)
             {
                 BuildViewThenSwitch(st, nodeId, table); // the file may be all on disk now: the next opener gets passthrough
@@ -653,7 +684,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
 
     /// <summary>The handle's file answers (<see cref="OpenFileReader.ReadAsync"/>): a memory hit stays synchronous and allocation-free.</summary>
     public ValueTask<FuseReadResult> ReadAsync(FuseContext ctx, ulong nodeId, ulong fh, long offset, Memory<byte> buffer) =>
-        _handles.TryGetValue(fh, out var h) && !h.Passthrough && h.Node.Reads is { } reads ? reads.ReadAsync(offset, buffer) : ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
+        _handles.TryGetValue(fh, out var h) && !h.Passthrough && h.Node.Reads is { } reads ? reads.ReadAsync(offset, buffer, ctx.Pid) : ValueTask.FromResult<FuseReadResult>(Errno.EBADF);
 
     // ------------------------------------------------------------------ control (lmfs bench)
 
@@ -678,6 +709,21 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         st?.Reads?.Reset(); // its readahead streams forgotten, its next open prefetches again
 
         return (memory, removed);
+    }
+
+    /// <summary>Hands the file a loader's read plan (<see cref="OpenFileReader.Plan"/>); the chunks planned.</summary>
+    public int Plan(ulong ino, IReadOnlyList<(long Offset, long Length)> ranges) =>
+        (_nodes.TryGetValue(ino, out var s) ? s.Reads : null)?.Plan(ranges)
+        ?? throw new Util.LmfsException($"inode {ino} is not a file this mount has open", "open the file first (lmfs plan holds it open while it sends the plan)", 2);
+
+    /// <summary>Removes the file's access profiles from the metadata, and what its current load recorded (lmfs bench, before a load without replay).</summary>
+    public async Task<int> ForgetProfilesAsync(ulong ino, CancellationToken ct = default)
+    {
+        var st = _nodes.TryGetValue(ino, out var s) ? s : null;
+        var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
+            ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        st?.Reads?.Reset(record: false);
+        return await Profiles.DeleteAsync(table).ConfigureAwait(false);
     }
 
     // ------------------------------------------------------------------ helpers

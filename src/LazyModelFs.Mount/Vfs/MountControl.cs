@@ -19,6 +19,8 @@ namespace LazyModelFs.Vfs;
 ///   forget INO memory|disk      drop the file's queued background fetches, its chunks from the memory tier (and the disk cache),
 ///                               forget its readahead streams, restart prefetch at its next open
 ///   invalidate INO              drop the kernel's cached pages of the file (NOTIFY_INVAL_INODE)
+///   plan INO OFF:LEN,...        a loader's read plan for an open file: its chunks prefetched in that order (lmfs plan)
+///   profile INO forget          remove the file's access profiles from the metadata, and drop what its load recorded (lmfs bench)
 /// Errors answer {"error": "..."}. Nothing here returns file data or secrets.
 /// </summary>
 internal sealed class MountControl : IDisposable
@@ -139,6 +141,12 @@ internal sealed class MountControl : IDisposable
                     return new JsonObject { ["memoryChunks"] = memory, ["diskChunks"] = disk };
                 }
 
+            case ["plan", var ino, var ranges]:
+                return new JsonObject { ["chunks"] = _mount.FileSystem.Plan(ulong.Parse(ino, CultureInfo.InvariantCulture), ParseRanges(ranges)) };
+
+            case ["profile", var ino, "forget"]:
+                return new JsonObject { ["profiles"] = await _mount.FileSystem.ForgetProfilesAsync(ulong.Parse(ino, CultureInfo.InvariantCulture), ct).ConfigureAwait(false) };
+
             case ["invalidate", var ino]:
                 {
                     var r = await _mount.Session.Connection.InvalidateInodeAsync(ulong.Parse(ino, CultureInfo.InvariantCulture), 0, 0).WaitAsync(ct).ConfigureAwait(false);
@@ -147,18 +155,58 @@ internal sealed class MountControl : IDisposable
 
             default:
                 _log.LogDebug("control: unknown command {Line}", line);
-                return new JsonObject { ["error"] = $"unknown command '{line}'; use stats, forget INO memory|disk, or invalidate INO" };
+                return new JsonObject { ["error"] = $"unknown command '{TerminalText.Safe(line.Length > 80 ? line[..80] + "…" : line)}'; use stats, forget INO memory|disk, invalidate INO, plan INO OFF:LEN,..., or profile INO forget" };
         }
     }
 
     private JsonObject Stats() => _mount.Stats();
 
+    /// <summary>Ranges of a plan: OFF:LEN pairs (decimal bytes), comma-separated, at most <see cref="MaxPlanRanges"/>.</summary>
+    internal static List<(long Offset, long Length)> ParseRanges(string text)
+    {
+        var list = new List<(long, long)>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int colon = part.IndexOf(':', StringComparison.Ordinal);
+            if (colon <= 0 || !long.TryParse(part.AsSpan(0, colon), NumberStyles.None, CultureInfo.InvariantCulture, out long off)
+                || !long.TryParse(part.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out long len) || len <= 0)
+            {
+                throw new LmfsException($"plan range '{TerminalText.Safe(part.Length > 40 ? part[..40] : part)}' is not OFFSET:LENGTH in bytes", "give ranges as OFFSET:LENGTH, comma-separated", 2);
+            }
+
+            if (list.Count == MaxPlanRanges)
+            {
+                throw new LmfsException($"a plan has more than {MaxPlanRanges} ranges", "merge neighbouring ranges", 2);
+            }
+
+            list.Add((off, len));
+        }
+
+        return list;
+    }
+
+    /// <summary>Ranges one plan may hold (a plan line is at most <see cref="MaxLine"/> bytes).</summary>
+    public const int MaxPlanRanges = 65536;
+
+    /// <summary>Bytes of one command line: a plan of tensors' ranges needs more than the other commands' few words.</summary>
+    private const int MaxLine = 2 << 20;
+
     private static async Task<string> ReadLineAsync(Stream s, CancellationToken ct)
     {
         var buf = new byte[512];
         int n = 0;
-        while (n < buf.Length)
+        while (true)
         {
+            if (n == buf.Length)
+            {
+                if (buf.Length >= MaxLine)
+                {
+                    throw new LmfsException($"a command line is longer than {MaxLine} bytes", "send a shorter plan", 2);
+                }
+
+                Array.Resize(ref buf, Math.Min(MaxLine, buf.Length * 4));
+            }
+
             int k = await s.ReadAsync(buf.AsMemory(n), ct).ConfigureAwait(false);
             if (k == 0)
             {
@@ -166,7 +214,7 @@ internal sealed class MountControl : IDisposable
             }
 
             n += k;
-            int nl = Array.IndexOf(buf, (byte)'\n', 0, n);
+            int nl = Array.IndexOf(buf, (byte)'\n', n - k, k);
             if (nl >= 0)
             {
                 return Encoding.UTF8.GetString(buf, 0, nl).Trim();

@@ -107,6 +107,7 @@ public sealed class MountHost : IDisposable
         o["readErrors"] = d.ReadErrors;
         Cache.AddStats(o);
         o["passthroughOpens"] = FileSystem.PassthroughOpens;
+        FileSystem.Profiles.AddStats(o);
         o["dirHandles"] = FileSystem.Directories.Open;
         o["dirSnapshots"] = FileSystem.Directories.Snapshots;
         o["dirSnapshotBytes"] = FileSystem.Directories.Bytes;
@@ -217,6 +218,7 @@ public sealed class MountHost : IDisposable
         Control?.Dispose();
         Session.Unmount();
         Session.Dispose();
+        FileSystem.FlushProfiles(TimeSpan.FromSeconds(3)); // what the last loads recorded, before the daemon goes
         Cache.Dispose();
     }
 }
