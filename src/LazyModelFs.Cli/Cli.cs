@@ -41,6 +41,7 @@ public static class Cli
         root.Add(MountsCommand.Build());
         root.Add(StatsCommand.Build());
         root.Add(WarmupCommand.Build());
+        root.Add(PlanCommand.Build());
         root.Add(CacheCommand.Build());
         root.Add(BenchCommand.Build());
         root.Add(CsiCommand.Build());

@@ -44,6 +44,11 @@ internal static class GcCommand
                     : s.DryRun
                         ? "reference counts: not checked, the volume kept changing during the scan (imports or removals ran); run gc again"
                         : "reference counts: not checked and nothing deleted: the volume kept changing during the scan (imports or removals ran); run gc again");
+                if (s.ProfilesRemoved > 0)
+                {
+                    Console.WriteLine($"access profiles {(s.DryRun ? "to remove" : "removed")}: of {s.ProfilesRemoved} content(s) no file has any more");
+                }
+
                 if (s.OtherObjects > 0)
                 {
                     Console.WriteLine($"left alone: {s.OtherObjects} object(s) under chunks/ that are not chunk objects (gc deletes only what lmfs writes)");
@@ -88,6 +93,7 @@ internal static class GcCommand
         w.WriteBoolean("refcountsChecked", s.RefcountsChecked);
         w.WriteNumber("refcountsFixed", s.RefcountsFixed);
         w.WriteNumber("failedDeletes", s.FailedDeletes);
+        w.WriteNumber("profilesRemoved", s.ProfilesRemoved);
         w.WriteEndObject();
     });
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json.Nodes;
 using LazyModelFs.Chunks;
+using LazyModelFs.Read;
 using LazyModelFs.Meta;
 using LazyModelFs.Util;
 
@@ -70,6 +71,24 @@ internal static class StatCommand
                     }
 
                     o["chunks"] = rows;
+                    var profiles = new JsonArray();
+                    foreach (var (process, profile, why) in await ProfilesAsync(m, t, ct).ConfigureAwait(false))
+                    {
+                        var e = new JsonObject { ["process"] = process, ["valid"] = profile is not null };
+                        if (profile is not null)
+                        {
+                            e["chunks"] = profile.Order.Count;
+                            Json.AddTime(e, "recordedAt", Json.UnixNs(profile.Recorded.UtcDateTime));
+                        }
+                        else
+                        {
+                            e["error"] = why;
+                        }
+
+                        profiles.Add(e);
+                    }
+
+                    o["profiles"] = profiles;
                 }
 
                 Json.Print(o);
@@ -104,6 +123,10 @@ internal static class StatCommand
                 var t = await m.GetChunkTableAsync(n.Ino, settings.ChunkSize, ct).ConfigureAwait(false) ?? ChunkTable.Empty(settings.ChunkSize);
                 int zstd = t.Entries.Count(e => e.Codec == ChunkCodec.Zstd);
                 Console.WriteLine($"chunks:   {t.Count} of {Sizes.Format(settings.ChunkSize)}; {zstd} zstd, {t.Count - zstd} plain; stored {Sizes.Format(t.StoredSize)} for {Sizes.Format(t.PlainSize)}{(t.BlockSize == 0 ? "" : $"; block hashes every {Sizes.Format(t.BlockSize)}")}");
+                var profiles = await ProfilesAsync(m, t, ct).ConfigureAwait(false);
+                Console.WriteLine("profiles: " + (profiles.Count == 0 ? "none (the first load through a mount records one)" : string.Join("; ", profiles.Select(x => x.Profile is { } pr
+                    ? $"{show(x.Process.Length == 0 ? "?" : x.Process)}: {pr.Order.Count} of {t.Count} chunks, recorded {pr.Recorded.UtcDateTime:yyyy-MM-dd HH:mm:ss} UTC"
+                    : $"{show(x.Process)}: ignored ({x.Why})"))));
                 if (p.GetValue(chunks))
                 {
                     for (int i = 0; i < t.Count; i++)
@@ -117,5 +140,23 @@ internal static class StatCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The file's access profiles (issue 17), by process name, decoded against its table; one that does not decode comes with why.</summary>
+    internal static async Task<List<(string Process, AccessProfile? Profile, string? Why)>> ProfilesAsync(IMetaStore m, ChunkTable t, CancellationToken ct)
+    {
+        var list = new List<(string, AccessProfile?, string?)>();
+        if (t.Count == 0)
+        {
+            return list;
+        }
+
+        foreach (var (process, bytes) in (await m.GetProfilesAsync(t.ContentKey, ct).ConfigureAwait(false)).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            var profile = AccessProfile.TryDecode(bytes, t.Count, out var why);
+            list.Add((process, profile, why));
+        }
+
+        return list;
     }
 }

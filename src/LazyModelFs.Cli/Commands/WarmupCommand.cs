@@ -21,8 +21,9 @@ internal static class WarmupCommand
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Cache directory to fill (default: the mount's, or /var/cache/lmfs)" };
         var jobs = Numeric.Int("--concurrency", "Concurrent object GETs", 16, 1, 256, "-j");
         var json = new Option<bool>("--json") { Description = "With --check: print one JSON object (per file and in all: chunks and bytes, cached or not; schema in docs/operations.md)" };
+        var profile = new Option<bool>("--profile") { Description = "Replay each file's recorded access profile: only the chunks its loads read, in their order (files without one are warmed whole)" };
         var creds = new Common.Credentials();
-        var cmd = new Command("warmup", "Fill the local chunk cache ahead of time, so the next load reads only local disk.\n\nExamples:\n  lmfs warmup /models /models/llama-3-8b\n  lmfs warmup sqlite:///var/lib/lmfs/meta.db /models/llama-3-8b --cache-dir /nvme/lmfs\n  lmfs warmup /models /models/llama-3-8b --check [--json]") { target, paths, check, cacheDir, jobs, json };
+        var cmd = new Command("warmup", "Fill the local chunk cache ahead of time, so the next load reads only local disk.\n\nExamples:\n  lmfs warmup /models /models/llama-3-8b\n  lmfs warmup sqlite:///var/lib/lmfs/meta.db /models/llama-3-8b --cache-dir /nvme/lmfs\n  lmfs warmup /models /models/llama-3-8b --profile\n  lmfs warmup /models /models/llama-3-8b --check [--json]") { target, paths, check, cacheDir, jobs, json, profile };
         creds.AddTo(cmd);
         cmd.SetAction((p, ct) => Cli.Guard(p, async () =>
         {
@@ -72,7 +73,26 @@ internal static class WarmupCommand
                 cache.LocateInView(table); // chunks a view holds have no chunk files of their own
             }
 
-            var have = cache.Check(files.SelectMany(f => f.Table.Entries));
+            int profiled = 0;
+            var wanted = new List<ChunkEntry>();
+            foreach (var (_, table) in files)
+            {
+                // With --profile, a file's chunks in the order its loads read them (the newest profile), and only those.
+                var best = p.GetValue(profile) && !p.GetValue(check)
+                    ? (await StatCommand.ProfilesAsync(volume.Meta, table, ct).ConfigureAwait(false)).Where(x => x.Profile is not null).MaxBy(x => x.Profile!.Recorded).Profile
+                    : null;
+                if (best is not null)
+                {
+                    profiled++;
+                    wanted.AddRange(best.Order.Select(i => table[i]));
+                }
+                else
+                {
+                    wanted.AddRange(table.Entries);
+                }
+            }
+
+            var have = cache.Check(wanted);
             if (p.GetValue(check) && p.GetValue(json))
             {
                 static JsonObject Counts(JsonObject o, CacheCheck c)
@@ -132,7 +152,7 @@ internal static class WarmupCommand
                 views += table.Count > 0 && await cache.QueueViewBuild(table).ConfigureAwait(false) ? 1 : 0;
             }
 
-            Console.WriteLine($"warmed up {Sizes.Format(have.MissingBytes)} in {have.Missing.Count} chunks ({Sizes.Format(have.CachedBytes)} was already cached) into {cache.DiskDirectory}; {views} of {files.Count(f => f.Table.Count > 0)} files ready for passthrough");
+            Console.WriteLine($"warmed up {Sizes.Format(have.MissingBytes)} in {have.Missing.Count} chunks ({Sizes.Format(have.CachedBytes)} was already cached) into {cache.DiskDirectory}; {views} of {files.Count(f => f.Table.Count > 0)} files ready for passthrough{(p.GetValue(profile) ? $"; {profiled} by their access profile" : "")}");
             return 0;
         }));
         return cmd;

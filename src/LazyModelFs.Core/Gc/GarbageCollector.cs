@@ -56,7 +56,11 @@ public sealed record GcSummary(
     long MissingObjects,
     long RefcountsFixed,
     bool RefcountsChecked,
-    long FailedDeletes = 0);
+    long FailedDeletes = 0)
+{
+    /// <summary>Contents no file has any more whose access profiles (issue 17) were removed (in a dry run: would be).</summary>
+    public long ProfilesRemoved { get; init; }
+}
 
 /// <summary>
 /// lmfs gc: deletes chunk objects that no chunk table references, and recounts reference counts.
@@ -158,6 +162,24 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
         // Without a consistent scan (the volume changed during every try), nothing is deleted: a
         // count that had drifted low could let a claim through for a chunk a table references.
 
+        // Access profiles of contents no table has: only hints, so a profile of a file committed after
+        // the scan may go too (its next load records it again); never one of a content the scan saw.
+        long profiles = 0;
+        if (consistent)
+        {
+            foreach (var key in await volume.Meta.ListProfiledAsync(ct).ConfigureAwait(false))
+            {
+                if (!scan.ContentKeys.Contains(key))
+                {
+                    profiles++;
+                    if (!options.DryRun)
+                    {
+                        await volume.Meta.DeleteProfilesAsync(key, ct).ConfigureAwait(false);
+                    }
+                }
+            }
+        }
+
         return new GcSummary(
             options.DryRun,
             options.Grace,
@@ -175,7 +197,10 @@ public sealed class GarbageCollector(Volume volume, GcOptions options)
             referenced.Keys.Count(id => !seen.Contains(id)),
             fixedCounts,
             consistent,
-            failed);
+            failed)
+        {
+            ProfilesRemoved = profiles,
+        };
     }
 
     /// <summary>

@@ -169,6 +169,7 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
         Task.FromResult(kv.Read(tx =>
         {
             var referenced = new Dictionary<ChunkId, long>();
+            var contents = new HashSet<ChunkId>();
             var bad = new List<(ulong, string)>();
             var tables = tx.Scan([(byte)'C']);
             foreach (var (k, v) in tables)
@@ -176,7 +177,9 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
                 ulong ino = BinaryPrimitives.ReadUInt64BigEndian(k.AsSpan(1));
                 try
                 {
-                    foreach (var e in ChunkTable.Decode(v, chunkSize).Entries)
+                    var table = ChunkTable.Decode(v, chunkSize);
+                    contents.Add(table.ContentKey);
+                    foreach (var e in table.Entries)
                     {
                         referenced[e.Id] = referenced.GetValueOrDefault(e.Id) + 1;
                     }
@@ -193,7 +196,7 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
                 stored[ChunkId.FromBytes(k.AsSpan(1))] = BinaryPrimitives.ReadInt64LittleEndian(v);
             }
 
-            return new ReferenceScan(ReadEpoch(tx), true, tables.Count, referenced, stored, bad);
+            return new ReferenceScan(ReadEpoch(tx), true, tables.Count, referenced, stored, bad) { ContentKeys = contents };
         }));
 
     public Task<bool> SetChunkRefCountsAsync(long epoch, IReadOnlyList<KeyValuePair<ChunkId, long>> counts, CancellationToken ct = default) =>

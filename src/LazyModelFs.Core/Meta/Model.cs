@@ -261,7 +261,11 @@ public sealed record ReferenceScan(
     long Tables,
     IReadOnlyDictionary<Chunks.ChunkId, long> Referenced,
     IReadOnlyDictionary<Chunks.ChunkId, long> Stored,
-    IReadOnlyList<(ulong Ino, string Problem)> Undecodable);
+    IReadOnlyList<(ulong Ino, string Problem)> Undecodable)
+{
+    /// <summary>The content keys of the tables read (<see cref="Chunks.ChunkTable.ContentKey"/>): access profiles of other keys belong to no file.</summary>
+    public IReadOnlySet<Chunks.ChunkId> ContentKeys { get; init; } = new HashSet<Chunks.ChunkId>();
+}
 
 /// <summary>What a change replaces: the entry the caller saw, with its node and chunk table.</summary>
 public sealed record Replaced(DirEntry Entry, Node Node, ChunkTable? Chunks);

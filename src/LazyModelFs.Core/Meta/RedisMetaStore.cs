@@ -517,6 +517,7 @@ public sealed class RedisMetaStore : IMetaStore
     {
         long before = await ReadEpochAsync().ConfigureAwait(false);
         var referenced = new Dictionary<ChunkId, long>();
+        var contents = new HashSet<ChunkId>();
         var stored = new Dictionary<ChunkId, long>();
         var bad = new List<(ulong, string)>();
         long tables = 0;
@@ -551,7 +552,7 @@ public sealed class RedisMetaStore : IMetaStore
             ct),
             whole: true).ConfigureAwait(false);
         long after = await ReadEpochAsync().ConfigureAwait(false);
-        return new ReferenceScan(after, before == after, tables, referenced, stored, bad);
+        return new ReferenceScan(after, before == after, tables, referenced, stored, bad) { ContentKeys = contents };
 
         void Count(List<RedisKey> keys)
         {
@@ -566,7 +567,9 @@ public sealed class RedisMetaStore : IMetaStore
                 tables++;
                 try
                 {
-                    foreach (var e in ChunkTable.Decode((byte[])values[i]!, chunkSize).Entries)
+                    var table = ChunkTable.Decode((byte[])values[i]!, chunkSize);
+                    contents.Add(table.ContentKey);
+                    foreach (var e in table.Entries)
                     {
                         referenced[e.Id] = referenced.GetValueOrDefault(e.Id) + 1;
                     }

@@ -185,8 +185,7 @@ internal sealed class MountControl : IDisposable
         return list;
     }
 
-    /// <summary>Ranges one plan may hold (a plan line is at most <see cref="MaxLine"/> bytes).</summary>
-    public const int MaxPlanRanges = 65536;
+    private const int MaxPlanRanges = MountControlLimits.MaxPlanRanges;
 
     /// <summary>Bytes of one command line: a plan of tensors' ranges needs more than the other commands' few words.</summary>
     private const int MaxLine = 2 << 20;
@@ -223,4 +222,11 @@ internal sealed class MountControl : IDisposable
 
         return Encoding.UTF8.GetString(buf, 0, n).Trim();
     }
+}
+
+/// <summary>Limits of the control socket's commands that its clients check too.</summary>
+public static class MountControlLimits
+{
+    /// <summary>Ranges one read plan may hold (the control socket's <c>plan</c>; a command line is at most 2 MiB).</summary>
+    public const int MaxPlanRanges = 65536;
 }

@@ -109,6 +109,32 @@ public abstract class GarbageCollectorContract : IDisposable
     }
 
     [Fact]
+    public async Task Access_profiles_of_contents_no_file_has_are_removed_and_a_live_files_are_kept()
+    {
+        var (v, meta) = await FormatAsync();
+        using var _v = v;
+        await ImportAsync(v, Source("a.bin", (3 * ChunkSize) + 100, 1), "/keep/a.bin");
+        await ImportAsync(v, Source("b.bin", 2 * ChunkSize, 2), "/gone/b.bin");
+        var keep = (await v.Meta.GetChunkTableAsync((await v.Namespace.ResolveAsync("/keep/a.bin"))!.Ino, ChunkSize))!;
+        var gone = (await v.Meta.GetChunkTableAsync((await v.Namespace.ResolveAsync("/gone/b.bin"))!.Ino, ChunkSize))!;
+        await v.Meta.PutProfileAsync(keep.ContentKey, "python3", new AccessProfile("python3", DateTimeOffset.UtcNow, keep.Count, [2, 0]).Encode());
+        await v.Meta.PutProfileAsync(gone.ContentKey, "python3", new AccessProfile("python3", DateTimeOffset.UtcNow, gone.Count, [1]).Encode());
+        await v.Meta.PutProfileAsync(gone.ContentKey, "vllm", new AccessProfile("vllm", DateTimeOffset.UtcNow, gone.Count, [0]).Encode());
+        await v.Namespace.RemoveAsync("/gone", recursive: true);
+
+        var dry = await new GarbageCollector(v, TwoDaysOn(dryRun: true)).RunAsync();
+        Assert.Equal(1, dry.ProfilesRemoved);
+        Assert.Equal(2, (await v.Meta.GetProfilesAsync(gone.ContentKey)).Count);
+
+        var s = await new GarbageCollector(v, TwoDaysOn()).RunAsync();
+        Assert.Equal(1, s.ProfilesRemoved);
+        Assert.Empty(await v.Meta.GetProfilesAsync(gone.ContentKey));
+        Assert.Single(await v.Meta.GetProfilesAsync(keep.ContentKey));
+        Assert.Equal([keep.ContentKey], await v.Meta.ListProfiledAsync());
+        Assert.Equal(0, (await new GarbageCollector(v, TwoDaysOn()).RunAsync()).ProfilesRemoved);
+    }
+
+    [Fact]
     public async Task A_dry_run_counts_what_it_would_free_and_deletes_nothing()
     {
         var (v, _, _, gone) = await PopulatedAsync();
