@@ -343,6 +343,87 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         Assert.True(SpinWait.SpinUntil(() => m.Cache.Disk!.Count >= 11, 30_000), $"prefetched {m.Cache.Disk!.Count} of 11 chunks");
     }
 
+    /// <summary>One 4 KiB O_DIRECT read (no kernel readahead: the daemon sees exactly these READs) at the start of each chunk, by dd in another process.</summary>
+    private static void DirectReads(string file, IEnumerable<int> chunks) =>
+        Proc.Run("sh", "-c", string.Concat(chunks.Select(c => $"dd if='{file}' of=/dev/null bs=4096 count=1 skip={c * (Chunk / 4096)} iflag=direct status=none && ")) + "true");
+
+    [MountFact]
+    public async Task A_load_recorded_on_one_mount_is_replayed_by_a_cold_mount_with_another_cache()
+    {
+        using var v = await VolumeAsync();
+        int[] order = [.. Enumerable.Range(0, 25).OrderBy(i => (i * 7) % 25)]; // all 25 chunks of big.bin, shuffled
+        var a = Mount(v, _dir["rec-a"], o => o with { BufferSize = 32L * (Chunk + 4096) });
+        string big = Path.Combine(a.MountPoint, "m/big.bin");
+        DirectReads(big, order);
+        Assert.True(SpinWait.SpinUntil(() => (long?)a.Stats()["profileWritesPending"] == 0, 30_000));
+        Assert.True((long?)a.Stats()["profilesRecorded"] >= 1);
+        Unmount(a);
+
+        var stat = LmfsRunner.Run(["stat", _meta, "/m/big.bin"], LmfsRunner.S3Env());
+        Assert.True(stat.ExitCode == 0, stat.ToString());
+        Assert.Contains("profiles: dd: 25 of 25 chunks", stat.Stdout, StringComparison.Ordinal);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["stat", "--json", _meta, "/m/big.bin"], LmfsRunner.S3Env()).Stdout)!;
+        Assert.Equal(25, (int)json["profiles"]![0]!["chunks"]!);
+
+        // Another node: an empty cache. Its first open replays the profile; no prefetch of big.bin would happen without it.
+        var b = Mount(v, _dir["rec-b"], o => o with { BufferSize = 32L * (Chunk + 4096) });
+        big = Path.Combine(b.MountPoint, "m/big.bin");
+        using (File.OpenHandle(big))
+        {
+            Assert.True(SpinWait.SpinUntil(() => b.Cache.Disk!.Count >= 25 && b.Cache.Busy == 0, 30_000), $"{b.Cache.Disk!.Count} of 25 chunks prefetched");
+        }
+
+        Assert.Equal(1L, (long?)b.Stats()["profileReplays"]);
+        DirectReads(big, order);
+        Assert.True(SpinWait.SpinUntil(() => (long?)b.Stats()["profileWritesPending"] == 0, 30_000));
+        var st = b.Stats();
+        Assert.Equal(25L, (long?)st["prefetchHits"]);
+        Assert.Equal((long?)st["prefetchIssuedBytes"], (long?)st["prefetchUsedBytes"]);
+        Assert.Equal(25L, b.Cache.StoreFetches); // each chunk once
+        Assert.True((long?)st["profilesKept"] >= 1);
+        Assert.Equal(0L, (long?)st["profilesReplaced"]);
+        Assert.Equal(Source("big.bin"), File.ReadAllBytes(big));
+    }
+
+    [MountFact]
+    public async Task lmfs_plan_prefetches_a_loaders_ranges_on_a_live_mount()
+    {
+        using (await VolumeAsync())
+        {
+        }
+
+        string mp = Directory.CreateTempSubdirectory("lmfs-plan-mp-").FullName;
+        var env = LmfsRunner.S3Env();
+        var r = LmfsRunner.Run(["mount", _meta, mp, "--background", "--cache-dir", _dir["plan-cache"], "--log-file", _dir["plan.log"], "--record", "off"], env);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        try
+        {
+            string big = Path.Combine(mp, "m/big.bin");
+            var plan = LmfsRunner.Run(["plan", big], env, stdin: Encoding.ASCII.GetBytes($"{20L * Chunk} {Chunk}\n{3L * Chunk}:10\n# a comment\n{7L * Chunk + 5} 2\n"));
+            Assert.True(plan.ExitCode == 0, plan.ToString());
+            Assert.Contains("3 chunks", plan.Stdout, StringComparison.Ordinal);
+            Assert.True(SpinWait.SpinUntil(() => (int)System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["warmup", mp, big, "--check", "--json"], env).Stdout)!["cachedChunks"]! >= 3, 30_000));
+            var stats = System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["stats", mp, "--json"], env).Stdout)!;
+            Assert.Equal(1, (int)stats["profilePlans"]!);
+            Assert.False((bool)stats["profileRecording"]!);
+
+            var bad = LmfsRunner.Run(["plan", big, "--ranges", "12:abc"], env);
+            Assert.Equal(2, bad.ExitCode);
+            Assert.Contains("is not OFFSET:LENGTH", bad.Stderr, StringComparison.Ordinal);
+            var outside = LmfsRunner.Run(["plan", _dir["plan.log"], "--ranges", "0:1"], env);
+            Assert.Equal(2, outside.ExitCode);
+            Assert.Contains("not under an lmfs mount", outside.Stderr, StringComparison.Ordinal);
+            Assert.Equal(Source("big.bin"), File.ReadAllBytes(big));
+        }
+        finally
+        {
+            LmfsRunner.Run("umount", mp);
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => Fuse.FuseMount.MountTypeAt(mp) is null, 10_000));
+        Directory.Delete(mp);
+    }
+
     [MountFact]
     public async Task Random_reads_fetch_only_what_they_touch()
     {

@@ -209,7 +209,7 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
         o["profilesReplaced"] = Interlocked.Read(ref _replaced);
         o["profilesKept"] = Interlocked.Read(ref _kept);
         o["profileErrors"] = Interlocked.Read(ref _errors);
-        o["profileWritesPending"] = PendingWrites;
+        o["profileWritesPending"] = (long)PendingWrites;
         o["prefetchIssuedBytes"] = Interlocked.Read(ref _prefetchIssuedBytes);
         o["prefetchUsedBytes"] = Interlocked.Read(ref _prefetchUsedBytes);
         o["prefetchHits"] = Interlocked.Read(ref _prefetchHits);
