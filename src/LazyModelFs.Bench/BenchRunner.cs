@@ -321,6 +321,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         var (bytes, tensors) = SafetensorsProbe.Describe(path);
         var runs = new List<SafetensorsRun>();
         string[] files = [path];
+        bool profiles = await target.ForgetProfilesAsync(files, ct).ConfigureAwait(false); // false: not lmfs, no replay row
         foreach (var state in new[] { CacheState.Cold, CacheState.Warm })
         {
             if (!o.Phases.Contains(state))
@@ -328,8 +329,15 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
                 continue;
             }
 
-            foreach (bool shuffled in new[] { false, true })
+            // Cold loads run without an access profile (each forgets the file's first), except the last
+            // row: the shuffled load again, replaying the profile the shuffled load before it recorded.
+            foreach (var (shuffled, replay) in new[] { (false, false), (true, false), (true, true) })
             {
+                if (replay && (state != CacheState.Cold || !profiles))
+                {
+                    continue;
+                }
+
                 var tries = new List<SafetensorsRun>();
                 for (int i = 0; i < o.Runs; i++)
                 {
@@ -338,10 +346,26 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
                         Fill(path, new FileInfo(path).Length, ct);
                     }
 
+                    if (state == CacheState.Cold && !replay && profiles)
+                    {
+                        await target.ForgetProfilesAsync(files, ct).ConfigureAwait(false);
+                    }
+
                     await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+                    var before = await target.PrefetchBytesAsync(ct).ConfigureAwait(false);
                     var run = SafetensorsProbe.Load(path, state.ToString().ToLowerInvariant(), shuffled, o.Seed);
+                    if (replay)
+                    {
+                        run = run with { Order = run.Order + ", replay" };
+                    }
+
+                    if (before is { } b && await target.PrefetchBytesAsync(ct).ConfigureAwait(false) is { } a)
+                    {
+                        run = run with { PrefetchedBytes = a.Issued - b.Issued, PrefetchUsedBytes = a.Used - b.Used };
+                    }
+
                     tries.Add(run);
-                    _progress($"safetensors {run.Phase}, {run.Order} order: first tensor {run.FirstTensorMs:0.0} ms, total {run.Seconds:0.00} s ({run.MBps:0} MB/s)");
+                    _progress($"safetensors {run.Phase}, {run.Order} order: first tensor {run.FirstTensorMs:0.0} ms, total {run.Seconds:0.00} s ({run.MBps:0} MB/s){(run.PrefetchedBytes is { } pb ? $", prefetched {Sizes.Format(pb)} of which unused {Sizes.Format(pb - run.PrefetchUsedBytes!.Value)}" : "")}");
                 }
 
                 runs.Add(tries.OrderBy(r => r.Seconds).ElementAt((tries.Count - 1) / 2));

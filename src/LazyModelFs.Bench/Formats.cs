@@ -279,6 +279,8 @@ public static class Formats
                 r.Safetensors?.Runs.FirstOrDefault(x => x.Phase == phase && x.Order == order) is { } x ? string.Create(Inv, $"{x.Seconds:0.00} s ({x.FirstTensorMs:0} ms)") : "-";
             rows.Add(("safetensors cold, file order: total (first tensor)", Each(r => St(r, "cold", "file"))));
             rows.Add(("safetensors cold, shuffled: total (first tensor)", Each(r => St(r, "cold", "shuffled"))));
+            rows.Add(("safetensors cold, shuffled, replaying its profile: total (first tensor)", Each(r => St(r, "cold", "shuffled, replay"))));
+            rows.Add(("replay: prefetched bytes unused / file", Each(r => r.Safetensors is { } st && st.Runs.FirstOrDefault(x => x.Phase == "cold" && x.Order == "shuffled, replay") is { PrefetchedBytes: { } pb, PrefetchUsedBytes: { } pu } ? ((pb - pu) / (double)st.Bytes).ToString("0.000", Inv) : "-")));
             rows.Add(("safetensors warm, file order: total (first tensor)", Each(r => St(r, "warm", "file"))));
             rows.Add(("safetensors warm, shuffled: total (first tensor)", Each(r => St(r, "warm", "shuffled"))));
             var b = reports.Select(r => r.Safetensors?.Baseline).FirstOrDefault(x => x is not null);

@@ -73,6 +73,23 @@ public static class Goals
             st?.BaselineNote ?? "needs a safetensors file and --aws-baseline",
             strict: true));
 
+        var shuffled = st?.Runs.FirstOrDefault(x => x.Phase == "cold" && x.Order == "shuffled");
+        var replayed = st?.Runs.FirstOrDefault(x => x.Phase == "cold" && x.Order == "shuffled, replay");
+        list.Add(AtMost(
+            "safetensors cold shuffled load, replaying its profile",
+            0.6,
+            replayed?.Seconds,
+            shuffled?.Seconds,
+            "the shuffled cold load again, replaying the access profile the load before it recorded, vs that load without one (issue 17)",
+            "needs a safetensors file through an lmfs mount"));
+        list.Add(AtMost(
+            "replay: prefetched bytes unused",
+            0.05,
+            replayed?.PrefetchedBytes - replayed?.PrefetchUsedBytes,
+            st?.Bytes,
+            "bytes the replay prefetched that the load did not read vs the file's size",
+            "needs a safetensors file through an lmfs mount"));
+
         long? peak = r.Phases.Max(p => p.PeakRssBytes);
         list.Add(AtMost(
             "peak memory",

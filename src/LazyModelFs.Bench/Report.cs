@@ -88,6 +88,12 @@ public sealed record Ceilings
 public sealed record SafetensorsRun(string Phase, string Order, double FirstTensorMs, double Seconds, long Bytes, int Tensors)
 {
     public double MBps => Seconds > 0 ? Bytes / 1e6 / Seconds : 0;
+
+    /// <summary>Bytes the mount's prefetch started fetching during the load (lmfs only).</summary>
+    public long? PrefetchedBytes { get; init; }
+
+    /// <summary>Of <see cref="PrefetchedBytes"/>, the bytes the load's READs then used; the rest was fetched for nothing.</summary>
+    public long? PrefetchUsedBytes { get; init; }
 }
 
 /// <summary>"Download the whole file with the AWS CLI, then load it from local disk".</summary>

@@ -33,6 +33,12 @@ public interface IBenchTarget
 
     /// <summary>Bytes fetched from the object store so far (lmfs only; null elsewhere).</summary>
     Task<long?> StoreBytesAsync(CancellationToken ct);
+
+    /// <summary>Removes the files' recorded access profiles, so the next cold load has none to replay (lmfs only: false elsewhere).</summary>
+    Task<bool> ForgetProfilesAsync(IReadOnlyList<string> files, CancellationToken ct) => Task.FromResult(false);
+
+    /// <summary>Bytes prefetch started fetching, and of those the bytes READs then used, so far (lmfs only).</summary>
+    Task<(long Issued, long Used)?> PrefetchBytesAsync(CancellationToken ct) => Task.FromResult<(long, long)?>(null);
 }
 
 /// <summary>The page cache, dropped the way the bench can: all of it as root, a file's own pages otherwise.</summary>
@@ -126,6 +132,23 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
 
     public async Task<long?> StoreBytesAsync(CancellationToken ct) => (long?)(await StatsAsync(ct).ConfigureAwait(false))["storeBytes"];
 
+    public async Task<bool> ForgetProfilesAsync(IReadOnlyList<string> files, CancellationToken ct)
+    {
+        await WaitIdleAsync(ct).ConfigureAwait(false); // a recording still being stored would come back after the forget
+        foreach (var f in files)
+        {
+            await MountClient.ForgetProfilesAsync(State.ControlSocket, Posix.Stat(f).Ino, ct).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    public async Task<(long Issued, long Used)?> PrefetchBytesAsync(CancellationToken ct)
+    {
+        var s = await StatsAsync(ct).ConfigureAwait(false);
+        return (long?)s["prefetchIssuedBytes"] is { } issued && (long?)s["prefetchUsedBytes"] is { } used ? (issued, used) : null;
+    }
+
     public async Task ResetAsync(CacheState state, IReadOnlyList<string> files, CancellationToken ct)
     {
         if (state == CacheState.Hot)
@@ -174,14 +197,14 @@ public sealed class LmfsBenchTarget(MountRecord state, JsonObject stats) : IBenc
         }
     }
 
-    /// <summary>Waits (up to 60 s) until no fetch, cache write or view build of the previous measurement is still running.</summary>
+    /// <summary>Waits (up to 60 s) until no fetch, cache write, view build or profile write of the previous measurement is still running.</summary>
     private async Task WaitIdleAsync(CancellationToken ct)
     {
         var deadline = Stopwatch.StartNew();
         while (deadline.Elapsed < TimeSpan.FromSeconds(60))
         {
             var s = await StatsAsync(ct).ConfigureAwait(false);
-            if ((long?)s["busy"] is null or 0 && (long?)s["viewBuildsRunning"] is null or 0)
+            if ((long?)s["busy"] is null or 0 && (long?)s["viewBuildsRunning"] is null or 0 && (long?)s["profileWritesPending"] is null or 0)
             {
                 return;
             }

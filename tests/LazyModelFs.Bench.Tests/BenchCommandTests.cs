@@ -84,11 +84,14 @@ public sealed class BenchCommandTests(RedisAndS3 servers) : IClassFixture<RedisA
             var st = root.GetProperty("safetensors");
             Assert.Equal(6, st.GetProperty("tensors").GetInt32());
             var runs = st.GetProperty("runs").EnumerateArray().ToList();
-            Assert.Equal(["cold/file", "cold/shuffled", "warm/file", "warm/shuffled"], runs.Select(x => x.GetProperty("phase").GetString() + "/" + x.GetProperty("order").GetString()));
+            Assert.Equal(["cold/file", "cold/shuffled", "cold/shuffled, replay", "warm/file", "warm/shuffled"], runs.Select(x => x.GetProperty("phase").GetString() + "/" + x.GetProperty("order").GetString()));
             Assert.All(runs, x => Assert.Equal(tensorBytes, x.GetProperty("bytes").GetInt64()));
+            var replay = runs[2]; // the shuffled load's own profile, replayed: it prefetched, and READs used what it prefetched
+            Assert.True(replay.GetProperty("prefetchedBytes").GetInt64() > 0, "the replay prefetched nothing");
+            Assert.True(replay.GetProperty("prefetchUsedBytes").GetInt64() > 0, "the load used nothing the replay prefetched");
 
             var targets = root.GetProperty("targets").EnumerateArray().Select(t => t.GetProperty("name").GetString()).ToList();
-            Assert.Equal(8, targets.Count);
+            Assert.Equal(10, targets.Count);
             Assert.True(phases["cold"].GetProperty("randomStoreBytes").GetInt64() > 0, "the cold random reads fetched nothing");
             Assert.Contains("cold sequential", targets);
             Assert.Contains("<svg", File.ReadAllText(_dir["r.html"]), StringComparison.Ordinal);

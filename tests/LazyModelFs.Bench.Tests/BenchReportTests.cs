@@ -70,10 +70,18 @@ public sealed class BenchReportTests
     [Fact]
     public void Targets_are_judged_against_the_ceilings_of_the_same_run()
     {
-        var r = Report(new SafetensorsResult("/m.safetensors", 1000, 3, [new SafetensorsRun("cold", "file", 20, 3.0, 1000, 3)], new BaselineResult("aws s3 cp", 4.0, 0.5), null));
+        var r = Report(new SafetensorsResult("/m.safetensors", 1000, 3, [
+            new SafetensorsRun("cold", "file", 20, 3.0, 1000, 3),
+            new SafetensorsRun("cold", "shuffled", 20, 5.0, 1000, 3),
+            new SafetensorsRun("cold", "shuffled, replay", 20, 3.5, 1000, 3) { PrefetchedBytes = 1000, PrefetchUsedBytes = 940 },
+        ], new BaselineResult("aws s3 cp", 4.0, 0.5), null));
         r = r with { Phases = [r.Phases[0] with { RandomStoreBytes = 250L << 20 }, .. r.Phases.Skip(1)] };
         var t = Goals.Evaluate(r).ToDictionary(x => x.Name);
-        Assert.Equal(8, t.Count);
+        Assert.Equal(10, t.Count);
+        Assert.Equal(0.7, t["safetensors cold shuffled load, replaying its profile"].Ratio); // 3.5 s vs 5.0 s > 0.6
+        Assert.False(t["safetensors cold shuffled load, replaying its profile"].Met);
+        Assert.Equal(0.06, t["replay: prefetched bytes unused"].Ratio); // 60 of 1000 bytes > 5 %
+        Assert.False(t["replay: prefetched bytes unused"].Met);
         Assert.Equal(0.92, t["cold sequential"].Ratio);      // 460 / 500
         Assert.True(t["cold sequential"].Met);
         Assert.Equal(0.8, t["warm sequential"].Ratio);       // 1600 / 2000 < 0.85
