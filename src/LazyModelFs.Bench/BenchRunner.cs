@@ -265,16 +265,28 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
         var firsts = new List<double>();
         long randomBytes = 0, bytes = 0;
         long? randomMoved = null;
+        // A cold probe measures a first load: the access profile the probe before it recorded (its own
+        // pattern, not this one's) is forgotten first. Replay has its own row (the safetensors loads).
+        async Task ResetAsync()
+        {
+            if (state == CacheState.Cold)
+            {
+                await target.ForgetProfilesAsync(files, ct).ConfigureAwait(false);
+            }
+
+            await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+        }
+
         for (int run = 1; run <= o.Runs; run++)
         {
             string tag = o.Runs > 1 ? $" (run {run}/{o.Runs})" : "";
-            await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+            await ResetAsync().ConfigureAwait(false);
             var s1 = await w.MeasureAsync(() => FileProbes.Sequential(o.File, size, 1, ct), ct).ConfigureAwait(false);
             _progress($"{name}: 1 reader {s1.MBps:0} MB/s{tag}");
-            await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+            await ResetAsync().ConfigureAwait(false);
             var sn = await w.MeasureAsync(() => FileProbes.Sequential(o.File, size, o.Readers, ct), ct).ConfigureAwait(false);
             _progress($"{name}: {sn.Readers} readers {sn.MBps:0} MB/s{tag}");
-            await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+            await ResetAsync().ConfigureAwait(false);
             long? moved0 = w.StoreBytes;
             var (rb, rs) = await w.MeasureAsync(() => FileProbes.RandomSamples(o.File, size, o.RandomReads, o.ReadSize, o.Seed + run - 1, ct), ct).ConfigureAwait(false);
             if (w.StoreBytes is { } moved1)
@@ -284,7 +296,7 @@ public sealed class BenchRunner(IBenchTarget target, BenchOptions o, Action<stri
 
             var rl = LatencySummary.From(rs);
             _progress($"{name}: {o.RandomReads} random {Sizes.Format(o.ReadSize)} reads p50 {rl.P50Ms:0.0} ms, p99 {rl.P99Ms:0.0} ms{tag}");
-            await target.ResetAsync(state, files, ct).ConfigureAwait(false);
+            await ResetAsync().ConfigureAwait(false);
             var first = await w.MeasureAsync(() => FileProbes.FirstMiB(o.File, size), ct).ConfigureAwait(false);
             _progress($"{name}: first MiB {first:0.0} ms{tag}");
             seq1.Add(s1);

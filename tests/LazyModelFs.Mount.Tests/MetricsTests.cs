@@ -87,6 +87,20 @@ public sealed class MetricsTests : IDisposable
     }
 
     [Fact]
+    public void Access_profile_counters_have_their_families()
+    {
+        var stats = new JsonObject { ["profileReplays"] = 4L, ["profilePlans"] = 1L, ["profilesRecorded"] = 2L, ["profilesReplaced"] = 1L, ["profileErrors"] = 3L, ["prefetchIssuedBytes"] = 1000L, ["prefetchUsedBytes"] = 950L };
+        var scrape = PrometheusScrape.Parse(MountMetrics.Render(stats));
+        Assert.Equal(4, scrape.Value("lmfs_profile_replays_total", ("source", "profile")));
+        Assert.Equal(1, scrape.Value("lmfs_profile_replays_total", ("source", "plan")));
+        Assert.Equal(2, scrape.Value("lmfs_profiles_stored_total", ("how", "recorded")));
+        Assert.Equal(1, scrape.Value("lmfs_profiles_stored_total", ("how", "replaced")));
+        Assert.Equal(3, scrape.Value("lmfs_profile_errors_total"));
+        Assert.Equal(1000, scrape.Value("lmfs_prefetch_bytes_total", ("kind", "issued")));
+        Assert.Equal(950, scrape.Value("lmfs_prefetch_bytes_total", ("kind", "used")));
+    }
+
+    [Fact]
     public async Task Fetch_failures_are_counted_by_kind_and_the_kinds_sum_to_fetch_errors()
     {
         var store = new FaultyObjectStore(new MemoryObjectStore());

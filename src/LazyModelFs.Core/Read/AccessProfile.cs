@@ -20,7 +20,8 @@ namespace LazyModelFs.Read;
 ///   6   n  process name, UTF-8
 ///   6+n 8  recorded at: unix ms, i64
 ///   +8  4  chunks of the file when recorded, u32
-///   +4  .. runs of consecutive chunk indices, in touch order: varint count, then per run
+///   +4  1  misses: loads in a row, before this one, that did not follow the profile then stored (0 to 255)
+///   +1  .. runs of consecutive chunk indices, in touch order: varint count, then per run
 ///          zigzag varint (start − end of the previous run), varint length (≥ 1)
 /// </code>
 /// A sequential reader's profile is one run (a few bytes); a shuffled safetensors load is one run
@@ -38,8 +39,10 @@ public sealed class AccessProfile
 
     private static ReadOnlySpan<byte> Magic => "LMAP"u8;
 
-    public AccessProfile(string process, DateTimeOffset recorded, int chunkCount, IReadOnlyList<int> order)
+    public AccessProfile(string process, DateTimeOffset recorded, int chunkCount, IReadOnlyList<int> order, int misses = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(misses);
+        Misses = Math.Min(misses, byte.MaxValue);
         ArgumentOutOfRangeException.ThrowIfNegative(chunkCount);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(chunkCount, MaxChunks);
         Process = TrimProcess(process);
@@ -70,6 +73,19 @@ public sealed class AccessProfile
     /// <summary>Chunk indices in the order they were first touched; each at most once.</summary>
     public IReadOnlyList<int> Order { get; }
 
+    /// <summary>
+    /// How many loads in a row, before the one recorded here, did not follow the profile stored then
+    /// (0: the previous profile was kept, or there was none). A file whose loads never repeat their
+    /// order (random access) reaches <see cref="UnstableMisses"/> and is not replayed.
+    /// </summary>
+    public int Misses { get; }
+
+    /// <summary>From this many misses in a row a profile is not replayed: its file's loads do not repeat their order.</summary>
+    public const int UnstableMisses = 2;
+
+    /// <summary>Whether a replay of this profile is likely to be followed (fewer than <see cref="UnstableMisses"/> misses in a row).</summary>
+    public bool Stable => Misses < UnstableMisses;
+
     /// <summary>Cut to 15 bytes of UTF-8 without splitting a character, as the kernel's comm is.</summary>
     public static string TrimProcess(string name)
     {
@@ -91,9 +107,10 @@ public sealed class AccessProfile
         buf.Add(1);
         buf.Add((byte)name.Length);
         buf.AddRange(name);
-        Span<byte> fixedPart = stackalloc byte[12];
+        Span<byte> fixedPart = stackalloc byte[13];
         BinaryPrimitives.WriteInt64LittleEndian(fixedPart, Recorded.ToUnixTimeMilliseconds());
         BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[8..], (uint)ChunkCount);
+        fixedPart[12] = (byte)Misses;
         buf.AddRange(fixedPart);
         WriteVarint(buf, (ulong)runs.Count);
         long prevEnd = 0;
@@ -149,7 +166,7 @@ public sealed class AccessProfile
             }
 
             int n = b[5];
-            if (n > MaxProcessBytes || b.Length < 6 + n + 12)
+            if (n > MaxProcessBytes || b.Length < 6 + n + 13)
             {
                 why = "access profile header is truncated or its process name too long";
                 return null;
@@ -159,7 +176,8 @@ public sealed class AccessProfile
             int at = 6 + n;
             long ms = BinaryPrimitives.ReadInt64LittleEndian(b[at..]);
             uint count = BinaryPrimitives.ReadUInt32LittleEndian(b[(at + 8)..]);
-            at += 12;
+            int misses = b[at + 12];
+            at += 13;
             if (count > MaxChunks || ms < 0 || ms > DateTimeOffset.MaxValue.ToUnixTimeMilliseconds())
             {
                 why = "access profile names an impossible chunk count or time";
@@ -207,7 +225,7 @@ public sealed class AccessProfile
                 return null;
             }
 
-            return new AccessProfile(process, DateTimeOffset.FromUnixTimeMilliseconds(ms), (int)count, order);
+            return new AccessProfile(process, DateTimeOffset.FromUnixTimeMilliseconds(ms), (int)count, order, misses);
         }
         catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or FormatException)
         {

@@ -335,15 +335,23 @@ internal sealed class OpenFileReader
             return; // reset since, or a plan came first
         }
 
-        if (profile is { Order.Count: > 0 })
+        if (profile is { Order.Count: > 0, Stable: true })
         {
             _profiles?.CountReplay();
             _log.LogDebug("vfs: inode {Ino}: replaying the access profile of '{Process}' ({Chunks} of {Count} chunks, recorded {When:u})", _node.Ino, Util.TerminalText.Safe(profile.Process), profile.Order.Count, table.Count, profile.Recorded);
             StartReplay(rec, table, profile.Order);
         }
-        else if (_cache.CachesStoreReads && IsSafetensors)
+        else
         {
-            await PrefetchSafetensorsAsync(table).ConfigureAwait(false);
+            if (profile is { Stable: false })
+            {
+                _log.LogDebug("vfs: inode {Ino}: not replaying its access profile: {Misses} loads in a row read it in another order", _node.Ino, profile.Misses);
+            }
+
+            if (_cache.CachesStoreReads && IsSafetensors)
+            {
+                await PrefetchSafetensorsAsync(table).ConfigureAwait(false);
+            }
         }
     }
 

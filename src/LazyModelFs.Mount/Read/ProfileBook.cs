@@ -42,7 +42,7 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
         {
             all = await meta.GetProfilesAsync(table.ContentKey).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is LmfsException or IOException or TimeoutException)
+        catch (Exception ex) when (ex is LmfsException or IOException or TimeoutException or InvalidOperationException)
         {
             Interlocked.Increment(ref _errors);
             log.LogWarning("profile: looking up the access profile of inode {Ino} failed ({Message}); prefetching without one", ino, ex.Message);
@@ -113,11 +113,17 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
             try
             {
                 var found = r.Lookup is { } lookup ? await lookup.ConfigureAwait(false) : null; // FindAsync never throws
+                int misses = 0;
+                bool replacing = false;
                 lock (r)
                 {
                     if (found is not null && !r.Replacing)
                     {
-                        if (found.Agreement(touched) >= KeepAgreement)
+                        if (found.Agreement(touched) < KeepAgreement)
+                        {
+                            r.Replacing = true; // from now on this load's recording stands in its place
+                        }
+                        else if (found.Stable)
                         {
                             if (!r.Kept)
                             {
@@ -128,11 +134,17 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
                             return;
                         }
 
-                        r.Replacing = true;
+                        // else: a profile not replayed (its loads kept changing order) that this load followed after all: stored again, stable
+                    }
+
+                    if (r.Replacing && found is not null)
+                    {
+                        replacing = true;
+                        misses = found.Misses + 1;
                     }
                 }
 
-                await WriteAsync(table, r.Process ?? r.Opener, touched, found is not null, ino).ConfigureAwait(false);
+                await WriteAsync(table, r.Process ?? r.Opener, touched, misses, replacing, ino).ConfigureAwait(false);
             }
             finally
             {
@@ -141,9 +153,9 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
         }
     }
 
-    private async Task WriteAsync(ChunkTable table, string process, int[] order, bool replacing, ulong ino)
+    private async Task WriteAsync(ChunkTable table, string process, int[] order, int misses, bool replacing, ulong ino)
     {
-        var bytes = new AccessProfile(process, DateTimeOffset.UtcNow, table.Count, order).Encode();
+        var bytes = new AccessProfile(process, DateTimeOffset.UtcNow, table.Count, order, misses).Encode();
         try
         {
             await meta.PutProfileAsync(table.ContentKey, AccessProfile.TrimProcess(process), bytes).ConfigureAwait(false);

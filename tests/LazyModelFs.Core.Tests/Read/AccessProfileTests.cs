@@ -11,7 +11,7 @@ public class AccessProfileTests
     public void Round_trips_in_runs_with_the_process_name_and_time()
     {
         int[] order = [5, 6, 7, 0, 1, 9, 8, 2];
-        var p = new AccessProfile("python3", When, 10, order);
+        var p = new AccessProfile("python3", When, 10, order, misses: 1);
         var bytes = p.Encode();
         var q = AccessProfile.TryDecode(bytes, 10, out var why);
         Assert.Null(why);
@@ -20,6 +20,10 @@ public class AccessProfileTests
         Assert.Equal("python3", q.Process);
         Assert.Equal(When, q.Recorded);
         Assert.Equal(10, q.ChunkCount);
+        Assert.Equal(1, q.Misses);
+        Assert.True(q.Stable);
+        Assert.False(new AccessProfile("x", When, 1, [0], misses: AccessProfile.UnstableMisses).Stable);
+        Assert.Equal(255, new AccessProfile("x", When, 1, [0], misses: 1000).Misses);
     }
 
     [Fact]

@@ -194,6 +194,42 @@ public sealed class ProfileReplayTests : IDisposable
     }
 
     [Fact]
+    public async Task A_file_whose_loads_keep_changing_order_is_no_longer_replayed_until_one_follows_its_profile()
+    {
+        var (v, table, data) = await ImportedAsync("model.bin");
+        int[][] orders = [Shuffled, [.. Enumerable.Range(0, Chunks).Reverse()], [.. Enumerable.Range(0, Chunks).OrderBy(i => (i * 5) % 16)], [.. Enumerable.Range(0, Chunks)]];
+        var replays = new List<long>();
+        foreach (var order in orders)
+        {
+            var (c, _) = Cache(v, table, maxFetches: 4);
+            var fs = new LmfsFileSystem(v, c, new VfsOptions());
+            var (ino, fh) = await OpenAsync(fs, "model.bin");
+            await LoadAsync(fs, ino, fh, data, order);
+            WaitIdle(fs, c);
+            replays.Add(Stat(fs, "profileReplays"));
+        }
+
+        // 1st: recorded (misses 0). 2nd and 3rd: replayed, not followed, replaced (misses 1, 2). 4th: not replayed.
+        Assert.Equal([0L, 1L, 1L, 0L], replays);
+        var stored = await StoredAsync(v, table);
+        Assert.Equal(orders[3], stored.Order);
+        Assert.Equal(3, stored.Misses);
+
+        // A load that follows the unstable profile after all makes it stable again (misses 0): replayed from then on.
+        for (int k = 0; k < 2; k++)
+        {
+            var (c, _) = Cache(v, table, maxFetches: 4);
+            var fs = new LmfsFileSystem(v, c, new VfsOptions());
+            var (ino, fh) = await OpenAsync(fs, "model.bin");
+            await LoadAsync(fs, ino, fh, data, orders[3]);
+            WaitIdle(fs, c);
+            Assert.Equal(k, Stat(fs, "profileReplays"));
+        }
+
+        Assert.Equal(0, (await StoredAsync(v, table)).Misses);
+    }
+
+    [Fact]
     public async Task Two_files_of_the_same_bytes_share_one_profile()
     {
         var (v, table, data) = await ImportedAsync("a.safetensors", "copy/b.safetensors");
