@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads FILE whole in a shuffled order of CHUNK-sized pieces (one reader, pread), after dropping the
 page cache (root), and checks every piece against REFERENCE (the same bytes on local disk). Prints
-seconds. The order comes from SEED, so two runs read in the same order: a loader that repeats itself.
+seconds. The order comes from SEED, so two runs read in the same order: a loader that repeats itself (SEED 0:
+file order).
 Used by bench/replay.sh.
 usage: python3 bench/shuffled_read.py FILE REFERENCE [CHUNK_BYTES] [SEED]
 """
@@ -15,7 +16,8 @@ chunk = int(sys.argv[3]) if len(sys.argv) > 3 else 4 << 20
 seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 size = os.path.getsize(ref)
 order = list(range((size + chunk - 1) // chunk))
-random.Random(seed).shuffle(order)
+if seed != 0:  # 0: file order
+    random.Random(seed).shuffle(order)
 os.sync()
 with open("/proc/sys/vm/drop_caches", "w") as f:
     f.write("3")
