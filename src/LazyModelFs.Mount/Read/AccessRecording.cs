@@ -39,6 +39,9 @@ internal sealed class AccessRecording(int chunks)
     /// <summary>The replayed profile was found to agree (counted once).</summary>
     public bool Kept;
 
+    /// <summary>The stores of this load's snapshots, chained so they land in order (<see cref="ProfileBook.Flush"/>; changed under lock (this)).</summary>
+    public Task Stores = Task.CompletedTask;
+
     public int Count => Volatile.Read(ref _count);
 
     /// <summary>Whether a READ touched chunk <paramref name="index"/> before (lock-free).</summary>

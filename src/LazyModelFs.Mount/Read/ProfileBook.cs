@@ -94,19 +94,21 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
         }
 
         int[] touched;
+        Interlocked.Increment(ref _pendingWrites);
         lock (r)
         {
             if (r.Count <= r.Flushed)
             {
+                Interlocked.Decrement(ref _pendingWrites);
                 return;
             }
 
             touched = r.Snapshot();
             r.Flushed = touched.Length;
-        }
 
-        Interlocked.Increment(ref _pendingWrites);
-        _ = RunAsync();
+            // One store at a time per load, in snapshot order: a shorter snapshot never lands after a longer one.
+            r.Stores = r.Stores.ContinueWith(_ => RunAsync(), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default).Unwrap();
+        }
 
         async Task RunAsync()
         {
