@@ -38,7 +38,8 @@ public sealed class MetadataRoundTripTests : IDisposable
         string mp = Directory.CreateTempSubdirectory("lmfs-rttmp-").FullName;
         try
         {
-            Ok(LmfsRunner.Run("mount", url, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"]));
+            // --record off: the load's access profile would be stored after the release (a write, not part of the open).
+            Ok(LmfsRunner.Run("mount", url, mp, "--background", "--cache-dir", _dir["cache"], "--log-file", _dir["mount.log"], "--record", "off"));
             IReadOnlyList<string[]> sent;
             var head = new byte[4096];
             using (var monitor = RedisMonitor.Start(redis))
@@ -60,11 +61,12 @@ public sealed class MetadataRoundTripTests : IDisposable
             string p = $"lmfs{{{vol}}}:";
             string[] ours = [$"{p}d1", $"{p}i{dir}", $"{p}d{dir}", $"{p}i{file}", $"{p}c{file}"];
             var shown = sent
-                .Where(a => a is ["SCRIPT", ..] || a.Any(ours.Contains))
+                .Where(a => a is ["SCRIPT", ..] || a.Any(ours.Contains) || a.Any(x => x.StartsWith(p + "p", StringComparison.Ordinal)))
                 .Select(a => a switch
                 {
                     ["EVAL" or "EVALSHA", _, "1", var key, var name, var prefix] => $"lookup {key[p.Length..]} {name} {prefix[p.Length..]}",
                     ["SCRIPT", var sub, ..] => $"SCRIPT {sub.ToUpperInvariant()}",
+                    ["HGETALL", var key] when key.StartsWith(p + "p", StringComparison.Ordinal) => "HGETALL profile",
                     _ => string.Join(' ', a.Select(x => x.StartsWith(p, StringComparison.Ordinal) ? x[p.Length..] : x)),
                 })
                 .ToList();
@@ -75,7 +77,11 @@ public sealed class MetadataRoundTripTests : IDisposable
                 $"lookup d{dir} w.bin i", // LOOKUP w.bin: one command
                 $"MGET i{file} c{file}", // OPEN: one command
             ];
-            Assert.True(want.SequenceEqual(shown), $"expected [{string.Join(", ", want)}], the daemon sent [{string.Join(", ", shown)}]");
+            // The first open also looks up the file's access profile (issue 17): one command, sent after the
+            // open's answer, off the open's path (a READ does not wait for it).
+            var lookupAndOpen = shown.Where(x => x != "HGETALL profile").ToList();
+            Assert.True(want.SequenceEqual(lookupAndOpen), $"expected [{string.Join(", ", want)}], the daemon sent [{string.Join(", ", shown)}]");
+            Assert.True(shown.Count(x => x == "HGETALL profile") == 1 && shown.IndexOf("HGETALL profile") > shown.IndexOf(want[^1]), $"expected one profile lookup after the open, the daemon sent [{string.Join(", ", shown)}]");
         }
         finally
         {

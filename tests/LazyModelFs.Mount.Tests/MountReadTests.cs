@@ -386,6 +386,26 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
     }
 
     [MountFact]
+    public async Task Warmup_with_profile_fills_only_what_the_recorded_load_read()
+    {
+        using var v = await VolumeAsync();
+        var a = Mount(v, _dir["wp-a"]);
+        DirectReads(Path.Combine(a.MountPoint, "m/big.bin"), [20, 3, 14, 8, 1]); // a partial load, stored at each last release
+        Assert.True(SpinWait.SpinUntil(() => (long?)a.Stats()["profileWritesPending"] == 0, 30_000));
+        Unmount(a);
+
+        var env = LmfsRunner.S3Env();
+        var r = LmfsRunner.Run(["warmup", _meta, "/m", "--profile", "--cache-dir", _dir["wp-b"]], env);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("1 by their access profile", r.Stdout, StringComparison.Ordinal); // big.bin; the others have none and are warmed whole
+        var check = System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["warmup", _meta, "/m/big.bin", "--check", "--json", "--cache-dir", _dir["wp-b"]], env).Stdout)!;
+        Assert.Equal(5, (int)check["cachedChunks"]!);
+        Assert.Equal(25, (int)check["chunks"]!);
+        var all = System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["warmup", _meta, "/m/model.safetensors", "--check", "--json", "--cache-dir", _dir["wp-b"]], env).Stdout)!;
+        Assert.Equal((int)all["chunks"]!, (int)all["cachedChunks"]!);
+    }
+
+    [MountFact]
     public async Task lmfs_plan_prefetches_a_loaders_ranges_on_a_live_mount()
     {
         using (await VolumeAsync())

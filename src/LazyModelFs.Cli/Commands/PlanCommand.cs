@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
 using LazyModelFs.Bench;
 using LazyModelFs.Util;
 using LazyModelFs.Vfs;
@@ -33,7 +32,7 @@ internal static class PlanCommand
             }
 
             var state = MountRegistry.Load(mp) ?? throw new LmfsException($"no record of the lmfs mount at {mp} (started by another user, or by an lmfs without a control socket)", "run lmfs plan as the user who mounted it (or root)", 2);
-            var list = Parse(p.GetValue(ranges) ?? await Console.In.ReadToEndAsync(ct).ConfigureAwait(false));
+            var list = ReadPlan.Parse(p.GetValue(ranges) ?? await Console.In.ReadToEndAsync(ct).ConfigureAwait(false));
             if (list.Count == 0)
             {
                 throw new LmfsException("the plan has no ranges", "give OFFSET:LENGTH ranges with --ranges or on standard input", 2);
@@ -46,36 +45,5 @@ internal static class PlanCommand
             return 0;
         }));
         return cmd;
-    }
-
-    /// <summary>OFFSET:LENGTH or "OFFSET LENGTH" items, separated by commas or newlines; bytes, decimal.</summary>
-    internal static List<(long Offset, long Length)> Parse(string text)
-    {
-        var list = new List<(long, long)>();
-        foreach (var raw in text.Split([',', '\n'], StringSplitOptions.RemoveEmptyEntries))
-        {
-            string item = raw.Trim();
-            if (item.Length == 0 || item.StartsWith('#'))
-            {
-                continue;
-            }
-
-            var parts = item.Split([':', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
-            if (parts.Length != 2
-                || !long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out long off)
-                || !long.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out long len) || len <= 0)
-            {
-                throw new LmfsException($"plan range '{TerminalText.Safe(item.Length > 40 ? item[..40] + "…" : item)}' is not OFFSET:LENGTH (bytes, LENGTH above 0)", "give each range as OFFSET:LENGTH, e.g. 0:1048576", 2);
-            }
-
-            list.Add((off, len));
-        }
-
-        if (list.Count > MountControlLimits.MaxPlanRanges)
-        {
-            throw new LmfsException($"the plan has {list.Count} ranges; a plan holds at most {MountControlLimits.MaxPlanRanges}", "merge neighbouring ranges", 2);
-        }
-
-        return list;
     }
 }

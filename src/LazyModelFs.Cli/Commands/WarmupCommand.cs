@@ -78,8 +78,8 @@ internal static class WarmupCommand
             foreach (var (_, table) in files)
             {
                 // With --profile, a file's chunks in the order its loads read them (the newest profile), and only those.
-                var best = p.GetValue(profile) && !p.GetValue(check)
-                    ? (await StatCommand.ProfilesAsync(volume.Meta, table, ct).ConfigureAwait(false)).Where(x => x.Profile is not null).MaxBy(x => x.Profile!.Recorded).Profile
+                var best = p.GetValue(profile) && !p.GetValue(check) && table.Count > 0
+                    ? AccessProfile.Choose(await volume.Meta.GetProfilesAsync(table.ContentKey, ct).ConfigureAwait(false), table.Count, process: null)
                     : null;
                 if (best is not null)
                 {

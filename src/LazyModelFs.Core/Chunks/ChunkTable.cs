@@ -118,7 +118,7 @@ public sealed class ChunkTable
     /// <summary>Bytes of the file the rows cover (the sum of their plain lengths).</summary>
     public long PlainSize { get; }
 
-    private ChunkId? _contentKey;
+    private object? _contentKey; // a boxed ChunkId: a reference is published whole (a 32-byte struct could be read torn)
 
     /// <summary>
     /// The file's content key: SHA-256 over its size and each row's id, length and CRC32C (the same
@@ -127,7 +127,7 @@ public sealed class ChunkTable
     /// rows disagree with their ids (damaged metadata) never names what an honest file's key names.
     /// Computed once per table (about 180 KB hashed for a 17 GB file).
     /// </summary>
-    public ChunkId ContentKey => _contentKey ??= ComputeContentKey();
+    public ChunkId ContentKey => (ChunkId)(Volatile.Read(ref _contentKey) ?? Interlocked.CompareExchange(ref _contentKey, ComputeContentKey(), null) ?? _contentKey!);
 
     private ChunkId ComputeContentKey()
     {

@@ -255,7 +255,15 @@ public sealed class KvMetaStore(IKvStore kv, TimeProvider? time = null) : IMetaS
 
     public Task<IReadOnlyDictionary<string, byte[]>> GetProfilesAsync(ChunkId content, CancellationToken ct = default) =>
         Task.FromResult<IReadOnlyDictionary<string, byte[]>>(kv.Read(tx =>
-            tx.Scan(IdKey((byte)'P', content)).ToDictionary(r => Encoding.UTF8.GetString(r.Key.AsSpan(1 + ChunkId.Size)), r => r.Value)));
+        {
+            var all = new Dictionary<string, byte[]>();
+            foreach (var r in tx.Scan(IdKey((byte)'P', content)))
+            {
+                all[Encoding.UTF8.GetString(r.Key.AsSpan(1 + ChunkId.Size))] = r.Value; // two names that decode alike: the later one
+            }
+
+            return all;
+        }));
 
     public Task PutProfileAsync(ChunkId content, string process, byte[] profile, CancellationToken ct = default) =>
         Task.FromResult(kv.Write(tx =>

@@ -613,8 +613,13 @@ public sealed class RedisMetaStore : IMetaStore
 
     public async Task<IReadOnlyDictionary<string, byte[]>> GetProfilesAsync(ChunkId content, CancellationToken ct = default)
     {
-        var all = await Run(() => _db.HashGetAllAsync(ProfileKey(content))).ConfigureAwait(false);
-        return all.ToDictionary(e => (string)e.Name!, e => (byte[])e.Value!);
+        var all = new Dictionary<string, byte[]>();
+        foreach (var e in await Run(() => _db.HashGetAllAsync(ProfileKey(content))).ConfigureAwait(false))
+        {
+            all[(string?)e.Name ?? ""] = (byte[])e.Value!; // two names that decode alike: the later one
+        }
+
+        return all;
     }
 
     public Task PutProfileAsync(ChunkId content, string process, byte[] profile, CancellationToken ct = default) =>

@@ -235,6 +235,36 @@ public sealed class AccessProfile
     }
 
     /// <summary>
+    /// The profile to replay from a file's stored ones (<c>IMetaStore.GetProfilesAsync</c>): that of
+    /// <paramref name="process"/> when it decodes, else the most recently recorded one that does; null
+    /// when none does. Each one that does not decode is passed to <paramref name="rejected"/> (name, why).
+    /// </summary>
+    public static AccessProfile? Choose(IReadOnlyDictionary<string, byte[]> stored, int chunks, string? process, Action<string, string>? rejected = null)
+    {
+        AccessProfile? mine = null, newest = null;
+        foreach (var (name, bytes) in stored)
+        {
+            if (TryDecode(bytes, chunks, out var why) is not { } p)
+            {
+                rejected?.Invoke(name, why ?? "");
+                continue;
+            }
+
+            if (name == process)
+            {
+                mine = p;
+            }
+
+            if (newest is null || p.Recorded > newest.Recorded)
+            {
+                newest = p;
+            }
+        }
+
+        return mine ?? newest;
+    }
+
+    /// <summary>
     /// How well <paramref name="touched"/> (a later load's first-touch order) follows this profile, 0 to 1:
     /// the longest run of touches that came in the profile's order (a longest increasing subsequence of
     /// their places in it), over all touches. A touch of a chunk the profile lacks counts against it.

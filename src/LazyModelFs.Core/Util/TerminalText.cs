@@ -103,6 +103,9 @@ public static class TerminalText
         return sb.ToString();
     }
 
+    /// <summary>At most <paramref name="max"/> characters of <paramref name="text"/> (then "…"), made <see cref="Safe"/>: for echoing input back in a message.</summary>
+    public static string Excerpt(string text, int max) => Safe(text.Length > max ? text[..max] + "…" : text);
+
     /// <summary>A diagnostic with every unsafe character as a C escape; <paramref name="keepNewlines"/> for multi-line text of our own (stack traces).</summary>
     public static string Safe(string text, bool keepNewlines = false)
     {

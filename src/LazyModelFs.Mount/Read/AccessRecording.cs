@@ -18,7 +18,7 @@ internal sealed class AccessRecording(int chunks)
 
     public int Chunks => chunks;
 
-    /// <summary>The process name recorded with the profile: the comm of the process whose READ came first.</summary>
+    /// <summary>The comm of the process whose READ came first: the name a profile is filed under when the opener's (<see cref="Opener"/>) could not be read.</summary>
     public string? Process;
 
     /// <summary>The opener's comm, which the profile lookup used.</summary>
@@ -27,8 +27,14 @@ internal sealed class AccessRecording(int chunks)
     /// <summary>The profile lookup at the first open (null: none was made): the profile to replay and compare against.</summary>
     public Task<AccessProfile?>? Lookup;
 
-    /// <summary>The replay running (a profile's or a plan's), if any.</summary>
-    public volatile PrefetchReplay? Replay;
+    /// <summary>The replay running (a profile's or a plan's), if any: read with <see cref="Volatile"/>; a profile's is set only where none is (Interlocked), a plan's always.</summary>
+    public PrefetchReplay? Replay;
+
+    /// <summary>A loader's plan was given: a profile or the safetensors order found later gives way to it.</summary>
+    public volatile bool Planned;
+
+    /// <summary>The file's profiles were removed with this recording (the control socket's profile forget): nothing of it is stored.</summary>
+    public volatile bool Dropped;
 
     /// <summary>Touches stored so far (a flush stores only a recording that grew).</summary>
     public int Flushed;

@@ -71,8 +71,16 @@ internal sealed class OpenFileReader
     /// <summary>Gives the file its chunk table (at OPEN, before any handle can READ).</summary>
     public void Attach(ChunkTable table)
     {
-        _rec = new AccessRecording(table.Count);
-        _table = table;
+        lock (_pattern)
+        {
+            if (_table is not null)
+            {
+                return; // two first opens at once (ranks): the one table, the one recording
+            }
+
+            _rec = new AccessRecording(table.Count);
+            _table = table;
+        }
     }
 
     /// <summary>
@@ -104,20 +112,30 @@ internal sealed class OpenFileReader
     /// again by the next open (the control socket's <c>forget</c>; the caches are its caller's).
     /// </summary>
     /// <param name="record">Store what the load so far recorded (false: drop it, for a caller removing the file's profiles).</param>
-    public void Reset(bool record = true)
+    /// <returns>The load's recording that was replaced (its <see cref="AccessRecording.Stores"/> end its stores), or null.</returns>
+    public AccessRecording? Reset(bool record = true)
     {
         _pattern.Reset();
+        AccessRecording? old = null;
         if (_table is { } table)
         {
-            var old = _rec;
+            old = _rec;
             _rec = new AccessRecording(table.Count);
-            if (old is not null && record)
+            if (old is not null)
             {
-                _profiles?.Flush(old, table, _node.Ino);
+                if (record)
+                {
+                    _profiles?.Flush(old, table, _node.Ino);
+                }
+                else
+                {
+                    old.Dropped = true;
+                }
             }
         }
 
         Interlocked.Exchange(ref _prefetchStarted, 0);
+        return old;
     }
 
     // ------------------------------------------------------------------ READ
@@ -262,20 +280,32 @@ internal sealed class OpenFileReader
             return; // another READ got there first
         }
 
-        rec.Process ??= ProcessName(pid);
-        if (rec.WasPrefetched(index))
+        try
         {
-            _profiles?.CountPrefetchHit(table[index].PlainLength);
-        }
+            rec.Process ??= ProcessName(pid);
+            if (rec.WasPrefetched(index))
+            {
+                _profiles?.CountPrefetchHit(table[index].PlainLength);
+            }
 
-        rec.Replay?.Reached(index);
-        if (rec.Count == rec.Chunks)
+            Volatile.Read(ref rec.Replay)?.Reached(index);
+            if (rec.Count == rec.Chunks)
+            {
+                _profiles?.Flush(rec, table, _node.Ino); // every chunk touched: the profile is complete
+            }
+        }
+        catch (Exception ex)
         {
-            _profiles?.Flush(rec, table, _node.Ino); // every chunk touched: the profile is complete
+            // Recording and replay only ever order prefetch: whatever fails here must not fail the READ.
+            _log.LogDebug("vfs: inode {Ino}: recording chunk {Index} failed: {Message}", _node.Ino, index, ex.Message);
         }
     }
 
-    /// <summary>The kernel's comm of a process (what a profile is filed under), "" when it cannot be read (gone, another pid namespace).</summary>
+    /// <summary>
+    /// The kernel's comm of the process a request came from (what a profile is filed under), "" when it
+    /// cannot be read (gone, another pid namespace). FUSE names the calling thread: its thread group
+    /// (the process) is looked up first, so a loader's worker threads count as the loader.
+    /// </summary>
     internal static string ProcessName(uint pid)
     {
         if (pid == 0)
@@ -285,7 +315,17 @@ internal sealed class OpenFileReader
 
         try
         {
-            return AccessProfile.TrimProcess(File.ReadAllText($"/proc/{pid}/comm"));
+            uint tgid = pid;
+            foreach (var line in File.ReadLines($"/proc/{pid}/status"))
+            {
+                if (line.StartsWith("Tgid:", StringComparison.Ordinal))
+                {
+                    tgid = uint.TryParse(line.AsSpan(5).Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out uint t) ? t : pid;
+                    break;
+                }
+            }
+
+            return AccessProfile.TrimProcess(File.ReadAllText($"/proc/{tgid}/comm"));
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
@@ -296,12 +336,9 @@ internal sealed class OpenFileReader
     /// <summary>Starts a background fetch of chunk <paramref name="index"/> on behalf of prefetch, counting it for the hit and waste figures.</summary>
     private void PrefetchChunk(AccessRecording? rec, ChunkTable table, int index)
     {
-        if (rec?.Touched(index) == true)
-        {
-            return; // a READ came first: it has it, or is waiting for it
-        }
-
-        if (_cache.Prefetch(table[index], FetchPriority.Prefetch) && rec?.MarkPrefetched(index) == true)
+        // A chunk a READ touched first is fetched all the same (that READ may have fetched only its blocks),
+        // but it is not counted: prefetch did not bring it early.
+        if (_cache.Prefetch(table[index], FetchPriority.Prefetch) && rec is not null && !rec.Touched(index) && rec.MarkPrefetched(index))
         {
             _profiles?.CountPrefetch(table[index].PlainLength);
         }
@@ -311,11 +348,21 @@ internal sealed class OpenFileReader
     /// Replays <paramref name="order"/> (chunk indices) ahead of the reader (<see cref="PrefetchReplay"/>):
     /// with a disk cache to fill, all of it at once; without, a quarter of the memory tier ahead.
     /// </summary>
-    private void StartReplay(AccessRecording rec, ChunkTable table, IReadOnlyList<int> order)
+    /// <returns>False when a profile's replay gave way to a plan that came first.</returns>
+    private bool StartReplay(AccessRecording rec, ChunkTable table, IReadOnlyList<int> order, bool plan)
     {
         int window = _cache.CachesStoreReads ? int.MaxValue : Math.Max(2, _cache.Memory.Capacity / 4);
         var replay = new PrefetchReplay(order, table.Count, window, i => PrefetchChunk(rec, table, i));
-        rec.Replay = replay;
+        if (plan)
+        {
+            rec.Planned = true;
+            Volatile.Write(ref rec.Replay, replay);
+        }
+        else if (Interlocked.CompareExchange(ref rec.Replay, replay, null) is not null)
+        {
+            return false;
+        }
+
         foreach (int i in order)
         {
             if (rec.Touched(i))
@@ -325,33 +372,43 @@ internal sealed class OpenFileReader
         }
 
         replay.Start();
+        return true;
     }
 
     private async Task ReplayOrFallbackAsync(AccessRecording rec, ChunkTable table)
     {
-        var profile = rec.Lookup is { } lookup ? await lookup.ConfigureAwait(false) : null;
-        if (rec != _rec || rec.Replay is not null)
+        try
         {
-            return; // reset since, or a plan came first
-        }
-
-        if (profile is { Order.Count: > 0, Stable: true })
-        {
-            _profiles?.CountReplay();
-            _log.LogDebug("vfs: inode {Ino}: replaying the access profile of '{Process}' ({Chunks} of {Count} chunks, recorded {When:u})", _node.Ino, Util.TerminalText.Safe(profile.Process), profile.Order.Count, table.Count, profile.Recorded);
-            StartReplay(rec, table, profile.Order);
-        }
-        else
-        {
-            if (profile is { Stable: false })
+            var profile = rec.Lookup is { } lookup ? await lookup.ConfigureAwait(false) : null;
+            if (rec != _rec || rec.Planned)
             {
-                _log.LogDebug("vfs: inode {Ino}: not replaying its access profile: {Misses} loads in a row read it in another order", _node.Ino, profile.Misses);
+                return; // reset since, or a plan came first
             }
 
-            if (_cache.CachesStoreReads && IsSafetensors)
+            if (profile is { Order.Count: > 0, Stable: true })
             {
-                await PrefetchSafetensorsAsync(table).ConfigureAwait(false);
+                if (StartReplay(rec, table, profile.Order, plan: false))
+                {
+                    _profiles?.CountReplay();
+                    _log.LogDebug("vfs: inode {Ino}: replaying the access profile of '{Process}' ({Chunks} of {Count} chunks, recorded {When:u})", _node.Ino, Util.TerminalText.Safe(profile.Process), profile.Order.Count, table.Count, profile.Recorded);
+                }
             }
+            else
+            {
+                if (profile is { Stable: false })
+                {
+                    _log.LogDebug("vfs: inode {Ino}: not replaying its access profile: {Misses} loads in a row read it in another order", _node.Ino, profile.Misses);
+                }
+
+                if (_cache.CachesStoreReads && IsSafetensors)
+                {
+                    await PrefetchSafetensorsAsync(table).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            _log.LogWarning("vfs: prefetch of inode {Ino} stopped: {Message}", _node.Ino, ex.Message);
         }
     }
 
@@ -377,7 +434,7 @@ internal sealed class OpenFileReader
                 continue;
             }
 
-            var (first, lastChunk) = table.ChunkRange(off, Math.Min(size, off + len));
+            var (first, lastChunk) = table.ChunkRange(off, len >= size - off ? size : off + len); // no off + len overflow
             for (int i = first; i <= lastChunk; i++)
             {
                 if (!seen[i])
@@ -388,11 +445,12 @@ internal sealed class OpenFileReader
             }
         }
 
+        rec.Planned = true; // before the queue is cleared: a safetensors prefetch still issuing stops
         _cache.CancelQueued(table.Entries.Select(e => e.Id));
         Interlocked.Exchange(ref _prefetchStarted, 1); // a first open after this keeps the plan
         _profiles?.CountPlan();
         _log.LogInformation("vfs: inode {Ino}: a read plan of {Ranges} ranges, {Chunks} of {Count} chunks, replaces its prefetch", _node.Ino, ranges.Count, order.Count, table.Count);
-        StartReplay(rec, table, order);
+        StartReplay(rec, table, order, plan: true);
         return order.Count;
     }
 
@@ -418,13 +476,20 @@ internal sealed class OpenFileReader
         if (rec is not null && _profiles is not null && (_prefetch == PrefetchMode.Auto || _profiles.Records))
         {
             // Looked up whether or not it is replayed: a load's recording is stored only when it differs from it.
-            rec.Opener = ProcessName(pid);
-            rec.Lookup = _profiles.FindAsync(table, rec.Opener, _node.Ino);
+            // Off the OPEN path (an embedded engine answers synchronously); the opener's name is read there too.
+            var profiles = _profiles;
+            rec.Lookup = Task.Run(() =>
+            {
+                rec.Opener = ProcessName(pid);
+                return profiles.FindAsync(table, rec.Opener, _node.Ino);
+            });
         }
 
         if (_prefetch == PrefetchMode.Auto && rec is not null)
         {
-            _ = ReplayOrFallbackAsync(rec, table);
+            // Off the OPEN path: an embedded engine answers the lookup synchronously, and issuing a replay
+            // asks the disk cache about every chunk.
+            _ = Task.Run(() => ReplayOrFallbackAsync(rec, table));
             return;
         }
 
@@ -511,6 +576,11 @@ internal sealed class OpenFileReader
             var rec = _rec;
             foreach (int i in order)
             {
+                if (rec?.Planned == true)
+                {
+                    break; // a loader's plan came: it orders the rest
+                }
+
                 PrefetchChunk(rec, table, i);
             }
         }

@@ -37,46 +37,27 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
     public async Task<AccessProfile?> FindAsync(ChunkTable table, string process, ulong ino)
     {
         Interlocked.Increment(ref _lookups);
-        IReadOnlyDictionary<string, byte[]> all;
         try
         {
-            all = await meta.GetProfilesAsync(table.ContentKey).ConfigureAwait(false);
+            var all = await meta.GetProfilesAsync(table.ContentKey).ConfigureAwait(false);
+            var found = AccessProfile.Choose(all, table.Count, process, (name, why) =>
+            {
+                Interlocked.Increment(ref _errors);
+                log.LogWarning("profile: the access profile of inode {Ino} for '{Process}' is ignored: {Why}", ino, TerminalText.Safe(name), why);
+            });
+            if (found is not null)
+            {
+                Interlocked.Increment(ref _found);
+            }
+
+            return found;
         }
-        catch (Exception ex) when (ex is LmfsException or IOException or TimeoutException or InvalidOperationException)
+        catch (Exception ex)
         {
             Interlocked.Increment(ref _errors);
             log.LogWarning("profile: looking up the access profile of inode {Ino} failed ({Message}); prefetching without one", ino, ex.Message);
             return null;
         }
-
-        AccessProfile? mine = null, newest = null;
-        foreach (var (name, bytes) in all)
-        {
-            if (AccessProfile.TryDecode(bytes, table.Count, out var why) is not { } p)
-            {
-                Interlocked.Increment(ref _errors);
-                log.LogWarning("profile: the access profile of inode {Ino} for '{Process}' is ignored: {Why}", ino, TerminalText.Safe(name), why);
-                continue;
-            }
-
-            if (name == process)
-            {
-                mine = p;
-            }
-
-            if (newest is null || p.Recorded > newest.Recorded)
-            {
-                newest = p;
-            }
-        }
-
-        var found = mine ?? newest;
-        if (found is not null)
-        {
-            Interlocked.Increment(ref _found);
-        }
-
-        return found;
     }
 
     /// <summary>
@@ -97,7 +78,7 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
         Interlocked.Increment(ref _pendingWrites);
         lock (r)
         {
-            if (r.Count <= r.Flushed)
+            if (r.Count <= r.Flushed || r.Dropped)
             {
                 Interlocked.Decrement(ref _pendingWrites);
                 return;
@@ -119,6 +100,11 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
                 bool replacing = false;
                 lock (r)
                 {
+                    if (r.Dropped)
+                    {
+                        return; // its file's profiles were removed since (lmfs bench): this load's must not come back
+                    }
+
                     if (found is not null && !r.Replacing)
                     {
                         if (found.Agreement(touched) < KeepAgreement)
@@ -146,7 +132,12 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
                     }
                 }
 
-                await WriteAsync(table, r.Process ?? r.Opener, touched, misses, replacing, ino).ConfigureAwait(false);
+                await WriteAsync(table, r.Opener.Length > 0 ? r.Opener : r.Process ?? "", touched, misses, replacing, ino).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                Interlocked.Increment(ref _errors);
+                log.LogWarning("profile: storing the access profile of inode {Ino} failed: {Message}", ino, ex.Message);
             }
             finally
             {
@@ -157,10 +148,11 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
 
     private async Task WriteAsync(ChunkTable table, string process, int[] order, int misses, bool replacing, ulong ino)
     {
-        var bytes = new AccessProfile(process, DateTimeOffset.UtcNow, table.Count, order, misses).Encode();
         try
         {
-            await meta.PutProfileAsync(table.ContentKey, AccessProfile.TrimProcess(process), bytes).ConfigureAwait(false);
+            var profile = new AccessProfile(process, DateTimeOffset.UtcNow, table.Count, order, misses);
+            var bytes = profile.Encode();
+            await meta.PutProfileAsync(table.ContentKey, profile.Process, bytes).ConfigureAwait(false);
             Interlocked.Increment(ref replacing ? ref _replaced : ref _recorded);
             log.LogDebug("profile: inode {Ino}: {What} the access profile of '{Process}' ({Chunks} of {Count} chunks, {Bytes} bytes)", ino, replacing ? "replaced" : "recorded", TerminalText.Safe(process), order.Length, table.Count, bytes.Length);
         }
@@ -186,8 +178,10 @@ internal sealed class ProfileBook(IMetaStore meta, bool record, ILogger log)
     {
         for (var e = ex; e is not null; e = e.InnerException)
         {
-            if (e.Message.Contains("readonly", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("read-only", StringComparison.OrdinalIgnoreCase)
-                || e.Message.Contains("READONLY", StringComparison.Ordinal) || e.Message.Contains("NOPERM", StringComparison.Ordinal))
+            // A read-only SQLite file (SqliteKv's own refusal, or SQLite's), a Redis user without write rights. Not Redis's
+            // READONLY: a replica answering during a failover is a passing state, not this mount's lot.
+            if (e.Message.Contains("is read-only", StringComparison.Ordinal) || e.Message.Contains("readonly database", StringComparison.OrdinalIgnoreCase)
+                || e.Message.Contains("NOPERM", StringComparison.Ordinal))
             {
                 return true;
             }

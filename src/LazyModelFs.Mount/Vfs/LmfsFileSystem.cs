@@ -722,7 +722,11 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
         var st = _nodes.TryGetValue(ino, out var s) ? s : null;
         var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
             ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
-        st?.Reads?.Reset(record: false);
+        if (st?.Reads?.Reset(record: false) is { } old)
+        {
+            await old.Stores.WaitAsync(ct).ConfigureAwait(false); // a store of it already under way lands before the delete, not after
+        }
+
         return await Profiles.DeleteAsync(table).ConfigureAwait(false);
     }
 

@@ -26,21 +26,11 @@ public static class MountClient
     /// Hands the mount a loader's read plan for the open file <paramref name="ino"/>: byte ranges in the
     /// order they will be read; their chunks are prefetched in that order. Answers the chunks planned.
     /// </summary>
-    public static async Task<int> PlanAsync(string socket, ulong ino, IReadOnlyList<(long Offset, long Length)> ranges, CancellationToken ct = default)
-    {
-        var sb = new StringBuilder(ranges.Count * 20).Append("plan ").Append(ino).Append(' ');
-        for (int i = 0; i < ranges.Count; i++)
-        {
-            sb.Append(i == 0 ? "" : ",").Append(ranges[i].Offset).Append(':').Append(ranges[i].Length);
-        }
-
-        return (int?)(await SendAsync(socket, sb.ToString(), ct).ConfigureAwait(false))["chunks"] ?? 0;
-    }
+    public static async Task<int> PlanAsync(string socket, ulong ino, IReadOnlyList<(long Offset, long Length)> ranges, CancellationToken ct = default) =>
+        (int?)(await SendAsync(socket, ReadPlan.Command(ino, ranges), ct).ConfigureAwait(false))["chunks"] ?? 0;
 
     /// <summary>Removes the file's access profiles from the volume's metadata, and what its current load recorded.</summary>
     public static Task<JsonObject> ForgetProfilesAsync(string socket, ulong ino, CancellationToken ct = default) => SendAsync(socket, $"profile {ino} forget", ct);
-
-    private static string Shown(string command) => command.Length > 60 ? command[..60] + "…" : command;
 
     /// <summary>Sends one command to the control socket at <paramref name="path"/> and returns its JSON answer (an "error" answer throws).</summary>
     internal static async Task<JsonObject> SendAsync(string path, string command, CancellationToken ct = default)
@@ -56,10 +46,10 @@ public static class MountClient
             using var reader = new StreamReader(stream, Encoding.UTF8);
             string? line = await reader.ReadLineAsync(timeout.Token).ConfigureAwait(false);
             var o = (line is null ? null : JsonNode.Parse(line) as JsonObject)
-                ?? throw new LmfsException($"the mount's control socket {path} gave no answer to '{Shown(command)}'", "check the mount's log");
+                ?? throw new LmfsException($"the mount's control socket {path} gave no answer to '{TerminalText.Excerpt(command, 60)}'", "check the mount's log");
             if (o["error"] is { } e)
             {
-                throw new LmfsException($"the mount refused '{Shown(command)}': {e}", "check the mount's log");
+                throw new LmfsException($"the mount refused '{TerminalText.Excerpt(command, 60)}': {e}", "check the mount's log");
             }
 
             return o;

@@ -142,7 +142,7 @@ internal sealed class MountControl : IDisposable
                 }
 
             case ["plan", var ino, var ranges]:
-                return new JsonObject { ["chunks"] = _mount.FileSystem.Plan(ulong.Parse(ino, CultureInfo.InvariantCulture), ParseRanges(ranges)) };
+                return new JsonObject { ["chunks"] = _mount.FileSystem.Plan(ulong.Parse(ino, CultureInfo.InvariantCulture), ReadPlan.Parse(ranges)) };
 
             case ["profile", var ino, "forget"]:
                 return new JsonObject { ["profiles"] = await _mount.FileSystem.ForgetProfilesAsync(ulong.Parse(ino, CultureInfo.InvariantCulture), ct).ConfigureAwait(false) };
@@ -155,40 +155,14 @@ internal sealed class MountControl : IDisposable
 
             default:
                 _log.LogDebug("control: unknown command {Line}", line);
-                return new JsonObject { ["error"] = $"unknown command '{TerminalText.Safe(line.Length > 80 ? line[..80] + "…" : line)}'; use stats, forget INO memory|disk, invalidate INO, plan INO OFF:LEN,..., or profile INO forget" };
+                return new JsonObject { ["error"] = $"unknown command '{TerminalText.Excerpt(line, 80)}'; use stats, forget INO memory|disk, invalidate INO, plan INO OFF:LEN,..., or profile INO forget" };
         }
     }
 
     private JsonObject Stats() => _mount.Stats();
 
-    /// <summary>Ranges of a plan: OFF:LEN pairs (decimal bytes), comma-separated, at most <see cref="MaxPlanRanges"/>.</summary>
-    internal static List<(long Offset, long Length)> ParseRanges(string text)
-    {
-        var list = new List<(long, long)>();
-        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries))
-        {
-            int colon = part.IndexOf(':', StringComparison.Ordinal);
-            if (colon <= 0 || !long.TryParse(part.AsSpan(0, colon), NumberStyles.None, CultureInfo.InvariantCulture, out long off)
-                || !long.TryParse(part.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out long len) || len <= 0)
-            {
-                throw new LmfsException($"plan range '{TerminalText.Safe(part.Length > 40 ? part[..40] : part)}' is not OFFSET:LENGTH in bytes", "give ranges as OFFSET:LENGTH, comma-separated", 2);
-            }
-
-            if (list.Count == MaxPlanRanges)
-            {
-                throw new LmfsException($"a plan has more than {MaxPlanRanges} ranges", "merge neighbouring ranges", 2);
-            }
-
-            list.Add((off, len));
-        }
-
-        return list;
-    }
-
-    private const int MaxPlanRanges = MountControlLimits.MaxPlanRanges;
-
     /// <summary>Bytes of one command line: a plan of tensors' ranges needs more than the other commands' few words.</summary>
-    private const int MaxLine = 2 << 20;
+    private const int MaxLine = ReadPlan.MaxLine;
 
     private static async Task<string> ReadLineAsync(Stream s, CancellationToken ct)
     {
@@ -222,11 +196,4 @@ internal sealed class MountControl : IDisposable
 
         return Encoding.UTF8.GetString(buf, 0, n).Trim();
     }
-}
-
-/// <summary>Limits of the control socket's commands that its clients check too.</summary>
-public static class MountControlLimits
-{
-    /// <summary>Ranges one read plan may hold (the control socket's <c>plan</c>; a command line is at most 2 MiB).</summary>
-    public const int MaxPlanRanges = 65536;
 }

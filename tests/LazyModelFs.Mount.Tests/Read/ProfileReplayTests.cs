@@ -268,6 +268,7 @@ public sealed class ProfileReplayTests : IDisposable
         await LoadAsync(fs2, ino2, fh2, data, [5, 1, 2]);
         Assert.Equal(3, Stat(fs2, "prefetchHits"));
         Assert.Throws<Util.LmfsException>(() => fs2.Plan(999, [(0, 1)]));
+        Assert.Equal(1, fs2.Plan(ino2, [(15L * Chunk, long.MaxValue)])); // a length to the end of time: up to the end of the file, no overflow
     }
 
     [Fact]
