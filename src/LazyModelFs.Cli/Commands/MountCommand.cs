@@ -21,11 +21,15 @@ internal static class MountCommand
         var nonEmpty = new Option<bool>("--nonempty") { Description = "Mount even if MOUNTPOINT is not empty (what it holds is hidden while the volume is mounted)" };
         var noExec = new Option<bool>("--noexec") { Description = "Nothing on the mount can be executed (mount -o noexec)" };
         var metrics = Common.MetricsOption("this mount's reads, tiers, fetch latency, cache and errors");
+        var peerListen = new Option<string?>("--peer-listen") { Description = "Join the volume's cache group and serve this node's chunks to it on ADDR:PORT (needs the peer secret: LMFS_PEER_SECRET or --peer-secret-file)", HelpName = "ADDR:PORT" };
+        var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "HOST:PORT the other members reach this node at, when it differs from --peer-listen (which must then not be a wildcard address)", HelpName = "HOST:PORT" };
+        var peers = new Option<string?>("--peers") { Description = "The cache group's members, HOST:PORT,... (a static list; this node's own address may be among them): chunks are asked of their owner before the object store", HelpName = "HOST:PORT,..." };
+        var peerSecretFile = new Option<string?>("--peer-secret-file") { Description = "File holding the volume's peer secret (its first line; chmod 600); default: LMFS_PEER_SECRET", HelpName = "FILE" };
         var opts = new MountOptionsBinder();
         var creds = new Common.Credentials();
         var cmd = new Command("mount", "Mount a volume read-only. Reads fetch only the chunks they touch, with readahead and\nsafetensors-aware prefetch, and keep them in the local cache; a second start reads local disk.\nRuns in the foreground until unmounted (lmfs umount, Ctrl-C, SIGTERM) unless --background.\n\nExamples:\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models\n  lmfs mount redis://10.0.0.5:6379/1 /models --background --cache-dir /nvme/lmfs --allow-other\n  lmfs mount sqlite:///var/lib/lmfs/meta.db /models --background --metrics 127.0.0.1:9567")
         {
-            meta, mountPoint, background, logFile, debug, nonEmpty, noExec, metrics,
+            meta, mountPoint, background, logFile, debug, nonEmpty, noExec, metrics, peerListen, peerAdvertise, peers, peerSecretFile,
         };
         opts.AddTo(cmd);
         creds.AddTo(cmd);
@@ -34,7 +38,8 @@ internal static class MountCommand
             MountRegistry.ReportStarting(); // a daemon that MountLauncher started: its pid, before anything can fail
             // The kernel's mount table names the resolved path: every check and record below uses it.
             string target = FuseMount.ResolveMountPoint(p.GetValue(mountPoint)!);
-            var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty), NoExec = p.GetValue(noExec), Metrics = p.GetValue(metrics) }; // validate before anything starts
+            var (peerOptions, listenAt) = PeerGroup(p.GetValue(peerListen), p.GetValue(peerAdvertise), p.GetValue(peers), p.GetValue(peerSecretFile));
+            var mountOptions = opts.Read(p) with { NonEmpty = p.GetValue(nonEmpty), NoExec = p.GetValue(noExec), Metrics = p.GetValue(metrics), Peers = peerOptions, PeerListen = listenAt }; // validate before anything starts
             string metaUrl = p.GetValue(meta)!;
             MountHost.CheckMountPoint(target, mountOptions.NonEmpty); // bad input answers exit 2 before anything reaches the network
             _ = MountRegistry.RecordDirectory; // a runtime directory that cannot be trusted stops the mount here, not after it
@@ -146,6 +151,43 @@ internal static class MountCommand
     /// no other user into such a mount (fuse_allow_current_process, fs/fuse/dir.c) and answers them
     /// EACCES itself: the daemon never sees those requests, so this line is the only hint lmfs can give.
     /// </summary>
+    /// <summary>
+    /// The cache group of <c>--peer-listen</c>, <c>--peer-advertise</c>, <c>--peers</c> (issue 15), checked
+    /// before anything starts (exit 2): none of them, no group; any of them, the peer secret is required.
+    /// </summary>
+    internal static (Peer.PeerOptions? Options, System.Net.IPEndPoint? Listen) PeerGroup(string? listen, string? advertise, string? members, string? secretFile)
+    {
+        if (listen is null && members is null)
+        {
+            if (advertise is not null || secretFile is not null)
+            {
+                throw new LmfsException("--peer-advertise and --peer-secret-file go with --peer-listen or --peers", "give --peer-listen ADDR:PORT to join a cache group, --peers HOST:PORT,... to ask one", 2);
+            }
+
+            return (null, null);
+        }
+
+        var at = listen is null ? null : LazyModelFs.Metrics.MetricsServer.ParseAddress(listen, "--peer-listen");
+        string? self = advertise ?? listen;
+        if (advertise is not null)
+        {
+            Peer.PeerProtocol.ParseMember(advertise, "--peer-advertise");
+        }
+        else if (at is not null && (at.Address.Equals(System.Net.IPAddress.Any) || at.Address.Equals(System.Net.IPAddress.IPv6Any)))
+        {
+            throw new LmfsException($"--peer-listen {at} is every address of this host: the other members need one to reach it", "add --peer-advertise HOST:PORT (this node's address on the group's network)", 2);
+        }
+
+        var list = (members ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        foreach (var m in list)
+        {
+            Peer.PeerProtocol.ParseMember(m, "--peers");
+        }
+
+        var secret = Peer.PeerProtocol.LoadSecret(secretFile);
+        return (new Peer.PeerOptions { Secret = secret, Self = at is null ? null : self, Members = list }, at);
+    }
+
     private static string PrivateMountNote(string target) =>
         $"only uid {Posix.EUid} can use {target}: the kernel refuses every other user (Permission denied); to share it, mount with --allow-other"
         + (Environment.IsPrivilegedProcess ? "" : " (as a user other than root that needs user_allow_other in /etc/fuse.conf)");

@@ -217,35 +217,8 @@ internal static class MountHelper
         return fake ? null : result;
     }
 
-    /// <summary>The Redis password from <paramref name="path"/> (its first line), refusing a file other users can read.</summary>
-    private static string ReadPasswordFile(string path)
-    {
-        if (!File.Exists(path))
-        {
-            throw new LmfsException($"redis_password_file '{path}' does not exist", "write the password into that file (chmod 600)", 2);
-        }
-
-        if ((File.GetUnixFileMode(path) & (UnixFileMode.GroupRead | UnixFileMode.OtherRead)) != 0)
-        {
-            throw new LmfsException($"redis_password_file '{path}' is readable by other users", $"chmod 600 {path}", 2);
-        }
-
-        // Owned by another user, it is theirs to read and to change: refused as an untrusted secret.
-        uint owner = Posix.Stat(path).Uid;
-        if (owner != Posix.EUid && owner != 0)
-        {
-            throw new LmfsException($"redis_password_file '{path}' belongs to uid {owner}, not to this user or root", $"chown {Posix.EUid} {path} (and chmod 600)", 2);
-        }
-
-        try
-        {
-            return File.ReadAllText(path).Split('\n')[0].TrimEnd('\r');
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new LmfsException($"cannot read redis_password_file '{path}': {ex.Message}", "check the file and its permissions", 2);
-        }
-    }
+    /// <summary>The Redis password from <paramref name="path"/> (its first line), refusing a file other users can read or change.</summary>
+    private static string ReadPasswordFile(string path) => SecretFile.Read(path, "redis_password_file");
 
     private static LmfsException Bad(string invokedAs, string message, string? hint = null) =>
         new($"{invokedAs}: {message}", hint ?? $"usage: {invokedAs} META_URL MOUNTPOINT [-o OPTION[,OPTION…]] (docs/operations.md, \"fstab and mount -t\")", 2);

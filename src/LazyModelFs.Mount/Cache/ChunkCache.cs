@@ -199,7 +199,8 @@ public sealed partial class ChunkCache : IDisposable
             loggers.CreateLogger("cache").LogInformation("cache: the object store {Store} is on the cache's filesystem; chunks are read from it directly and not copied into {Cache}", local.Root, setup.Directory);
         }
 
-        return new ChunkCache(volume.Chunks, new MemoryTier(setup.MemoryBytes, chunk), disk, options, loggers.CreateLogger("read"), ownsMemory: true);
+        IChunkSource source = setup.Peers is { } peers ? new Peer.PeerSource(volume.Chunks, peers, loggers.CreateLogger("peer")) : volume.Chunks;
+        return new ChunkCache(source, new MemoryTier(setup.MemoryBytes, chunk), disk, options, loggers.CreateLogger("read"), ownsMemory: true);
     }
 
     private static bool SameFilesystem(string a, string b)
@@ -605,8 +606,12 @@ public sealed partial class ChunkCache : IDisposable
     }
 
     /// <summary>The counters of the cache and its tiers, for the control socket's <c>stats</c>.</summary>
+    /// <summary>The peer tier in front of the object store, when this cache is in a cache group.</summary>
+    public Peer.PeerSource? Peers => _source as Peer.PeerSource;
+
     public void AddStats(JsonObject o)
     {
+        Peers?.AddStats(o);
         o["storeFetches"] = StoreFetches;
         o["storeBytes"] = StoreBytes;
         AddPartialStats(o);
@@ -894,6 +899,9 @@ public sealed record ChunkCacheSetup
     public long MemoryBytes { get; init; } = 512L << 20;
 
     public ChunkCacheOptions Fetch { get; init; } = new();
+
+    /// <summary>The cache group this node asks for chunks before the object store (issue 15); null: none.</summary>
+    public Peer.PeerOptions? Peers { get; init; }
 }
 
 /// <summary>What the disk tier holds of some chunks (each counted once).</summary>

@@ -57,6 +57,12 @@ public sealed record MountOptions
 
     /// <summary>Where to serve Prometheus metrics (<c>--metrics ADDR:PORT</c>, <see cref="MetricsServer"/>); null: nowhere.</summary>
     public IPEndPoint? Metrics { get; init; }
+
+    /// <summary>The cache group (issue 15): members, this node's address, the secret; null: none.</summary>
+    public Peer.PeerOptions? Peers { get; init; }
+
+    /// <summary>Where this node serves its chunks to the group (<c>--peer-listen</c>); null: it only asks.</summary>
+    public IPEndPoint? PeerListen { get; init; }
 }
 
 /// <summary>A mounted volume: the chunk cache, the VFS and the FUSE session (and the control socket), wired together. The daemon's entry point.</summary>
@@ -78,6 +84,8 @@ public sealed class MountHost : IDisposable
     internal MountControl? Control { get; private set; }
 
     internal MetricsServer? MetricsServer { get; private set; }
+
+    internal Peer.PeerServer? PeerServer { get; private set; }
 
     /// <summary>When the daemon started serving (UTC).</summary>
     public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
@@ -108,6 +116,7 @@ public sealed class MountHost : IDisposable
         Cache.AddStats(o);
         o["passthroughOpens"] = FileSystem.PassthroughOpens;
         FileSystem.Profiles.AddStats(o);
+        PeerServer?.AddStats(o);
         o["dirHandles"] = FileSystem.Directories.Open;
         o["dirSnapshots"] = FileSystem.Directories.Snapshots;
         o["dirSnapshotBytes"] = FileSystem.Directories.Bytes;
@@ -145,6 +154,7 @@ public sealed class MountHost : IDisposable
         MetricsServer? metrics = o.Metrics is { } at ? MetricsServer.Bind(at, loggers.CreateLogger("metrics")) : null;
         try
         {
+#pragma warning disable CA2000 // the cache is disposed on every failure path below, and owned by the mount after
             var cache = ChunkCache.Open(volume, new ChunkCacheSetup
             {
                 Directory = o.CacheDir,
@@ -152,7 +162,22 @@ public sealed class MountHost : IDisposable
                 FreeSpaceRatio = o.FreeSpaceRatio,
                 MemoryBytes = o.BufferSize,
                 Fetch = new ChunkCacheOptions { MaxFetches = o.MaxFetches, FetchTimeout = o.FetchTimeout, DemandParts = o.DemandParts },
+                Peers = o.Peers,
             }, loggers);
+            Peer.PeerServer? peerServer = null;
+            if (o.PeerListen is { } listen)
+            {
+                try
+                {
+                    peerServer = Peer.PeerServer.Start(listen, cache, (o.Peers ?? throw new LmfsException("--peer-listen needs the group's peer secret", "set LMFS_PEER_SECRET or give --peer-secret-file", 2)).Secret, volume.Settings.ChunkSize, loggers.CreateLogger("peer"));
+                }
+                catch
+                {
+                    cache.Dispose();
+                    throw;
+                }
+            }
+
             var fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
             var fuseOptions = new FuseMountOptions
             {
@@ -171,13 +196,18 @@ public sealed class MountHost : IDisposable
             }
             catch (FuseMountException e)
             {
+                peerServer?.Dispose();
                 cache.Dispose();
                 throw new LmfsException(e.Message, e.Hint, 2, e);
             }
 
-#pragma warning disable CA2000 // returned: the caller owns it; nothing below throws
-            var mount = new MountHost(volume, o, cache, fs, session);
+            var mount = new MountHost(volume, o, cache, fs, session) { PeerServer = peerServer };
 #pragma warning restore CA2000
+            if (peerServer is not null)
+            {
+                loggers.CreateLogger("peer").LogInformation("peer: serving chunks to the cache group on {Address} ({Members} members)", peerServer.Address, cache.Peers?.Members.Count ?? 0);
+            }
+
             if (o.ControlSocket is not null)
             {
                 mount.Control = MountControl.Start(o.ControlSocket, mount, loggers.CreateLogger("control"));
@@ -215,6 +245,7 @@ public sealed class MountHost : IDisposable
     public void Dispose()
     {
         MetricsServer?.Dispose();
+        PeerServer?.Dispose();
         Control?.Dispose();
         Session.Unmount();
         Session.Dispose();
