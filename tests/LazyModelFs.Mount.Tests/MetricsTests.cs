@@ -101,6 +101,19 @@ public sealed class MetricsTests : IDisposable
     }
 
     [Fact]
+    public void Peer_tier_counters_have_their_families()
+    {
+        var stats = new JsonObject { ["peerFetches"] = 7L, ["peerFallbacks"] = 2L, ["peerBytes"] = 700L, ["peerServed"] = 5L, ["peerRejected"] = 1L, ["peerServeFailed"] = 0L, ["peerServeBusy"] = 3L, ["peerServedBytes"] = 500L };
+        var scrape = PrometheusScrape.Parse(MountMetrics.Render(stats));
+        Assert.Equal(7, scrape.Value("lmfs_peer_fetches_total", ("result", "peer")));
+        Assert.Equal(2, scrape.Value("lmfs_peer_fetches_total", ("result", "fallback")));
+        Assert.Equal(700, scrape.Value("lmfs_peer_fetched_bytes_total"));
+        Assert.Equal(1, scrape.Value("lmfs_peer_served_total", ("result", "refused")));
+        Assert.Equal(3, scrape.Value("lmfs_peer_served_total", ("result", "busy")));
+        Assert.Equal(500, scrape.Value("lmfs_peer_served_bytes_total"));
+    }
+
+    [Fact]
     public async Task Fetch_failures_are_counted_by_kind_and_the_kinds_sum_to_fetch_errors()
     {
         var store = new FaultyObjectStore(new MemoryObjectStore());

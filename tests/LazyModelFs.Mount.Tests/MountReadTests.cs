@@ -405,6 +405,94 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         Assert.Equal((int)all["chunks"]!, (int)all["cachedChunks"]!);
     }
 
+    private static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    [MountFact]
+    public async Task Two_mounts_in_a_cache_group_read_one_file_at_once_and_the_store_serves_it_about_once()
+    {
+        using (await VolumeAsync())
+        {
+        }
+
+        var env = LmfsRunner.S3Env();
+        env["LMFS_PEER_SECRET"] = "the volume's peer secret for this test";
+        int[] ports = [FreePort(), FreePort()];
+        string peers = string.Join(',', ports.Select(p => $"127.0.0.1:{p}"));
+        var mps = new List<string>();
+        try
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                string mp = Directory.CreateTempSubdirectory($"lmfs-peer{i}-mp-").FullName;
+                mps.Add(mp);
+                var r = LmfsRunner.Run(["mount", _meta, mp, "--background", "--cache-dir", _dir[$"peer-cache{i}"], "--log-file", _dir[$"peer{i}.log"],
+                    "--peer-listen", $"127.0.0.1:{ports[i]}", "--peers", peers], env);
+                Assert.True(r.ExitCode == 0, r + "\n" + (File.Exists(_dir[$"peer{i}.log"]) ? File.ReadAllText(_dir[$"peer{i}.log"]) : ""));
+                Assert.DoesNotContain(env["LMFS_PEER_SECRET"]!, File.ReadAllText(_dir[$"peer{i}.log"]), StringComparison.Ordinal);
+            }
+
+            // Both nodes cold-load the same file at once, in other processes.
+            var loads = mps.Select(mp => Task.Run(() => Proc.Run("sh", "-c", $"cat '{Path.Combine(mp, "m/big.bin")}' | sha256sum"))).ToList();
+            string want = Convert.ToHexStringLower(SHA256.HashData(Source("big.bin")));
+            foreach (var l in loads)
+            {
+                Assert.StartsWith(want, await l.WaitAsync(TimeSpan.FromSeconds(120)), StringComparison.Ordinal);
+            }
+
+            long storeBytes = 0, fromPeers = 0, served = 0;
+            foreach (var mp in mps)
+            {
+                var st = System.Text.Json.Nodes.JsonNode.Parse(LmfsRunner.Run(["stats", mp, "--json"], env).Stdout)!;
+                Assert.Equal(2, (int)st["peerMembers"]!);
+                Assert.Equal(0, (long)st["peerErrors"]!);
+                storeBytes += (long)st["storeBytes"]! - (long)st["peerBytes"]!; // below the cache, less what peers gave
+                fromPeers += (long)st["peerFetches"]!;
+                served += (long)st["peerServed"]!;
+            }
+
+            // Two nodes, one file: the store served it about once (each chunk by its owner; the first READs'
+            // blocks, which go to the store directly, a little more), and what one node got from the other
+            // is what the other served.
+            long size = Source("big.bin").Length;
+            Assert.InRange(storeBytes, size, size * 11 / 10);
+            Assert.InRange(fromPeers, 20, 25);
+            Assert.Equal(fromPeers, served);
+        }
+        finally
+        {
+            foreach (var mp in mps)
+            {
+                LmfsRunner.Run("umount", mp);
+                SpinWait.SpinUntil(() => Fuse.FuseMount.MountTypeAt(mp) is null, 10_000);
+                Directory.Delete(mp);
+            }
+        }
+
+        // Bad group options are refused before anything is mounted.
+        string spare = Directory.CreateTempSubdirectory("lmfs-peer-bad-").FullName;
+        try
+        {
+            var noSecret = LmfsRunner.Run(["mount", _meta, spare, "--peer-listen", "127.0.0.1:1"], LmfsRunner.S3Env());
+            Assert.Equal(2, noSecret.ExitCode);
+            Assert.Contains("peer secret", noSecret.Stderr, StringComparison.Ordinal);
+            var wildcard = LmfsRunner.Run(["mount", _meta, spare, "--peer-listen", "0.0.0.0:7070"], env);
+            Assert.Equal(2, wildcard.ExitCode);
+            Assert.Contains("--peer-advertise", wildcard.Stderr, StringComparison.Ordinal);
+            var badMember = LmfsRunner.Run(["mount", _meta, spare, "--peers", "10.0.0.1:7070,nohost"], env);
+            Assert.Equal(2, badMember.ExitCode);
+            Assert.Contains("'nohost' is not HOST:PORT", badMember.Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(spare);
+        }
+    }
+
     [MountFact]
     public async Task lmfs_plan_prefetches_a_loaders_ranges_on_a_live_mount()
     {
