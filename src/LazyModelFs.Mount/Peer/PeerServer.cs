@@ -147,22 +147,40 @@ public sealed class PeerServer : IDisposable
                     return;
                 }
 
+                // The head goes out at once: the asker learns this member is alive and answering, and then waits
+                // for the bytes as long as a fetch may take, instead of taking a slow store for a dead peer and
+                // fetching the chunk a second time. A chunk that cannot be had closes the connection short.
+                var vt = _cache.GetAsync(entry, FetchPriority.Demand); // verified against the row, fetched once however many ask
+                var h = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {entry.PlainLength}\r\nConnection: close\r\n\r\n"));
                 CachedChunk chunk;
                 try
                 {
-                    chunk = await _cache.GetAsync(entry, FetchPriority.Demand).ConfigureAwait(false); // verified against the row, fetched once
+                    if (!vt.IsCompleted)
+                    {
+                        await stream.WriteAsync(h, deadline.Token).ConfigureAwait(false);
+                        h = [];
+                    }
+
+                    chunk = await vt.ConfigureAwait(false);
                 }
-                catch (Exception ex)
+                catch (Exception ex) when (ex is not OperationCanceledException)
                 {
                     Interlocked.Increment(ref _failed);
-                    await AnswerAsync(stream, ex is ObjectNotFoundException ? 404 : 503, "cannot get the chunk", deadline.Token).ConfigureAwait(false);
-                    return;
+                    if (h.Length > 0)
+                    {
+                        await AnswerAsync(stream, ex is ObjectNotFoundException ? 404 : 503, "cannot get the chunk", deadline.Token).ConfigureAwait(false);
+                    }
+
+                    return; // after the head: the short body tells the asker
                 }
 
                 using (chunk)
                 {
-                    var h = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {chunk.Data.Length}\r\nConnection: close\r\n\r\n"));
-                    await stream.WriteAsync(h, deadline.Token).ConfigureAwait(false);
+                    if (h.Length > 0)
+                    {
+                        await stream.WriteAsync(h, deadline.Token).ConfigureAwait(false);
+                    }
+
                     await stream.WriteAsync(chunk.Data, deadline.Token).ConfigureAwait(false);
                     Interlocked.Increment(ref _served);
                     Interlocked.Add(ref _servedBytes, chunk.Data.Length);

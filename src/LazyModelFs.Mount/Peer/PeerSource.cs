@@ -22,11 +22,14 @@ public sealed record PeerOptions
     /// <summary>HOST:PORT of the group's members (a static list: <c>--peers</c>); this node's own entry may be among them.</summary>
     public IReadOnlyList<string> Members { get; init; } = [];
 
-    /// <summary>A peer that has not begun its answer by then is left for the object store (the hedge).</summary>
+    /// <summary>
+    /// A peer that has not begun its answer by then is left for the object store (the hedge). A live
+    /// member answers its head at once, before it has the chunk (<see cref="PeerServer"/>).
+    /// </summary>
     public TimeSpan AnswerTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
-    /// <summary>The whole transfer from a peer at most.</summary>
-    public TimeSpan TransferTimeout { get; init; } = TimeSpan.FromSeconds(20);
+    /// <summary>The chunk's bytes from a peer that answered, at most: its own fetch from the store included.</summary>
+    public TimeSpan TransferTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     /// <summary>How long a peer that failed, lied or timed out is not asked.</summary>
     public TimeSpan AvoidFor { get; init; } = TimeSpan.FromSeconds(30);
