@@ -9,20 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 W=$(mktemp -d /var/tmp/lmfs-fresh.XXXXXX); mkdir -p $W/s3 $W/mnt $W/lm
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-node $repo/scripts/s3rver/node_modules/s3rver/bin/s3rver.js -d $W/s3 -a 127.0.0.1 -p $port -s --configure-bucket bkt >/dev/null 2>&1 &
-S3=$!
-redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no --dir $W >/dev/null 2>&1 &
-R=$!
+. bench/servers.sh
+start_servers $W
 jit() { dotnet $repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll "$@"; }
 r2r() { "${R2R_BIN:-$repo/.publish/r2r/lmfs}" "$@"; }
 cleanup() {
   set +e
   jit umount $W/lm >/dev/null 2>&1
   PEER_WORK=$W PEER_ENDPOINT=x PEER_BUCKET=x PEER_PREFIX=x bench/peer-mount.sh rclone umount >/dev/null 2>&1
-  kill $S3 $R 2>/dev/null
-  wait $S3 $R 2>/dev/null
+  stop_servers
   rm -rf $W
 }
 trap cleanup EXIT

@@ -8,19 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 n=${1:-4}; size_mib=${2:-512}; rounds=${3:-2}
-W=$(mktemp -d /var/tmp/lmfs-peers.XXXXXX); mkdir -p $W/s3
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port); rport=$(free_port)
-node $repo/scripts/s3rver/node_modules/s3rver/bin/s3rver.js -d $W/s3 -a 127.0.0.1 -p $port -s --configure-bucket bkt >/dev/null 2>&1 &
-S3=$!
-redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no --dir $W >/dev/null 2>&1 &
-R=$!
+W=$(mktemp -d /var/tmp/lmfs-peers.XXXXXX)
+. bench/servers.sh
+start_servers $W
 if [ -n "${LMFS_BIN:-}" ]; then lmfs() { "$LMFS_BIN" "$@"; }; else lmfs() { dotnet $repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll "$@"; }; fi
 cleanup() {
   set +e
   for i in $(seq 1 $n); do lmfs umount $W/mnt$i >/dev/null 2>&1; done
-  kill $S3 $R 2>/dev/null
-  wait $S3 $R 2>/dev/null
+  stop_servers
   rm -rf $W
 }
 trap cleanup EXIT

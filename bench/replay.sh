@@ -13,18 +13,13 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 size_mib=${1:-1024}; runs=${2:-2}
 W=$(mktemp -d /var/tmp/lmfs-replay.XXXXXX); mkdir -p $W/s3 $W/mnt
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-node $repo/scripts/s3rver/node_modules/s3rver/bin/s3rver.js -d $W/s3 -a 127.0.0.1 -p $port -s --configure-bucket bkt >/dev/null 2>&1 &
-S3=$!
-redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no --dir $W >/dev/null 2>&1 &
-R=$!
+. bench/servers.sh
+start_servers $W
 if [ -n "${LMFS_BIN:-}" ]; then lmfs() { "$LMFS_BIN" "$@"; }; else lmfs() { dotnet $repo/src/LazyModelFs.Cli/bin/Release/net10.0/lmfs.dll "$@"; }; fi
 cleanup() {
   set +e
   lmfs umount $W/mnt >/dev/null 2>&1
-  kill $S3 $R 2>/dev/null
-  wait $S3 $R 2>/dev/null
+  stop_servers
   rm -rf $W
 }
 trap cleanup EXIT

@@ -140,6 +140,16 @@ public sealed class ProfileReplayTests : IDisposable
 
     private static readonly int[] Shuffled = [9, 3, 14, 0, 7, 12, 1, 5, 15, 10, 2, 8, 13, 4, 11, 6];
 
+    /// <summary>A first load on a node of its own, in the <see cref="Shuffled"/> order: its profile is stored.</summary>
+    private async Task RecordShuffledAsync(Volume v, ChunkTable table, byte[] data)
+    {
+        var (c, _) = Cache(v, table);
+        var fs = new LmfsFileSystem(v, c, new VfsOptions());
+        var (ino, fh) = await OpenAsync(fs, "model.bin");
+        await LoadAsync(fs, ino, fh, data, Shuffled);
+        WaitIdle(fs, c);
+    }
+
     [Fact]
     public async Task A_load_is_recorded_and_a_cold_open_on_another_cache_fetches_in_the_recorded_order()
     {
@@ -177,11 +187,7 @@ public sealed class ProfileReplayTests : IDisposable
     public async Task A_load_in_another_order_replaces_the_profile_it_was_replayed_from()
     {
         var (v, table, data) = await ImportedAsync("model.bin");
-        var (c1, _) = Cache(v, table);
-        var fs1 = new LmfsFileSystem(v, c1, new VfsOptions());
-        var (ino, fh) = await OpenAsync(fs1, "model.bin");
-        await LoadAsync(fs1, ino, fh, data, Shuffled);
-        WaitIdle(fs1, c1);
+        await RecordShuffledAsync(v, table, data);
 
         var reversed = Enumerable.Range(0, Chunks).Reverse().ToArray();
         var (c2, _) = Cache(v, table, maxFetches: 4);
@@ -251,11 +257,7 @@ public sealed class ProfileReplayTests : IDisposable
     public async Task A_plan_from_the_loader_orders_the_fetches_and_is_not_overridden_by_a_profile()
     {
         var (v, table, data) = await ImportedAsync("model.bin");
-        var (c1, _) = Cache(v, table);
-        var fs1 = new LmfsFileSystem(v, c1, new VfsOptions());
-        var (ino, fh) = await OpenAsync(fs1, "model.bin");
-        await LoadAsync(fs1, ino, fh, data, Shuffled);
-        WaitIdle(fs1, c1);
+        await RecordShuffledAsync(v, table, data);
 
         var (c2, store2) = Cache(v, table);
         var fs2 = new LmfsFileSystem(v, c2, new VfsOptions { Prefetch = PrefetchMode.None }); // no replay at open: the plan alone
@@ -275,11 +277,7 @@ public sealed class ProfileReplayTests : IDisposable
     public async Task Without_a_disk_cache_a_replay_stays_a_window_ahead_of_the_reader()
     {
         var (v, table, data) = await ImportedAsync("model.bin");
-        var (c1, _) = Cache(v, table);
-        var fs1 = new LmfsFileSystem(v, c1, new VfsOptions());
-        var (ino, fh) = await OpenAsync(fs1, "model.bin");
-        await LoadAsync(fs1, ino, fh, data, Shuffled);
-        WaitIdle(fs1, c1);
+        await RecordShuffledAsync(v, table, data);
 
         var (c2, store2) = Cache(v, table, disk: false, buffers: 16);
         var fs2 = new LmfsFileSystem(v, c2, new VfsOptions());
