@@ -166,7 +166,7 @@ public sealed class MountHelperTests : IDisposable
         File.SetUnixFileMode(shared, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         foreach (var (args, expect) in new (string[], string)[]
         {
-            (["redis://127.0.0.1:1/0", mp, "-o", "redis_password_file=" + shared], $"error: redis_password_file '{shared}' is readable by other users"),
+            (["redis://127.0.0.1:1/0", mp, "-o", "redis_password_file=" + shared], $"error: redis_password_file '{shared}' is readable (or writable) by other users"),
             (["sqlite:///nowhere/meta.db", mp, "-o", "rw,cache_dri=/x", "-t", "fuse.lazymodelfs"], "error: unknown mount option 'cache_dri=/x' for lazymodelfs"),
             (["sqlite:///nowhere/meta.db", mp, "-o", "allow_other=yes"], "error: mount.fuse.lazymodelfs: mount option 'allow_other=yes' takes no value"),
             (["sqlite:///nowhere/meta.db", mp, "-o", "cache_dir"], "error: mount.fuse.lazymodelfs: mount option 'cache_dir' needs a value"),

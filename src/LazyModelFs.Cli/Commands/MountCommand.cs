@@ -23,7 +23,7 @@ internal static class MountCommand
         var metrics = Common.MetricsOption("this mount's reads, tiers, fetch latency, cache and errors");
         var peerListen = new Option<string?>("--peer-listen") { Description = "Join the volume's cache group and serve this node's chunks to it on ADDR:PORT (needs the peer secret: LMFS_PEER_SECRET or --peer-secret-file)", HelpName = "ADDR:PORT" };
         var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "HOST:PORT the other members reach this node at, when it differs from --peer-listen (which must then not be a wildcard address)", HelpName = "HOST:PORT" };
-        var peers = new Option<string?>("--peers") { Description = "The cache group's members, HOST:PORT,... (a static list; this node's own address may be among them): chunks are asked of their owner before the object store", HelpName = "HOST:PORT,..." };
+        var peers = new Option<string?>("--peers") { Description = "The cache group's members, HOST:PORT,... (a static list, the same on every member, this node included as the others reach it): chunks are asked of their owner before the object store", HelpName = "HOST:PORT,..." };
         var peerSecretFile = new Option<string?>("--peer-secret-file") { Description = "File holding the volume's peer secret (its first line; chmod 600); default: LMFS_PEER_SECRET", HelpName = "FILE" };
         var opts = new MountOptionsBinder();
         var creds = new Common.Credentials();
@@ -167,6 +167,11 @@ internal static class MountCommand
             return (null, null);
         }
 
+        if (listen is null && advertise is not null)
+        {
+            throw new LmfsException("--peer-advertise goes with --peer-listen: a node that only asks (--peers alone) is reached by nobody", "add --peer-listen ADDR:PORT, or leave out --peer-advertise", 2);
+        }
+
         var at = listen is null ? null : LazyModelFs.Metrics.MetricsServer.ParseAddress(listen, "--peer-listen");
         string? self = advertise ?? listen;
         if (advertise is not null)
@@ -182,6 +187,13 @@ internal static class MountCommand
         foreach (var m in list)
         {
             Peer.PeerProtocol.ParseMember(m, "--peers");
+        }
+
+        // A member's address is its id: this node must be listed exactly as it is reached, or it would count
+        // twice (and ask itself for the chunks its other spelling owns).
+        if (at is not null && list.Count > 0 && !list.Contains(self!, StringComparer.Ordinal))
+        {
+            throw new LmfsException($"--peers does not list this node as '{TerminalText.Excerpt(self!, 80)}'", "list every member, this one included, spelled the same on every node (give --peer-advertise HOST:PORT if the others reach it by another name)", 2);
         }
 
         var secret = Peer.PeerProtocol.LoadSecret(secretFile);

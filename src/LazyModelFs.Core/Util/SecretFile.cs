@@ -15,15 +15,15 @@ public static class SecretFile
             throw new LmfsException($"{what} '{TerminalText.Safe(path)}' does not exist", "write the secret into that file (chmod 600)", 2);
         }
 
-        if ((File.GetUnixFileMode(path) & (UnixFileMode.GroupRead | UnixFileMode.OtherRead)) != 0)
+        if ((File.GetUnixFileMode(path) & (UnixFileMode.GroupRead | UnixFileMode.OtherRead | UnixFileMode.GroupWrite | UnixFileMode.OtherWrite)) != 0)
         {
-            throw new LmfsException($"{what} '{TerminalText.Safe(path)}' is readable by other users", $"chmod 600 {path}", 2);
+            throw new LmfsException($"{what} '{TerminalText.Safe(path)}' is readable (or writable) by other users", $"chmod 600 {TerminalText.Safe(path)}", 2);
         }
 
         uint owner = Posix.Stat(path).Uid;
         if (owner != Posix.EUid && owner != 0)
         {
-            throw new LmfsException($"{what} '{TerminalText.Safe(path)}' belongs to uid {owner}, not to this user or root", $"chown {Posix.EUid} {path} (and chmod 600)", 2);
+            throw new LmfsException($"{what} '{TerminalText.Safe(path)}' belongs to uid {owner}, not to this user or root", $"chown {Posix.EUid} {TerminalText.Safe(path)} (and chmod 600)", 2);
         }
 
         try

@@ -43,7 +43,7 @@ public static class MountMetrics
         ("lmfs_peer_fetches_total", Counter, "Chunks this node got from their owner in its cache group (also in lmfs_store_fetches_total, which counts every fetch below the cache), and fetches that fell back to the object store because a peer refused, lied, failed or did not answer.",
             [("peerFetches", new Labels(("result", "peer"))), ("peerFallbacks", new Labels(("result", "fallback")))]),
         ("lmfs_peer_fetched_bytes_total", Counter, "Bytes of the chunks this node got from peers.", [("peerBytes", Labels.None)]),
-        ("lmfs_peer_served_total", Counter, "Chunk requests from other members this node answered with the chunk, refused (no valid signature), failed (could not get the chunk) or closed unanswered (busy).",
+        ("lmfs_peer_served_total", Counter, "Chunk requests from other members this node answered with the chunk, refused (no valid signature), failed (could not get the chunk) or turned away busy (503).",
             [("peerServed", new Labels(("result", "served"))), ("peerRejected", new Labels(("result", "refused"))), ("peerServeFailed", new Labels(("result", "failed"))), ("peerServeBusy", new Labels(("result", "busy")))]),
         ("lmfs_peer_served_bytes_total", Counter, "Bytes of the chunks this node served to other members.", [("peerServedBytes", Labels.None)]),
         ("lmfs_profile_replays_total", Counter, "First opens that replayed a recorded access profile as prefetch, and read plans received.", [("profileReplays", new Labels(("source", "profile"))), ("profilePlans", new Labels(("source", "plan")))]),

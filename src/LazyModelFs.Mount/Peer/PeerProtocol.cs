@@ -126,9 +126,4 @@ public static class PeerProtocol
 
         return (host.StartsWith('[') && host.EndsWith(']') ? host[1..^1] : host, port);
     }
-
-    /// <summary>The address a member's HOST names (its first), for a connection.</summary>
-    internal static async Task<IPAddress> ResolveAsync(string host, CancellationToken ct) =>
-        IPAddress.TryParse(host, out var ip) ? ip : (await Dns.GetHostAddressesAsync(host, ct).ConfigureAwait(false)).FirstOrDefault()
-            ?? throw new IOException($"peer '{host}' has no address");
 }

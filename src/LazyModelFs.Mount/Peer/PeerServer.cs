@@ -92,20 +92,43 @@ public sealed class PeerServer : IDisposable
             {
                 c = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
             {
                 return;
+            }
+            catch (SocketException ex)
+            {
+                // Out of descriptors or buffers for a moment: keep serving, never stop listening silently.
+                _log.LogWarning("peer: accepting a connection failed: {Message}", ex.Message);
+                await Task.Delay(100).ConfigureAwait(false);
+                continue;
             }
 
             if (Interlocked.Increment(ref _connections) > MaxConnections)
             {
                 Interlocked.Decrement(ref _connections);
                 Interlocked.Increment(ref _busy);
-                c.Dispose(); // the asker goes to the object store
+                _ = RefuseBusyAsync(c); // the asker goes to the object store, and does not take this member for dead
                 continue;
             }
 
             _ = ServeAsync(c);
+        }
+    }
+
+    private static async Task RefuseBusyAsync(Socket c)
+    {
+        using (c)
+        {
+            try
+            {
+                using var stream = new NetworkStream(c, ownsSocket: false);
+                using var t = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+                await AnswerAsync(stream, 503, "busy", t.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException)
+            {
+            }
         }
     }
 
@@ -150,6 +173,7 @@ public sealed class PeerServer : IDisposable
                 // The head goes out at once: the asker learns this member is alive and answering, and then waits
                 // for the bytes as long as a fetch may take, instead of taking a slow store for a dead peer and
                 // fetching the chunk a second time. A chunk that cannot be had closes the connection short.
+                PeerSource.Serving.Value = true; // a fetch started here goes to the store, never on to another member
                 var vt = _cache.GetAsync(entry, FetchPriority.Demand); // verified against the row, fetched once however many ask
                 var h = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {entry.PlainLength}\r\nConnection: close\r\n\r\n"));
                 CachedChunk chunk;
@@ -157,7 +181,16 @@ public sealed class PeerServer : IDisposable
                 {
                     if (!vt.IsCompleted)
                     {
-                        await stream.WriteAsync(h, deadline.Token).ConfigureAwait(false);
+                        try
+                        {
+                            await stream.WriteAsync(h, deadline.Token).ConfigureAwait(false);
+                        }
+                        catch
+                        {
+                            ReleaseLater(vt); // the asker went away: the lease the fetch will give this waiter is let go
+                            throw;
+                        }
+
                         h = [];
                     }
 
@@ -197,13 +230,21 @@ public sealed class PeerServer : IDisposable
         }
     }
 
+    private static void ReleaseLater(ValueTask<CachedChunk> vt) =>
+        _ = vt.AsTask().ContinueWith(t =>
+        {
+            if (t.IsCompletedSuccessfully)
+            {
+                t.Result.Dispose();
+            }
+        }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+
     private static async Task AnswerAsync(Stream s, int status, string text, CancellationToken ct)
     {
         string reason = status switch { 400 => "Bad Request", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed", _ => "Service Unavailable" };
         var body = Encoding.ASCII.GetBytes(text + "\n");
         var h = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"));
-        await s.WriteAsync(h, ct).ConfigureAwait(false);
-        await s.WriteAsync(body, ct).ConfigureAwait(false);
+        await s.WriteAsync((byte[])[.. h, .. body], ct).ConfigureAwait(false); // one write: the asker reads the reason with the head
     }
 
     /// <summary>The request line and headers (names lowercased), or null when it is not an HTTP request head within the bound.</summary>

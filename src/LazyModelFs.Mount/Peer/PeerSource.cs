@@ -19,7 +19,7 @@ public sealed record PeerOptions
     /// <summary>HOST:PORT the other members reach this node at (its node id in the group); null for a member that only asks (warmup).</summary>
     public string? Self { get; init; }
 
-    /// <summary>HOST:PORT of the group's members (a static list: <c>--peers</c>); this node's own entry may be among them.</summary>
+    /// <summary>HOST:PORT of the group's members (a static list: <c>--peers</c>); <see cref="Self"/> is added when missing.</summary>
     public IReadOnlyList<string> Members { get; init; } = [];
 
     /// <summary>
@@ -28,8 +28,11 @@ public sealed record PeerOptions
     /// </summary>
     public TimeSpan AnswerTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
-    /// <summary>The chunk's bytes from a peer that answered, at most: its own fetch from the store included.</summary>
-    public TimeSpan TransferTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// The chunk's bytes from a peer that answered, at most: its own fetch from the store included. Kept
+    /// well under <c>--fetch-timeout</c> (60 s), so a fallback to the store still has time.
+    /// </summary>
+    public TimeSpan TransferTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>How long a peer that failed, lied or timed out is not asked.</summary>
     public TimeSpan AvoidFor { get; init; } = TimeSpan.FromSeconds(30);
@@ -57,6 +60,13 @@ public sealed class PeerSource : IChunkSource
     private readonly Dictionary<string, long> _avoidUntil = [];
     private readonly Lock _lock = new();
     private long _fetches, _bytes, _errors, _fallbacks, _self;
+
+    /// <summary>
+    /// Set while a <see cref="PeerServer"/> fetches a chunk for another member: such a fetch goes to the
+    /// store, never on to a third member, so requests are never forwarded and cannot loop back (two
+    /// nodes whose member lists differ for a while would otherwise ask each other).
+    /// </summary>
+    internal static readonly AsyncLocal<bool> Serving = new();
 
     public PeerSource(IChunkSource store, PeerOptions options, ILogger log)
     {
@@ -100,7 +110,7 @@ public sealed class PeerSource : IChunkSource
     public async Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, int parts = 1, CancellationToken ct = default)
     {
         var owner = OwnerOf(entry.Id);
-        if (owner is null || owner == _options.Self || Avoided(owner) || buffer.Length < ChunkObject.HeaderSize + entry.PlainLength)
+        if (owner is null || owner == _options.Self || Serving.Value || Avoided(owner) || buffer.Length < ChunkObject.HeaderSize + entry.PlainLength)
         {
             Interlocked.Increment(ref _self);
             return await _store.ReadIntoAsync(entry, buffer, parts, ct).ConfigureAwait(false);
@@ -118,8 +128,13 @@ public sealed class PeerSource : IChunkSource
         }
         catch (Exception ex) when (!ct.IsCancellationRequested)
         {
-            Interlocked.Increment(ref _errors);
             Interlocked.Increment(ref _fallbacks);
+            if (ex is PeerBusyException)
+            {
+                return await _store.ReadIntoAsync(entry, buffer, parts, ct).ConfigureAwait(false); // alive, only full: not avoided
+            }
+
+            Interlocked.Increment(ref _errors);
             if (Avoid(owner))
             {
                 _log.LogWarning("peer: {Peer} failed for chunk {Chunk} ({Message}); asking the object store, and not asking it for {Seconds:0} s", TerminalText.Safe(owner), entry.Id, ex.Message, _options.AvoidFor.TotalSeconds);
@@ -166,11 +181,11 @@ public sealed class PeerSource : IChunkSource
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(_options.AnswerTimeout);
-        var ip = await PeerProtocol.ResolveAsync(host, deadline.Token).ConfigureAwait(false);
-        using var s = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        using var s = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true }; // dual mode: IPv4 and IPv6 addresses of a name alike
         try
         {
-            await s.ConnectAsync(ip, port, deadline.Token).ConfigureAwait(false);
+            // Every address the name has, in turn; WaitAsync bounds a resolver that does not honour the token.
+            await s.ConnectAsync(host, port, deadline.Token).AsTask().WaitAsync(deadline.Token).ConfigureAwait(false);
             using var stream = new NetworkStream(s, ownsSocket: false);
             string target = PeerProtocol.Target(entry);
             long now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
@@ -201,6 +216,11 @@ public sealed class PeerSource : IChunkSource
             deadline.CancelAfter(_options.TransferTimeout); // it answers: the transfer has its own bound
             var lines = Encoding.ASCII.GetString(head, 0, end).Split("\r\n");
             var status = lines[0].Split(' ', 3);
+            if (status.Length >= 2 && status[1] == "503" && head.AsSpan(end + 4, n - end - 4).StartsWith("busy"u8))
+            {
+                throw new PeerBusyException();
+            }
+
             if (status.Length < 2 || status[1] != "200")
             {
                 throw new IOException(status.Length >= 2 && status[1] == "401"
@@ -246,3 +266,6 @@ public sealed class PeerSource : IChunkSource
         }
     }
 }
+
+/// <summary>A member answered that it serves as many requests as it may: alive, so not avoided.</summary>
+internal sealed class PeerBusyException() : IOException("it is serving as many requests as it may (503 busy)");

@@ -165,40 +165,39 @@ public sealed class MountHost : IDisposable
                 Peers = o.Peers,
             }, loggers);
             Peer.PeerServer? peerServer = null;
-            if (o.PeerListen is { } listen)
-            {
-                try
-                {
-                    peerServer = Peer.PeerServer.Start(listen, cache, (o.Peers ?? throw new LmfsException("--peer-listen needs the group's peer secret", "set LMFS_PEER_SECRET or give --peer-secret-file", 2)).Secret, volume.Settings.ChunkSize, loggers.CreateLogger("peer"));
-                }
-                catch
-                {
-                    cache.Dispose();
-                    throw;
-                }
-            }
-
-            var fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
-            var fuseOptions = new FuseMountOptions
-            {
-                FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
-                AllowOther = o.AllowOther,
-                ReadaheadKb = o.ReadaheadKb,
-                Threads = o.Threads ?? new FuseMountOptions().Threads,
-                AllowNonEmpty = o.NonEmpty,
-                NoExec = o.NoExec,
-                Protocol = new FuseProtocolOptions { MaxPages = MaxPagesFor(volume.Settings.ChunkSize), Passthrough = o.Passthrough && cache.HasViews },
-            };
+            LmfsFileSystem fs;
             FuseSession session;
             try
             {
+                if (o.PeerListen is { } listen)
+                {
+                    peerServer = Peer.PeerServer.Start(listen, cache, (o.Peers ?? throw new LmfsException("--peer-listen needs the group's peer secret", "set LMFS_PEER_SECRET or give --peer-secret-file", 2)).Secret, volume.Settings.ChunkSize, loggers.CreateLogger("peer"));
+                }
+
+                fs = new LmfsFileSystem(volume, cache, o.Vfs, loggers.CreateLogger("vfs"));
+                var fuseOptions = new FuseMountOptions
+                {
+                    FsName = "lmfs:" + TerminalText.Safe(volume.Settings.Name), // shown by mount(8) and df: no control characters from the metadata
+                    AllowOther = o.AllowOther,
+                    ReadaheadKb = o.ReadaheadKb,
+                    Threads = o.Threads ?? new FuseMountOptions().Threads,
+                    AllowNonEmpty = o.NonEmpty,
+                    NoExec = o.NoExec,
+                    Protocol = new FuseProtocolOptions { MaxPages = MaxPagesFor(volume.Settings.ChunkSize), Passthrough = o.Passthrough && cache.HasViews },
+                };
                 session = FuseSession.Mount(mountPoint, fs, fuseOptions, loggers.CreateLogger("fuse"));
             }
-            catch (FuseMountException e)
+            catch (Exception e)
             {
+                // Nothing is mounted: the peer port is let go and the cache closed, whatever failed.
                 peerServer?.Dispose();
                 cache.Dispose();
-                throw new LmfsException(e.Message, e.Hint, 2, e);
+                if (e is FuseMountException f)
+                {
+                    throw new LmfsException(f.Message, f.Hint, 2, f);
+                }
+
+                throw;
             }
 
             var mount = new MountHost(volume, o, cache, fs, session) { PeerServer = peerServer };

@@ -59,14 +59,21 @@ public sealed class PeerTierTests : IDisposable
         return cache;
     }
 
-    private PeerServer Serve(ChunkCache cache, byte[]? secret = null)
+    private PeerServer Serve(ChunkCache cache, byte[]? secret = null, int port = 0)
     {
-        var s = PeerServer.Start(new IPEndPoint(IPAddress.Loopback, 0), cache, secret ?? Secret, Chunk, NullLogger.Instance);
+        var s = PeerServer.Start(new IPEndPoint(IPAddress.Loopback, port), cache, secret ?? Secret, Chunk, NullLogger.Instance);
         _owned.Add(s);
         return s;
     }
 
     private static string At(IPEndPoint e) => $"127.0.0.1:{e.Port}";
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
 
     private static async Task ReadAllAsync(ChunkCache cache, ChunkTable table, byte[] data)
     {
@@ -231,6 +238,58 @@ public sealed class PeerTierTests : IDisposable
         var other = Node(v, new PeerOptions { Secret = Secret, Members = [$"127.0.0.1:{dead}"] });
         await ReadAllAsync(other, table, data).WaitAsync(TimeSpan.FromSeconds(60));
         Assert.Equal(1, Stat(other, "peerFallbacks"));
+    }
+
+    [Fact]
+    public async Task Members_whose_lists_differ_never_forward_a_request_in_a_circle()
+    {
+        var (v, table, data) = await ImportedAsync();
+        // a and b serve; each thinks the other owns every chunk (a's list names only b, b's only a): without
+        // the guard, a fetching for the asker would ask b, and b would ask a, which waits for itself.
+        int pa = FreePort(), pb = FreePort();
+        var ca = Node(v, new PeerOptions { Secret = Secret, Members = [$"127.0.0.1:{pb}"] });
+        var cb = Node(v, new PeerOptions { Secret = Secret, Members = [$"127.0.0.1:{pa}"] });
+        var sa = Serve(ca, port: pa);
+        var sb = Serve(cb, port: pb);
+        var asker = Node(v, new PeerOptions { Secret = Secret, Members = [At(sa.Address)] });
+        await ReadAllAsync(asker, table, data).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal(Chunks, Stat(asker, "peerFetches"));
+        Assert.Equal(Chunks, ca.StoreFetches); // a fetched for the asker from the store itself
+        Assert.Equal(0, Stat(ca, "peerFetches"));
+        Assert.Equal(0, Stat(sb, "peerServed"));
+    }
+
+    [Fact]
+    public async Task A_member_at_its_limit_answers_busy_and_is_not_avoided()
+    {
+        var (v, table, data) = await ImportedAsync();
+        var owner = Node(v);
+        var server = Serve(owner);
+        var held = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < PeerServer.MaxConnections; i++) // silent clients hold every slot (until the 5 s head deadline)
+            {
+                var s = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                await s.ConnectAsync(IPAddress.Loopback, server.Address.Port);
+                held.Add(s);
+            }
+
+            Assert.True(SpinWait.SpinUntil(() => Stat(server, "peerServeBusy") == 0 && held.Count == PeerServer.MaxConnections, 1000));
+            var asker = Node(v, new PeerOptions { Secret = Secret, Members = [At(server.Address)] });
+            using (var c = await asker.GetAsync(table[0]))
+            {
+                Assert.True(c.Data.Span.SequenceEqual(data.AsSpan(0, Chunk)));
+            }
+
+            Assert.True(Stat(server, "peerServeBusy") >= 1);
+            Assert.Equal(1, Stat(asker, "peerFallbacks"));
+            Assert.Equal(0, Stat(asker, "peerErrors")); // busy is not a fault: the member is asked again next time
+        }
+        finally
+        {
+            held.ForEach(s => s.Dispose());
+        }
     }
 
     [Fact]
