@@ -366,7 +366,9 @@ public sealed class MountReadTests(RedisAndS3 servers) : IClassFixture<RedisAndS
         Assert.Equal(25, (int)json["profiles"]![0]!["chunks"]!);
 
         // Another node: an empty cache. Its first open replays the profile; no prefetch of big.bin would happen without it.
-        var b = Mount(v, _dir["rec-b"], o => o with { BufferSize = 32L * (Chunk + 4096) });
+        // Passthrough off: once the file is all in the cache, later opens would be served by the kernel, and
+        // their READs (what this test counts) would never reach the daemon.
+        var b = Mount(v, _dir["rec-b"], o => o with { BufferSize = 32L * (Chunk + 4096), Passthrough = false });
         big = Path.Combine(b.MountPoint, "m/big.bin");
         using (File.OpenHandle(big))
         {
