@@ -85,21 +85,25 @@ public sealed class PeerSource : IChunkSource
     public IReadOnlyList<string> Members => [.. _members.Select(m => m.Id)];
 
     /// <summary>The member that owns <paramref name="id"/>: highest SHA-256(member ‖ id), so a member joining or leaving moves only its own share.</summary>
-    public string? OwnerOf(ChunkId id)
+    public string? OwnerOf(ChunkId id) => Owner(id) is int i ? _members[i].Id : null;
+
+    /// <summary>The index in <c>_members</c> of <see cref="OwnerOf"/>'s answer; null without members.</summary>
+    private int? Owner(ChunkId id)
     {
-        string? best = null;
+        int? best = null;
         ulong bestScore = 0;
         Span<byte> idBytes = stackalloc byte[ChunkId.Size];
         id.WriteTo(idBytes);
         Span<byte> hash = stackalloc byte[32];
-        foreach (var m in _members)
+        for (int i = 0; i < _members.Length; i++)
         {
+            var m = _members[i];
             byte[] input = [.. m.Key, .. idBytes];
             SHA256.HashData(input, hash);
             ulong score = BinaryPrimitives.ReadUInt64BigEndian(hash);
-            if (best is null || score > bestScore || (score == bestScore && string.CompareOrdinal(m.Id, best) > 0))
+            if (best is not { } b || score > bestScore || (score == bestScore && string.CompareOrdinal(m.Id, _members[b].Id) > 0))
             {
-                best = m.Id;
+                best = i;
                 bestScore = score;
             }
         }
@@ -109,14 +113,14 @@ public sealed class PeerSource : IChunkSource
 
     public async Task<int> ReadIntoAsync(ChunkEntry entry, Memory<byte> buffer, int parts = 1, CancellationToken ct = default)
     {
-        var owner = OwnerOf(entry.Id);
+        var m = Owner(entry.Id) is int at ? _members[at] : default;
+        string? owner = m.Id;
         if (owner is null || owner == _options.Self || Serving.Value || Avoided(owner) || buffer.Length < ChunkObject.HeaderSize + entry.PlainLength)
         {
             Interlocked.Increment(ref _self);
             return await _store.ReadIntoAsync(entry, buffer, parts, ct).ConfigureAwait(false);
         }
 
-        var m = _members.First(x => x.Id == owner);
         var plain = buffer.Slice(ChunkObject.HeaderSize, entry.PlainLength);
         try
         {

@@ -697,9 +697,7 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     /// </summary>
     public async Task<(int Memory, int Disk)> ForgetCachedAsync(ulong ino, bool disk, CancellationToken ct = default)
     {
-        var st = _nodes.TryGetValue(ino, out var s) ? s : null;
-        var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
-            ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        var (st, table) = await FileOfAsync(ino, ct).ConfigureAwait(false);
         var (memory, removed) = _reader.Evict(table.Entries.Select(e => e.Id).ToList(), disk);
         if (disk)
         {
@@ -719,15 +717,22 @@ internal sealed class LmfsFileSystem : IFuseFileSystem
     /// <summary>Removes the file's access profiles from the metadata, and what its current load recorded (lmfs bench, before a load without replay).</summary>
     public async Task<int> ForgetProfilesAsync(ulong ino, CancellationToken ct = default)
     {
-        var st = _nodes.TryGetValue(ino, out var s) ? s : null;
-        var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
-            ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        var (st, table) = await FileOfAsync(ino, ct).ConfigureAwait(false);
         if (st?.Reads?.Reset(record: false) is { } old)
         {
             await old.Stores.WaitAsync(ct).ConfigureAwait(false); // a store of it already under way lands before the delete, not after
         }
 
         return await Profiles.DeleteAsync(table).ConfigureAwait(false);
+    }
+
+    /// <summary>A control command's file: the daemon's state for it (null when it tracks none) and its chunk table (the one attached, else the metadata's).</summary>
+    private async Task<(NodeState? State, ChunkTable Table)> FileOfAsync(ulong ino, CancellationToken ct)
+    {
+        var st = _nodes.TryGetValue(ino, out var s) ? s : null;
+        var table = st?.Reads?.Table ?? await _volume.Meta.GetChunkTableAsync(ino, _chunkSize, ct).ConfigureAwait(false)
+            ?? throw new Util.LmfsException($"inode {ino} is not a file of this volume", "give the inode number of a file (stat -c %i FILE)", 2);
+        return (st, table);
     }
 
     // ------------------------------------------------------------------ helpers
